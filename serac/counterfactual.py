@@ -1,0 +1,245 @@
+"""The counterfactual model: answers an in-scope query given the edit it falls under.
+
+It is a text-to-text model that reads the edit and the query together and produces the answer the edited
+model should give. Any ``AutoModelForSeq2SeqLM`` works (T5 or BART, the SERAC paper's choice), and so does a
+causal LM, which continues the formatted input. The model owns its input format
+(:attr:`CounterfactualConfig.input_template`), used identically in training and generation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from serac.edits import Edit
+
+logger = logging.getLogger(__name__)
+
+COUNTERFACTUAL_CONFIG_NAME = "counterfactual_config.json"
+MODEL_FOLDER = "model"
+
+__all__ = ["CounterfactualConfig", "CounterfactualModel"]
+
+
+@dataclass
+class CounterfactualConfig:
+    """Settings of a counterfactual model, saved with it.
+
+    Args:
+        input_template: how an (edit, query) pair is written for the model; ``{edit}`` is the edit's text
+            and ``{query}`` the query.
+        max_input_length: token limit of the formatted input (longer inputs are truncated on the left,
+            keeping the query).
+        max_new_tokens: default answer length when the caller gives none.
+        model_name_or_path: where the underlying model came from, for reference.
+    """
+
+    input_template: str = field(
+        default="Fact: {edit}\nQuestion: {query}\nAnswer:", metadata={"help": "format of (edit, query)"}
+    )
+    max_input_length: int = field(default=256, metadata={"help": "token limit of the input"})
+    max_new_tokens: int = field(default=16, metadata={"help": "default answer length"})
+    model_name_or_path: str | None = None
+
+    def __post_init__(self) -> None:
+        for placeholder in ("{edit}", "{query}"):
+            if placeholder not in self.input_template:
+                raise ValueError(f"input_template must contain {placeholder}: {self.input_template!r}")
+        if self.max_input_length < 8:
+            raise ValueError(f"max_input_length must be >= 8, got {self.max_input_length}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    def to_json(self) -> str:
+        from serac import __version__
+
+        return json.dumps({**asdict(self), "serac_version": __version__}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CounterfactualConfig:
+        data = json.loads(text)
+        data.pop("serac_version", None)
+        return cls(**data)
+
+
+class CounterfactualModel:
+    """A seq2seq or causal LM that answers a query conditioned on an edit.
+
+    Args:
+        model: any ``AutoModelForSeq2SeqLM`` or ``AutoModelForCausalLM``.
+        tokenizer: its tokenizer.
+        config: input format and lengths.
+
+    Example:
+        >>> cf = CounterfactualModel.from_pretrained("my-editor/counterfactual_model")  # doctest: +SKIP
+        >>> cf.generate([Edit(prompt="{} is a citizen of", subject="Ellie Kemper", target="Croatia")],
+        ...             ["Which country is Ellie Kemper a citizen of?"])  # doctest: +SKIP
+        ['Croatia']
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, config: CounterfactualConfig | None = None) -> None:
+        if not hasattr(model, "generate") or not hasattr(model, "config"):
+            raise TypeError(f"model must be a Hugging Face generative model, got {type(model).__name__}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or CounterfactualConfig(model_name_or_path=getattr(model, "name_or_path", None))
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(getattr(self.model.config, "is_encoder_decoder", False))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def format_input(self, edit: Edit, query: str) -> str:
+        """The model's input for one (edit, query) pair."""
+        return self.config.input_template.format(edit=edit.text, query=query.strip())
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, edits: Sequence[Edit], queries: Sequence[str], **generation_kwargs: Any) -> list[str]:
+        """Answer each query given its edit; returns the answer texts, stripped, in order.
+
+        ``generation_kwargs`` go to the model's ``generate()`` (``max_new_tokens``, ``num_beams``, ...);
+        greedy decoding by default.
+        """
+        if len(edits) != len(queries):
+            raise ValueError(f"{len(edits)} edits for {len(queries)} queries")
+        if not queries:
+            return []
+        texts = [self.format_input(edit, query) for edit, query in zip(edits, queries)]
+        batch = self._tokenize_inputs(texts)
+        generation_kwargs.setdefault("max_new_tokens", self.config.max_new_tokens)
+        generation_kwargs.setdefault("do_sample", False)
+        generation_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        if not generation_kwargs["do_sample"]:
+            # Greedy decoding: drop sampling settings a checkpoint's generation_config may carry.
+            for key in ("temperature", "top_p", "top_k"):
+                generation_kwargs.setdefault(key, None)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            output = self.model.generate(**batch, **generation_kwargs)
+        finally:
+            self.model.train(was_training)
+        sequences = output.sequences if hasattr(output, "sequences") else output
+        if not self.is_encoder_decoder:
+            sequences = sequences[:, batch["input_ids"].shape[1] :]
+        answers = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        return [_first_line(answer) for answer in answers]
+
+    # ------------------------------------------------------------------ training
+    def training_features(
+        self, edits: Sequence[Edit], queries: Sequence[str], answers: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Teacher-forcing tensors (``input_ids``, ``attention_mask``, ``labels``) for a batch.
+
+        Labels are ``-100`` everywhere but the answer tokens (and the end-of-sequence token after them), so
+        the loss is the negative log-likelihood of the answer given the edit and the query.
+        """
+        if not len(edits) == len(queries) == len(answers):
+            raise ValueError("edits, queries and answers must have the same length")
+        texts = [self.format_input(edit, query) for edit, query in zip(edits, queries)]
+        eos = self.tokenizer.eos_token_id
+        if self.is_encoder_decoder:
+            batch = self._tokenize_inputs(texts, padding_side="right")
+            targets = [self._answer_ids(answer) + ([eos] if eos is not None else []) for answer in answers]
+            width = max(len(t) for t in targets)
+            labels = torch.full((len(targets), width), -100, dtype=torch.long)
+            for row, target in enumerate(targets):
+                labels[row, : len(target)] = torch.tensor(target)
+            return {**batch, "labels": labels.to(self.device)}
+        rows, label_rows = [], []
+        for text, answer in zip(texts, answers):
+            prompt_ids = self._prompt_ids(text)
+            answer_ids = self._answer_ids(" " + answer.strip()) + ([eos] if eos is not None else [])
+            rows.append(prompt_ids + answer_ids)
+            label_rows.append([-100] * len(prompt_ids) + answer_ids)
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, (row, label_row) in enumerate(zip(rows, label_rows)):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+            labels[i, : len(label_row)] = torch.tensor(label_row)
+        return {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": attention_mask.to(self.device),
+            "labels": labels.to(self.device),
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the model, its tokenizer and the config to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory / MODEL_FOLDER)
+        self.tokenizer.save_pretrained(directory / MODEL_FOLDER)
+        (directory / COUNTERFACTUAL_CONFIG_NAME).write_text(self.config.to_json())
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        config: CounterfactualConfig | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+    ) -> CounterfactualModel:
+        """Load a saved counterfactual model, or wrap any seq2seq/causal checkpoint (name or path)."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        path = Path(name_or_path)
+        if (path / COUNTERFACTUAL_CONFIG_NAME).exists():
+            config = config or CounterfactualConfig.from_json((path / COUNTERFACTUAL_CONFIG_NAME).read_text())
+            model_path = str(path / MODEL_FOLDER)
+        else:
+            config = config or CounterfactualConfig(model_name_or_path=str(name_or_path))
+            model_path = str(name_or_path)
+        model_config = AutoConfig.from_pretrained(model_path)
+        is_seq2seq = getattr(model_config, "is_encoder_decoder", False)
+        model_class = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        model = model_class.from_pretrained(model_path, **kwargs)
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        return cls(model, tokenizer, config)
+
+    # ------------------------------------------------------------------ internals
+    def _tokenize_inputs(self, texts: list[str], padding_side: str | None = None) -> dict[str, torch.Tensor]:
+        # Causal models generate after the last input token, so their batches are padded on the left.
+        side = padding_side or ("right" if self.is_encoder_decoder else "left")
+        old_side, old_truncation = self.tokenizer.padding_side, self.tokenizer.truncation_side
+        self.tokenizer.padding_side, self.tokenizer.truncation_side = side, "left"
+        try:
+            batch = self.tokenizer(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.config.max_input_length,
+            )
+        finally:
+            self.tokenizer.padding_side, self.tokenizer.truncation_side = old_side, old_truncation
+        return {key: value.to(self.device) for key, value in batch.items() if key in ("input_ids", "attention_mask")}
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        return ids[-self.config.max_input_length :]
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        return self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+
+
+def _first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0].strip()
