@@ -1,0 +1,231 @@
+"""``datasets.Dataset`` views of edit examples, as the two trained parts of SERAC consume them.
+
+* :func:`examples_to_dataset`: one row per example, every field kept (for saving or inspecting);
+* :func:`scope_pairs`: (edit text, query, label) rows for the scope classifier, in-scope against easy and
+  hard out-of-scope pairs, balanced per edit;
+* :func:`counterfactual_pairs`: (edit, query, answer) rows for the counterfactual model: the edit with its
+  paraphrases, its statement form, yes/no questions and single-edit multi-hop questions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+
+from datasets import Dataset, Features, List, Value
+
+from serac.data.schema import IN_SCOPE_KINDS, EditExample
+from serac.edits import Edit, normalize_text
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "COUNTERFACTUAL_KINDS",
+    "counterfactual_pairs",
+    "edits_from_column",
+    "examples_to_dataset",
+    "scope_pairs",
+]
+
+#: In-scope kinds with an exact answer, used to train the counterfactual model by default.
+COUNTERFACTUAL_KINDS: tuple[str, ...] = ("edit", "question", "cloze", "paraphrase", "yes_no")
+
+_EDIT_FEATURES = {name: Value("string") for name in ("prompt", "target", "subject", "statement")}
+_QUERY_FEATURES = {"text": Value("string"), "answer": Value("string"), "aliases": List(Value("string"))}
+EXAMPLE_FEATURES = Features(
+    {
+        "edit": _EDIT_FEATURES,
+        "in_scope": List({**_QUERY_FEATURES, "kind": Value("string")}),
+        "out_of_scope": List({**_QUERY_FEATURES, "kind": Value("string")}),
+        "portability": List(_QUERY_FEATURES),
+        "statement": Value("string"),
+        "companion_edits": List(_EDIT_FEATURES),
+        "source": Value("string"),
+        "case_id": Value("string"),
+        "relation": Value("string"),
+        "true_answer": Value("string"),
+    }
+)
+
+
+def _full_edit_dict(edit_dict: dict) -> dict:
+    return {name: edit_dict.get(name) for name in _EDIT_FEATURES}
+
+
+def examples_to_dataset(examples: Sequence[EditExample]) -> Dataset:
+    """One row per example with every field (inverse: ``EditExample.from_dict`` on each row)."""
+    rows = []
+    for example in examples:
+        row = example.to_dict()
+        row["edit"] = _full_edit_dict(row["edit"])
+        row["companion_edits"] = [_full_edit_dict(edit) for edit in row["companion_edits"]]
+        rows.append(row)
+    return Dataset.from_list(rows, features=EXAMPLE_FEATURES)
+
+
+def _check_examples(examples: Sequence[EditExample]) -> list[EditExample]:
+    examples = list(examples)
+    for example in examples:
+        if not isinstance(example, EditExample):
+            raise TypeError(f"examples must be EditExample objects, got {type(example).__name__}")
+    return examples
+
+
+def _maybe_statement(example: EditExample, rng: random.Random, statement_fraction: float) -> EditExample:
+    # Draw the random number only for examples that could switch, so other examples' choices stay put.
+    can_switch = statement_fraction > 0 and example.statement is not None and not example.edit.is_statement
+    if can_switch and rng.random() < statement_fraction:
+        return example.as_statement_edit()
+    return example
+
+
+def scope_pairs(
+    examples: Sequence[EditExample],
+    *,
+    negatives_per_positive: float = 1.0,
+    hard_negative_fraction: float = 0.5,
+    max_positives_per_edit: int | None = None,
+    statement_fraction: float = 0.0,
+    seed: int = 0,
+) -> Dataset:
+    """(edit text, query) pairs labelled in scope (1.0) or out of scope (0.0), for the scope classifier.
+
+    Per edit, every in-scope query (up to ``max_positives_per_edit``) is a positive, and
+    ``negatives_per_positive`` times as many negatives are drawn: a ``hard_negative_fraction`` share
+    from the edit's hard out-of-scope queries (same subject, same relation, near-duplicate name, other
+    hop, embedding neighbour) as far as it has them, the rest easy: its unrelated queries and, as in the
+    SERAC paper, in-scope queries of other edits. Balancing per edit keeps every edit equally weighted.
+
+    Args:
+        examples: the edit examples.
+        negatives_per_positive: negatives drawn per positive.
+        hard_negative_fraction: share of the negatives that are hard.
+        max_positives_per_edit: cap on positives per edit (``None``: all).
+        statement_fraction: share of examples (with a statement) whose edit is given in statement form.
+        seed: seeds every random choice.
+
+    Returns:
+        A ``Dataset`` with columns ``edit_text``, ``query``, ``label`` (float) and ``kind``.
+    """
+    examples = _check_examples(examples)
+    if negatives_per_positive < 0:
+        raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
+    if not 0.0 <= hard_negative_fraction <= 1.0:
+        raise ValueError(f"hard_negative_fraction must be in [0, 1], got {hard_negative_fraction}")
+    if not 0.0 <= statement_fraction <= 1.0:
+        raise ValueError(f"statement_fraction must be in [0, 1], got {statement_fraction}")
+    if max_positives_per_edit is not None and max_positives_per_edit < 1:
+        raise ValueError(f"max_positives_per_edit must be >= 1 or None, got {max_positives_per_edit}")
+    rng = random.Random(f"scope-pairs:{seed}")
+    edit_keys = [example.edit.key for example in examples]
+    rows: dict[str, list] = {"edit_text": [], "query": [], "label": [], "kind": []}
+
+    def add(edit_text: str, query: str, label: float, kind: str) -> None:
+        rows["edit_text"].append(edit_text)
+        rows["query"].append(query)
+        rows["label"].append(label)
+        rows["kind"].append(kind)
+
+    for index, original in enumerate(examples):
+        example = _maybe_statement(original, rng, statement_fraction)
+        edit_text = example.edit.text
+        positives = list(example.in_scope)
+        if max_positives_per_edit is not None and len(positives) > max_positives_per_edit:
+            positives = rng.sample(positives, max_positives_per_edit)
+        for query in positives:
+            add(edit_text, query.text, 1.0, query.kind)
+
+        wanted = round(len(positives) * negatives_per_positive)
+        hard = list(example.hard_out_of_scope)
+        rng.shuffle(hard)
+        hard = hard[: min(len(hard), round(wanted * hard_negative_fraction))]
+        for query in hard:
+            add(edit_text, query.text, 0.0, query.kind)
+        easy = list(example.easy_out_of_scope)
+        rng.shuffle(easy)
+        easy_needed = wanted - len(hard)
+        for query in easy[:easy_needed]:
+            add(edit_text, query.text, 0.0, query.kind)
+        easy_needed -= min(easy_needed, len(easy))
+        own = {normalize_text(query.text) for query in (*example.in_scope, *example.out_of_scope)}
+        attempts = 0
+        # Other edits' in-scope queries: the easy negatives of the SERAC paper.
+        while easy_needed > 0 and len(examples) > 1 and attempts < 10 * easy_needed:
+            attempts += 1
+            other = rng.randrange(len(examples))
+            if other == index or edit_keys[other] == edit_keys[index] or not examples[other].in_scope:
+                continue
+            query = rng.choice(examples[other].in_scope).text
+            if normalize_text(query) in own:
+                continue
+            own.add(normalize_text(query))
+            add(edit_text, query, 0.0, "other_edit")
+            easy_needed -= 1
+    dataset = Dataset.from_dict(
+        rows,
+        features=Features(
+            {
+                "edit_text": Value("string"),
+                "query": Value("string"),
+                "label": Value("float32"),
+                "kind": Value("string"),
+            }
+        ),
+    )
+    positives = sum(rows["label"])
+    logger.info("Scope pairs: %d positive, %d negative", int(positives), len(dataset) - int(positives))
+    return dataset
+
+
+def counterfactual_pairs(
+    examples: Sequence[EditExample],
+    *,
+    kinds: Sequence[str] = COUNTERFACTUAL_KINDS,
+    statement_fraction: float = 0.25,
+    include_portability: bool = True,
+    seed: int = 0,
+) -> Dataset:
+    """(edit, query, answer) rows for teacher-forced training of the counterfactual model.
+
+    Args:
+        examples: the edit examples.
+        kinds: in-scope kinds to use (``generation`` prompts have no exact answer and are left out by default).
+        statement_fraction: share of examples (with a statement) whose edit is given in statement form,
+            so the model learns to read statement edits too.
+        include_portability: add the multi-hop questions of examples without companion edits (the
+            counterfactual model sees one edit, so questions that need several are left out).
+        seed: seeds the statement choice.
+
+    Returns:
+        A ``Dataset`` with columns ``edit`` (the edit as JSON, see :func:`edits_from_column`), ``edit_text``,
+        ``query``, ``answer`` and ``kind``.
+    """
+    examples = _check_examples(examples)
+    unknown = [kind for kind in kinds if kind not in IN_SCOPE_KINDS]
+    if unknown:
+        raise ValueError(f"unknown in-scope kinds {unknown}; expected some of {IN_SCOPE_KINDS}")
+    if not 0.0 <= statement_fraction <= 1.0:
+        raise ValueError(f"statement_fraction must be in [0, 1], got {statement_fraction}")
+    rng = random.Random(f"counterfactual-pairs:{seed}")
+    rows: dict[str, list] = {"edit": [], "edit_text": [], "query": [], "answer": [], "kind": []}
+    for original in examples:
+        example = _maybe_statement(original, rng, statement_fraction)
+        edit_json = json.dumps(example.edit.to_dict(), sort_keys=True)
+        items = [(query.text, query.answer, query.kind) for query in example.in_scope if query.kind in kinds]
+        if include_portability and not example.companion_edits:
+            items += [(question.text, question.answer, "portability") for question in example.portability]
+        for query, answer, kind in items:
+            rows["edit"].append(edit_json)
+            rows["edit_text"].append(example.edit.text)
+            rows["query"].append(query)
+            rows["answer"].append(answer)
+            rows["kind"].append(kind)
+    logger.info("Counterfactual pairs: %d rows from %d examples", len(rows["query"]), len(examples))
+    return Dataset.from_dict(rows, features=Features({name: Value("string") for name in rows}))
+
+
+def edits_from_column(values: Sequence[str]) -> list[Edit]:
+    """The :class:`~serac.edits.Edit` objects of a ``counterfactual_pairs`` ``edit`` column."""
+    return [Edit.from_dict(json.loads(value)) for value in values]
