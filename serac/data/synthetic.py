@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from serac.data.schema import EditExample, InScopeQuery, OutOfScopeQuery
@@ -856,6 +856,8 @@ _BAND_NOUNS = ("Wolves", "Lanterns", "Comets", "Ravens", "Engines", "Tigers", "S
                "Foxes", "Arrows", "Monarchs", "Drifters", "Sparrows")  # fmt: skip
 
 #: Lead-ins that make statement-style edits less template-like.
+_PICK_TRIES = 20
+
 _STATEMENT_LEADS = ("", "", "", "According to the latest records, ", "As of this year, ", "Update: ", "It is now the case that ",
                     "New information: ", "Recent reports confirm that ", "Note that ")  # fmt: skip
 
@@ -1012,21 +1014,32 @@ class _World:
         raise RuntimeError(f"could not make a near-duplicate of {name!r}")  # pragma: no cover
 
     # -- facts
+    def pick(self, kind: str, accept: Callable[[str], bool]) -> str | None:
+        """A random existing entity of ``kind`` that ``accept`` takes, or ``None`` after a few tries.
+
+        Rejection sampling instead of filtering the whole list keeps generation linear in the number of
+        examples; when most entities are taken, the caller invents a new one instead.
+        """
+        pool = self.entities[kind]
+        for _ in range(_PICK_TRIES):
+            candidate = self.rng.choice(pool)
+            if accept(candidate):
+                return candidate
+        return None
+
     def draw_object(self, object_type: str, exclude: Sequence[str] = ()) -> str:
         rng = self.rng
         if object_type in _VALUES:
-            pool = _VALUES[object_type]
-        elif object_type == "city":
+            choices = [value for value in _VALUES[object_type] if value not in exclude]
+            return rng.choice(choices or _VALUES[object_type])
+        if object_type == "city" and rng.random() < 0.3:
             # Mix real and invented city names so the counterfactual model copies either kind.
-            pool = _REAL_CITIES if rng.random() < 0.3 else tuple(self.entities["city"])
-        else:
-            if rng.random() < 0.3:
-                self.new_entity(object_type)
-            pool = tuple(self.entities[object_type])
-        choices = [value for value in pool if value not in exclude]
-        if not choices:
-            return self.new_entity(object_type) if object_type in ENTITY_TYPES else rng.choice(pool)
-        return rng.choice(choices)
+            choices = [value for value in _REAL_CITIES if value not in exclude]
+            if choices:
+                return rng.choice(choices)
+        if object_type != "city" and rng.random() < 0.3:
+            return self.new_entity(object_type)
+        return self.pick(object_type, lambda value: value not in exclude) or self.new_entity(object_type)
 
     def fact(self, subject: str, relation: Relation) -> str:
         key = (subject, relation.name)
@@ -1080,12 +1093,13 @@ def generate_synthetic_examples(
             rng.shuffle(order)
         relation = order.pop()
         # Reuse existing subjects half of the time so several edits touch one entity, as in real use.
-        subjects = [s for s in world.entities[relation.subject_type] if (s, relation.name) not in world.used]
+        reuse = rng.random() < 0.5
         subject = (
-            rng.choice(subjects)
-            if subjects and rng.random() < 0.5
-            else world.new_entity(relation.subject_type)
+            world.pick(relation.subject_type, lambda s, name=relation.name: (s, name) not in world.used)
+            if reuse
+            else None
         )
+        subject = subject or world.new_entity(relation.subject_type)
         world.edited.add((subject, relation.name))
         world.used.add((subject, relation.name))
         old = world.fact(subject, relation)
@@ -1158,16 +1172,12 @@ def _make_example(
     ):
         add_fact_query(subject, other, "same_subject_other_relation")
     for _ in range(config.same_relation_other_subject):
-        candidates = [
-            s
-            for s in world.entities[relation.subject_type]
-            if s != subject and (s, relation.name) not in world.edited
-        ]
-        other_subject = (
-            rng.choice(candidates)
-            if candidates and rng.random() < 0.7
-            else world.new_entity(relation.subject_type)
-        )
+        other_subject = None
+        if rng.random() < 0.7:
+            other_subject = world.pick(
+                relation.subject_type, lambda s: s != subject and (s, relation.name) not in world.edited
+            )
+        other_subject = other_subject or world.new_entity(relation.subject_type)
         add_fact_query(other_subject, relation, "same_relation_other_subject")
     for _ in range(config.near_duplicate_name):
         twin = world.near_duplicate(subject)
@@ -1176,8 +1186,10 @@ def _make_example(
     unrelated_relations = [r for r in RELATIONS if r.subject_type != relation.subject_type]
     for _ in range(config.unrelated):
         other = rng.choice(unrelated_relations)
-        candidates = [s for s in world.entities[other.subject_type] if (s, other.name) not in world.edited]
-        other_subject = rng.choice(candidates) if candidates else world.new_entity(other.subject_type)
+        other_subject = world.pick(
+            other.subject_type, lambda s, other=other: (s, other.name) not in world.edited
+        )
+        other_subject = other_subject or world.new_entity(other.subject_type)
         add_fact_query(other_subject, other, "unrelated")
 
     in_scope_keys = {normalize_text(query.text) for query in in_scope}
