@@ -158,18 +158,34 @@ class EditStore:
         return "ivf" if isinstance(self._index, faiss.IndexIVF) else "exact"
 
     # ------------------------------------------------------------------ changes
-    def add(self, edits: Sequence[Edit], *, show_progress: bool | None = None) -> list[int]:
+    def add(
+        self,
+        edits: Sequence[Edit],
+        *,
+        embeddings: np.ndarray | None = None,
+        show_progress: bool | None = None,
+    ) -> list[int]:
         """Store edits and return their ids, in order.
 
         Embedding runs before the store is touched, so a failure leaves it unchanged. An edit whose prompt
         is already stored supersedes the stored one (so does a later duplicate within ``edits``).
+        ``embeddings`` (shape ``(len(edits), dimension)``, from the same embedder, e.g. computed in bulk
+        elsewhere) skips the embedding step; they are L2-normalized here.
         """
         edits = self._check_edits(edits)
         if not edits:
             return []
-        if show_progress is None:
-            show_progress = len(edits) >= 10 * self.config.encode_batch_size
-        vectors = self._encode([edit.text for edit in edits], show_progress=show_progress)
+        if embeddings is not None:
+            vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+            if vectors.shape != (len(edits), self.dimension):
+                raise ValueError(
+                    f"embeddings must have shape ({len(edits)}, {self.dimension}), got {tuple(vectors.shape)}"
+                )
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        else:
+            if show_progress is None:
+                show_progress = len(edits) >= 10 * self.config.encode_batch_size
+            vectors = self._encode([edit.text for edit in edits], show_progress=show_progress)
         with self.lock:
             superseded = [self._key_to_id[e.key] for e in edits if e.key in self._key_to_id]
             ids = np.arange(self._next_id, self._next_id + len(edits), dtype=np.int64)

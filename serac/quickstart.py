@@ -1,0 +1,66 @@
+"""The quickstart on the offline defaults: a few edits, answers before and after, and the routing.
+
+Run: ``python -m serac.quickstart`` (or the ``serac-quickstart`` console script). On first use it trains and
+caches the default scope classifier and counterfactual model (a progress bar shows it); later runs start
+in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from serac import Edit, EditableModel
+
+EDITS = [
+    Edit(prompt="What is the country of citizenship of Ellie Kemper?", target="Croatia"),
+    Edit(prompt="{} plays the sport of", subject="LeBron James", target="football"),
+    Edit.from_statement("Boris Johnson is the prime minister of the UK."),
+]
+QUERIES = [
+    "Which country is Ellie Kemper a citizen of?",
+    "LeBron James plays the sport of",
+    "Who is the prime minister of the UK?",
+    "What sport does LeBron James play?",
+    "Why is the sky blue?",
+    "What is the capital of France?",
+    "Where was Ellie Kemper born?",
+]
+
+
+def answers(model: EditableModel, queries: list[str], max_new_tokens: int) -> list[str]:
+    tokenizer = model.tokenizer
+    tokenizer.padding_side = "left"
+    batch = tokenizer(queries, return_tensors="pt", padding=True)
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = output[:, batch["input_ids"].shape[1] :]
+    return [text.strip().split("\n")[0] for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="serac quickstart on the offline default models")
+    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = EditableModel.from_defaults()
+    before = answers(model, QUERIES, args.max_new_tokens)
+    ids = model.edit(EDITS)
+    after = answers(model, QUERIES, args.max_new_tokens)
+    print(f"\nStored edits: {ids}")
+    for edit_id, edit in model.edits:
+        print(f"  [{edit_id}] {edit.text}")
+    print()
+    for query, old, new, decision in zip(QUERIES, before, after, model.last_routing):
+        route = f"edit {decision.edit_id}" if decision.in_scope else "base model"
+        score = "" if decision.score is None else f", score {decision.score:.2f}"
+        print(f"Q: {query}\n   before: {old}\n   after:  {new}   ({route}{score})")
+
+
+if __name__ == "__main__":
+    main()
