@@ -1,0 +1,410 @@
+"""The benchmark runner end to end on tiny models and tiny invented datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+import benchmarks.run as bench
+from benchmarks.report import markdown_table
+from serac.data.loaders import load_counterfact, load_mquake
+from serac.edits import Edit, normalize_text
+
+from .conftest import make_tiny_t5
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bench"
+MQUAKE = FIXTURES / "mquake_tiny.json"
+COUNTERFACT = FIXTURES / "counterfact_tiny.json"
+ZSRE = FIXTURES / "zsre_tiny.json"
+
+RUN_METRICS = {
+    "efficacy", "efficacy_count", "paraphrase", "paraphrase_count", "locality", "locality_count",
+    "portability", "portability_count", "edit_seconds_per_edit", "query_ms_p50", "query_ms_p95", "query_count",
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- stand-in editors
+
+
+class _Lookup:
+    """What an exact-match cache returns: the new target for an edit's own prompt, the model otherwise."""
+
+    def __init__(self, model: Any, tokenizer: Any, edits: dict[str, str]) -> None:
+        self.model, self.tokenizer, self.edits = model, tokenizer, edits
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        query = self.tokenizer.decode(input_ids[0], skip_special_tokens=True)
+        target = self.edits.get(normalize_text(query))
+        if target is None:
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        answer = self.tokenizer(" " + target, add_special_tokens=False, return_tensors="pt").input_ids
+        return torch.cat([input_ids, answer], dim=1)
+
+
+class LookupEditor:
+    """A cache-like editor: never touches weights; keeps edits across sequential applies."""
+
+    name: ClassVar[str] = "lookup"
+    supports_batch: ClassVar[bool] = True
+    supports_sequential: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.edits: dict[str, str] = {}
+        self.last_stats: dict[str, Any] = {}
+        self.apply_sizes: list[int] = []
+
+    def apply(self, model, tokenizer, edits):
+        self.apply_sizes.append(len(edits))
+        self.edits.update({edit.key: edit.target for edit in edits})
+        self.last_stats = {"seconds": 0.0}
+        return _Lookup(model, tokenizer, self.edits)
+
+    def restore(self) -> None:
+        self.edits = {}
+
+
+class NoiseEditor:
+    """A weight editor stand-in: perturbs the LM head, one edit at a time only (like ROME)."""
+
+    name: ClassVar[str] = "noise"
+    supports_batch: ClassVar[bool] = False
+    supports_sequential: ClassVar[bool] = True
+
+    def __init__(self, scale: float = 1.0, restores: bool = True) -> None:
+        self.scale, self.restores = scale, restores
+        self.original: torch.Tensor | None = None
+        self.model = None
+        self.last_stats: dict[str, Any] = {}
+        self.apply_sizes: list[int] = []
+        self.restore_calls = 0
+
+    def apply(self, model, tokenizer, edits):
+        self.apply_sizes.append(len(edits))
+        weight = model.get_output_embeddings().weight
+        if self.original is None:
+            self.model, self.original = model, weight.detach().clone()
+        generator = torch.Generator().manual_seed(len(self.apply_sizes))
+        with torch.no_grad():
+            weight.add_(self.scale * torch.randn(weight.shape, generator=generator))
+        self.last_stats = {"seconds": 0.001, "layer": 1}
+        return model
+
+    def restore(self) -> None:
+        self.restore_calls += 1
+        if self.original is not None and self.restores:
+            with torch.no_grad():
+                self.model.get_output_embeddings().weight.copy_(self.original)
+            self.original = None
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """Registers the stand-in editors under their names; returns the instances the runner created."""
+    created: dict[str, list[Any]] = {}
+    factories = {"lookup": LookupEditor, "noise": NoiseEditor, "leaky": lambda: NoiseEditor(restores=False)}
+
+    def get_editor(name: str, **hyperparameters: Any):
+        editor = factories[name](**hyperparameters)
+        created.setdefault(name, []).append(editor)
+        return editor
+
+    monkeypatch.setattr(bench, "_editor_names", lambda: list(factories))
+    monkeypatch.setattr(bench, "_get_editor", get_editor)
+    return created
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, char_tokenizer, tiny_llama) -> Path:
+    """The tiny Llama saved like any checkpoint, so ``--model PATH`` loads it the normal way."""
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama.save_pretrained(directory)
+    char_tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _tiny_loader(tiny_model_dir: Path):
+    from serac.defaults import load_base_model
+
+    def load(name_or_path):
+        assert name_or_path is None or Path(name_or_path) == tiny_model_dir
+        return load_base_model(str(tiny_model_dir))
+
+    return load
+
+
+def _cli(tmp_path: Path, model_dir: Path, *extra: str) -> list[str]:
+    return ["--model", str(model_dir), "--output", str(tmp_path / "out" / "results.json"), "--no-progress",
+            "--max-new-tokens", "6", *extra]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_cli_end_to_end_on_mquake(tmp_path, tiny_model_dir, registry, capsys):
+    argv = _cli(tmp_path, tiny_model_dir, "--dataset", "mquake", "--data-path", str(MQUAKE),
+                "--methods", "base,lookup,noise", "--num-edits", "1,all", "--limit-queries", "0",
+                "--editor-hparams", str(_write(tmp_path / "hp.json", {"noise": {"scale": 0.5}})))  # fmt: skip
+    assert bench.main(argv) == 0
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+
+    assert set(result) >= {"config", "runs"}
+    assert result["complete"] is True
+    config = result["config"]
+    assert config["dataset"] == "mquake" and config["methods"] == ["base", "lookup", "noise"]
+    assert config["num_edits_run"] == [1, 4]
+    assert config["max_edits"]["noise"] == bench.DEFAULT_EDITOR_MAX_EDITS
+    assert config["editor_hparams"] == {"noise": {"scale": 0.5}}
+    assert [(run["method"], run["num_edits"], run["mode"]) for run in result["runs"]] == [
+        ("base", 1, "batch"), ("base", 4, "batch"), ("lookup", 1, "batch"), ("lookup", 4, "batch"),
+        ("noise", 1, "batch"), ("noise", 4, "batch"),
+    ]  # fmt: skip
+    for run in result["runs"]:
+        metrics = run["metrics"]
+        assert set(metrics) >= RUN_METRICS, run["method"]
+        for name in ("efficacy", "paraphrase", "locality", "portability"):
+            count = metrics[f"{name}_count"]
+            assert isinstance(count, int) and count >= 0
+            assert (metrics[name] is None) == (count == 0)
+        assert metrics["query_count"] == sum(
+            metrics[f"{n}_count"] for n in ("efficacy", "paraphrase", "locality", "portability")
+        )
+        assert metrics["query_ms_p50"] > 0 and metrics["query_ms_p95"] >= metrics["query_ms_p50"]
+
+    runs = {(run["method"], run["num_edits"]): run for run in result["runs"]}
+    # The unedited model gives the unedited answers, and the ratio to itself is 1.
+    for n in (1, 4):
+        base = runs[("base", n)]["metrics"]
+        assert base["locality"] == 1.0 and base["locality_count"] > 0
+        assert base["edit_seconds_per_edit"] is None
+        assert base["query_ms_p50_ratio_to_base"] == 1.0
+    # With every edit of every case applied, each case's multi-hop questions are asked.
+    assert runs[("base", 4)]["metrics"]["portability_count"] == 4
+    assert runs[("base", 4)]["metrics"]["portability_case_count"] == 3
+    # The exact-match cache answers the edit prompts, and nothing else changes.
+    lookup = runs[("lookup", 4)]["metrics"]
+    assert lookup["efficacy"] == 1.0 and lookup["efficacy_count"] == 4
+    assert lookup["locality"] == 1.0
+    assert lookup["edit_seconds_per_edit"] >= 0
+    # A batch for an editor without batch editing is applied one edit at a time, and says so.
+    assert runs[("noise", 4)]["applied_as"] == "sequential"
+    assert registry["noise"][0].apply_sizes == [1, 1, 1, 1, 1]
+    assert registry["noise"][0].restore_calls == 2
+    assert runs[("noise", 4)]["metrics"]["locality"] < 1.0  # random LM-head noise changes answers
+
+    # Markdown table and plots beside the JSON, and the table on stdout.
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert table.startswith("| method | mode | edits | efficacy |")
+    assert "| lookup | batch | 4 | 1.000 (4) |" in table
+    assert table in capsys.readouterr().out
+    for metric in ("efficacy", "locality", "portability", "query_ms_p50", "edit_seconds_per_edit"):
+        png = tmp_path / "out" / f"results.{metric}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", metric
+    assert not list((tmp_path / "out").glob(".*")), "temporary files left behind"
+
+
+def test_sequential_mode_applies_edits_one_by_one(tmp_path, tiny_model_dir, registry):
+    config = bench.BenchmarkConfig(dataset="zsre", data_path=str(ZSRE), methods=("lookup",), num_edits=(3,),
+                                   mode="sequential", model=str(tiny_model_dir), max_new_tokens=4,
+                                   progress=False)  # fmt: skip
+    result = bench.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir))
+    (run,) = result["runs"]
+    assert run["mode"] == "sequential"
+    assert registry["lookup"][0].apply_sizes == [1, 1, 1]
+    # Metrics after the last edit: every earlier edit is still in effect.
+    assert run["metrics"]["efficacy"] == 1.0 and run["metrics"]["efficacy_count"] == 3
+    assert run["metrics"]["paraphrase_count"] == 3 and run["metrics"]["portability"] is None
+
+
+def test_caps_skip_settings_and_are_reported(tmp_path, tiny_model_dir, registry):
+    config = bench.BenchmarkConfig(dataset="mquake", data_path=str(MQUAKE), methods=("base", "noise"),
+                                   num_edits=(1, 2, 4), max_edits={"noise": 2}, limit_queries=2,
+                                   model=str(tiny_model_dir), max_new_tokens=4, progress=False)  # fmt: skip
+    result = bench.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir))
+    assert [(run["method"], run["num_edits"]) for run in result["runs"]] == [
+        ("base", 1), ("base", 2), ("base", 4), ("noise", 1), ("noise", 2),
+    ]  # fmt: skip
+    assert result["skipped"] == [
+        {"method": "noise", "num_edits": 4, "reason": "above the cap --max-edits noise=2"}
+    ]
+    assert result["config"]["max_edits"] == {"base": None, "noise": 2}
+    for run in result["runs"]:
+        assert all(run["metrics"][f"{name}_count"] <= 2 for name in ("efficacy", "paraphrase", "locality"))
+    assert "Skipped: noise at 4 edits" in markdown_table(result)
+
+
+def test_weights_left_edited_stop_the_benchmark(tmp_path, tiny_model_dir, registry, char_tokenizer):
+    config = bench.BenchmarkConfig(dataset="zsre", data_path=str(ZSRE), methods=("leaky", "base"), num_edits=(1,),
+                                   model=str(tiny_model_dir), max_new_tokens=2, progress=False)  # fmt: skip
+    partial = []
+    with pytest.raises(RuntimeError, match="leaky left the base model's weights changed"):
+        bench.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir), on_update=partial.append)
+    assert partial and partial[-1]["runs"][0]["method"] == "leaky" and partial[-1]["complete"] is False
+
+
+def test_counterfact_probability_comparison(tmp_path, tiny_model_dir, registry):
+    config = bench.BenchmarkConfig(dataset="counterfact", data_path=str(COUNTERFACT), methods=("base", "lookup"),
+                                   num_edits=(3,), model=str(tiny_model_dir), max_new_tokens=4,
+                                   progress=False)  # fmt: skip
+    result = bench.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir))
+    base, lookup = (run["metrics"] for run in result["runs"])
+    assert result["config"]["probabilities"] is True
+    assert base["efficacy_prob_count"] == 3
+    assert base["paraphrase_prob_count"] == 6
+    # Neighborhood prompts only: CounterFact's attribute prompts (answer = the new target) have no contrast.
+    assert base["locality_prob_count"] == 6
+    assert 0.0 <= base["efficacy_prob"] <= 1.0
+    # The cache exposes no log-probabilities: null, with a note.
+    assert lookup["efficacy_prob"] is None and lookup["efficacy_prob_count"] == 0
+    assert "lookup expose(s) no log-probabilities: P(new)>P(true) is null there" in result["notes"]
+    # Generation prompts have no exact answer and are not paraphrases.
+    assert base["paraphrase_count"] == 6
+
+
+# ----------------------------------------------------------------------------- SERAC through the runtime
+
+
+@pytest.fixture(scope="session")
+def tiny_serac_factory(char_tokenizer, embedder):
+    from serac.counterfactual import CounterfactualModel
+    from serac.modeling import EditableModel
+    from serac.scope import EmbeddingScopeClassifier, ScopeClassifierConfig
+    from serac.store import EditStore
+
+    counterfactual = CounterfactualModel(make_tiny_t5(char_tokenizer, seed=3), char_tokenizer)
+    built = []
+
+    def factory(model, tokenizer, serac_path):
+        scope = EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=0.75, top_k=1))
+        editable = EditableModel(model, tokenizer, scope_classifier=scope, counterfactual_model=counterfactual,
+                                 store=EditStore(embedder))  # fmt: skip
+        built.append(editable)
+        return editable
+
+    factory.built = built
+    return factory
+
+
+def test_serac_runs_with_a_fresh_store_per_setting(tmp_path, tiny_model_dir, tiny_serac_factory, registry):
+    config = bench.BenchmarkConfig(dataset="counterfact", data_path=str(COUNTERFACT), methods=("base", "serac"),
+                                   num_edits=(1, 3), limit_queries=2, model=str(tiny_model_dir), max_new_tokens=4,
+                                   progress=False)  # fmt: skip
+    result = bench.run_benchmark(
+        config, model_loader=_tiny_loader(tiny_model_dir), editable_factory=tiny_serac_factory
+    )
+    editable = tiny_serac_factory.built[-1]
+    assert len(editable.store) == 0  # emptied after the last setting
+    runs = {(run["method"], run["num_edits"]): run for run in result["runs"]}
+    serac = runs[("serac", 3)]
+    assert serac["stored_edits"] == 3
+    metrics = serac["metrics"]
+    # An edit's own prompt is nearest to its own edit text: routed in scope.
+    assert metrics["scope_recall"] > 0
+    assert metrics["efficacy_prob_count"] == 2  # routed probabilities are available
+    assert metrics["query_ms_p50_ratio_to_base"] == pytest.approx(
+        metrics["query_ms_p50"] / runs[("base", 3)]["metrics"]["query_ms_p50"]
+    )
+    assert runs[("serac", 1)]["stored_edits"] == 1
+
+
+# ----------------------------------------------------------------------------- errors before loading
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(bench, "load_base_model", refuse)
+    monkeypatch.setattr(bench, "load_editable_model", refuse)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "mquake", "--data-path", "/nonexistent/mquake.json"], "data file not found"),
+        (["--dataset", "zsre"], "needs --data-path"),
+        (["--methods", "base,serac,teleport"], "unknown method(s) teleport"),
+        (["--num-edits", "10,ten"], "--num-edits takes positive integers"),
+        (["--num-edits", "0"], "--num-edits takes positive integers"),
+        (["--max-edits", "rome"], "--max-edits takes METHOD=N"),
+        (["--max-edits", "teleport=3"], "unknown method 'teleport'"),
+        (["--dataset", "synthetic", "--data-path", str(MQUAKE)], "not used with --dataset synthetic"),
+        (["--serac-path", "/nonexistent/serac"], "--serac-path is not a directory"),
+        (["--editor-hparams", "/nonexistent/hp.json"], "--editor-hparams file not found"),
+        (["--limit-queries", "-1"], "--limit-queries"),
+    ],
+)
+def test_bad_settings_fail_before_any_model_loads(argv, message, no_model_load, registry, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*argv, "--no-progress"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_malformed_data_fails_before_any_model_loads(tmp_path, no_model_load, registry, capsys):
+    broken = _write(tmp_path / "broken.json", [{"requested_rewrite": "not a list"}])
+    with pytest.raises(SystemExit):
+        bench.main(["--dataset", "mquake", "--data-path", str(broken), "--methods", "base"])
+    assert "cannot read the mquake data" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def test_settings_are_nested_and_filter_queries_in_scope_of_any_applied_edit():
+    ordered, dropped = bench.order_examples(load_mquake(MQUAKE), seed=0)
+    assert dropped == 0
+    # A case's examples stay together: the two edits of case 3 are adjacent.
+    positions = [i for i, example in enumerate(ordered) if example.case_id == "3"]
+    assert positions == [positions[0], positions[0] + 1]
+    all_edits = bench.build_setting(ordered, 4, None, probabilities=False)
+    assert set(bench.build_setting(ordered, 2, None, probabilities=False).edits) <= set(all_edits.edits)
+
+    in_scope = {normalize_text(q.text) for e in ordered for q in e.in_scope}
+    assert all(normalize_text(query.text) not in in_scope for query in all_edits.locality)
+    # The loader offers other cases' hops as out-of-scope queries, some of which another applied edit covers.
+    offered = {normalize_text(q.text) for e in ordered for q in e.out_of_scope}
+    assert offered & in_scope
+
+    # Portability only when all of a case's edits are applied.
+    first_case = ordered[0].case_id
+    first_case_size = sum(example.case_id == first_case for example in ordered)
+    if first_case == "3":
+        assert bench.build_setting(ordered, 1, None, probabilities=False).portability == []
+    assert bench.build_setting(ordered, first_case_size, None, probabilities=False).portability
+
+
+def test_conflicting_edits_are_dropped():
+    from serac.data.schema import EditExample
+
+    first = EditExample(edit=Edit(prompt="{} lives in", subject="Ana Roe", target="Lima"), case_id="a")
+    conflict = EditExample(edit=Edit(prompt="{} lives in", subject="Ana Roe", target="Quito"), case_id="b")
+    same = EditExample(edit=Edit(prompt="{} lives in", subject="Ana Roe", target="Lima"), case_id="c")
+    ordered, dropped = bench.order_examples([first, conflict, same], seed=1)
+    # Whichever comes first in the shuffled order wins; the contradicting ones are dropped.
+    assert {example.edit.target for example in ordered} == {ordered[0].edit.target}
+    assert dropped == 3 - len(ordered) >= 1
+
+
+def test_limit_spreads_paraphrases_over_examples():
+    examples = load_counterfact(COUNTERFACT)
+    setting = bench.build_setting(examples, 3, 3, probabilities=True)
+    assert len(setting.paraphrase) == 3
+    # One paraphrase of each edited example before a second of any.
+    assert len({query.target_new for query in setting.paraphrase}) == 3
+    assert all(query.target_true is not None for query in setting.efficacy)
+
+
+def test_parse_num_edits():
+    assert bench._parse_num_edits("100, 10,all,10") == (10, 100, None)
+    with pytest.raises(bench.BenchmarkError):
+        bench._parse_num_edits(" , ")
+
+
+def _write(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data))
+    return path
