@@ -1,0 +1,159 @@
+"""The edit-cache baseline: answer an edit's exact prompt with its target, anything else with the base model.
+
+Lookup is by :attr:`Edit.key` (the normalized prompt), so it shows what pure memorization gets: perfect on
+the edit prompts themselves, nothing on paraphrases. No weight is touched.
+
+Example:
+    >>> editor = CacheEditor()
+    >>> editor.name, editor.supports_batch
+    ('cache', True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from serac.editors.base import Editor, check_edits, target_token_ids
+from serac.edits import Edit, normalize_text
+
+__all__ = ["CacheEditor", "CachedEditsModel"]
+
+
+def _first_id(value: Any) -> int | None:
+    if isinstance(value, (list, tuple)):
+        return int(value[0]) if value else None
+    return None if value is None else int(value)
+
+
+class CachedEditsModel:
+    """A drop-in ``generate()`` over ``base_model`` that answers cached edit prompts with their target.
+
+    Rows whose decoded prompt normalizes to an edit key get ``prompt + target tokens + eos`` (cut to
+    ``max_new_tokens``); the other rows go to ``base_model.generate`` with the same arguments. Rows are padded
+    on the right with the pad token to one width, as Hugging Face does. Any other attribute is the base
+    model's.
+    """
+
+    def __init__(self, base_model: nn.Module, tokenizer: Any, entries: dict[str, Edit]) -> None:
+        self.base_model = base_model
+        self.tokenizer = tokenizer
+        self.entries = entries
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes this wrapper lacks; guard the ones __init__ sets against recursion.
+        if name in ("base_model", "tokenizer", "entries"):
+            raise AttributeError(name)
+        return getattr(self.base_model, name)
+
+    def _eos_id(self) -> int | None:
+        generation_config = getattr(self.base_model, "generation_config", None)
+        eos = _first_id(getattr(generation_config, "eos_token_id", None))
+        return eos if eos is not None else _first_id(self.tokenizer.eos_token_id)
+
+    def _pad_id(self) -> int:
+        for value in (
+            getattr(getattr(self.base_model, "generation_config", None), "pad_token_id", None),
+            self.tokenizer.pad_token_id,
+            self._eos_id(),
+        ):
+            if _first_id(value) is not None:
+                return _first_id(value)
+        return 0
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Hugging Face ``generate``: ``input_ids``/``attention_mask`` in, sequences out."""
+        if input_ids is None:
+            input_ids = kwargs.pop("inputs", None)
+        if input_ids is None:
+            raise ValueError("generate() needs input_ids")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        is_encoder_decoder = bool(getattr(self.base_model.config, "is_encoder_decoder", False))
+        copies = int(kwargs.get("num_return_sequences", 1) or 1)
+        max_new = kwargs.get("max_new_tokens")
+        if max_new is None and kwargs.get("max_length") is not None:
+            max_new = int(kwargs["max_length"]) - (0 if is_encoder_decoder else input_ids.shape[1])
+
+        hits: dict[int, Edit] = {}
+        for row in range(input_ids.shape[0]):
+            ids = input_ids[row][attention_mask[row].bool()]
+            key = normalize_text(self.tokenizer.decode(ids, skip_special_tokens=True))
+            if key in self.entries:
+                hits[row] = self.entries[key]
+        misses = [row for row in range(input_ids.shape[0]) if row not in hits]
+
+        generated: dict[int, torch.Tensor] = {}
+        if misses:
+            index = torch.tensor(misses, device=input_ids.device)
+            output = self.base_model.generate(
+                input_ids=input_ids[index], attention_mask=attention_mask[index], **kwargs
+            )
+            sequences = output if isinstance(output, torch.Tensor) else output.sequences
+            for i, row in enumerate(misses):
+                generated[row] = sequences[i * copies : (i + 1) * copies]
+        eos = self._eos_id()
+        for row, edit in hits.items():
+            new_tokens = target_token_ids(self.tokenizer, edit.query, edit.target) + (
+                [eos] if eos is not None else []
+            )
+            if max_new is not None:
+                new_tokens = new_tokens[: max(int(max_new), 0)]
+            if is_encoder_decoder:
+                start = _first_id(self.base_model.config.decoder_start_token_id)
+                sequence = [start if start is not None else self._pad_id()] + new_tokens
+                tokens = torch.tensor(sequence, dtype=input_ids.dtype, device=input_ids.device)
+            else:
+                tokens = torch.cat(
+                    [input_ids[row], torch.tensor(new_tokens, dtype=input_ids.dtype, device=input_ids.device)]
+                )
+            generated[row] = tokens[None].expand(copies, -1)
+
+        width = max(t.shape[1] for t in generated.values())
+        result = torch.full(
+            (input_ids.shape[0] * copies, width),
+            self._pad_id(),
+            dtype=input_ids.dtype,
+            device=input_ids.device,
+        )
+        for row, tokens in generated.items():
+            result[row * copies : (row + 1) * copies, : tokens.shape[1]] = tokens
+        if kwargs.get("return_dict_in_generate"):
+            from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
+
+            output_class = GenerateEncoderDecoderOutput if is_encoder_decoder else GenerateDecoderOnlyOutput
+            return output_class(sequences=result)
+        return result
+
+
+class CacheEditor(Editor):
+    """Exact-match edit cache; later edits of the same prompt win. :meth:`restore` forgets all edits."""
+
+    name: ClassVar[str] = "cache"
+    supports_batch: ClassVar[bool] = True
+    supports_sequential: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: dict[str, Edit] = {}
+
+    def apply(self, model: nn.Module, tokenizer: Any, edits: Sequence[Edit]) -> CachedEditsModel:
+        """Remember ``edits``; return a :class:`CachedEditsModel` over ``model`` (weights untouched)."""
+        edits = check_edits(edits, method="the edit cache", require_subject=False)
+        for edit in edits:
+            self.entries[edit.key] = edit
+        self.last_stats = {"seconds": 0.0, "stats_seconds": 0.0, "entries": len(self.entries)}
+        # The wrapper shares this editor's table, so restore() also resets wrappers handed out earlier.
+        return CachedEditsModel(model, tokenizer, self.entries)
+
+    def restore(self) -> None:
+        self.entries.clear()
