@@ -131,3 +131,78 @@ def load_embedder(name_or_path: str | None = None, *, device: str | torch.device
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(resolve_embedder(name_or_path), device=str(device) if device else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------- trained parts
+
+#: Bump when the default training recipe changes, so caches of an older recipe are not reused.
+DEFAULT_PARTS_VERSION = 1
+DEFAULT_SYNTHETIC_EDITS = 3000
+DEFAULT_SCOPE_STEPS = 600
+DEFAULT_COUNTERFACTUAL_STEPS = 150
+
+
+def default_parts_dir(*, train_if_missing: bool = True) -> Path:
+    """The directory of the default trained scope classifier and counterfactual model.
+
+    If the cache does not hold them yet and ``train_if_missing`` is true, they are trained from the embedded
+    synthetic data (:func:`train_default_parts`) and cached; otherwise :class:`MissingDefaultModelError`.
+    """
+    target = cache_dir() / "parts" / f"default-v{DEFAULT_PARTS_VERSION}"
+    if (target / "serac_config.json").exists():
+        return target
+    if not train_if_missing:
+        raise MissingDefaultModelError(
+            f"the default trained parts are not in {target}; EditableModel.from_defaults() trains them"
+        )
+    return train_default_parts(target)
+
+
+def train_default_parts(
+    output_dir: str | os.PathLike,
+    *,
+    num_edits: int = DEFAULT_SYNTHETIC_EDITS,
+    scope_steps: int = DEFAULT_SCOPE_STEPS,
+    counterfactual_steps: int = DEFAULT_COUNTERFACTUAL_STEPS,
+    seed: int = 0,
+) -> Path:
+    """Train the default parts from synthetic data and write them as an ``EditableModel`` directory.
+
+    The scope classifier is all-MiniLM-L6-v2 fine-tuned as a cross-encoder; the counterfactual model is
+    SmolLM2-135M-Instruct fine-tuned to answer a query given an edit (see the README for why). Training
+    happens in a staging folder next to ``output_dir`` with resumable checkpoints; the finished directory is
+    renamed into place, so an interrupted run never leaves a directory that looks complete.
+    """
+    from serac.data import generate_synthetic_examples
+    from serac.modeling import SeracConfig
+    from serac.training import (
+        CounterfactualTrainingArguments,
+        ScopeTrainingArguments,
+        train_counterfactual_model,
+        train_scope_classifier,
+    )
+
+    output_dir = Path(output_dir)
+    # A fixed staging name (not a random one) lets an interrupted run resume from its checkpoints.
+    staging = output_dir.parent / f".{output_dir.name}.training"
+    staging.mkdir(parents=True, exist_ok=True)
+    logger.info("Training the default scope classifier and counterfactual model into %s", output_dir)
+    examples = generate_synthetic_examples(num_edits, seed=seed)
+    train_scope_classifier(
+        examples,
+        ScopeTrainingArguments(max_steps=scope_steps, seed=seed),
+        staging / "scope_classifier",
+    )
+    train_counterfactual_model(
+        examples,
+        CounterfactualTrainingArguments(max_steps=counterfactual_steps, seed=seed),
+        DEFAULT_BASE_MODEL,
+        staging / "counterfactual_model",
+    )
+    (staging / "serac_config.json").write_text(
+        SeracConfig(base_model_name_or_path=DEFAULT_BASE_MODEL).to_json()
+    )
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(staging, output_dir)
+    return output_dir

@@ -1,0 +1,132 @@
+"""Quality of SERAC's two trained parts, each on its own, on a public edit dataset.
+
+Run: ``python -m benchmarks.parts_quality --data-path ../shared/data/mquake-cf-dev.json [--parts DIR]``
+
+* scope classifier: every edit of the dataset is in the edit store at once; for each in-scope query (the
+  edit's cloze form and its question form) a hit is a routing to *its own* edit (recall); for each
+  out-of-scope query (other facts of the same subject, the same relation with another subject, other hops,
+  unrelated questions) a false positive is a routing to any edit that does not list the query as in scope;
+* counterfactual model: given the right edit, does its answer to each in-scope query match the new target
+  (or an alias)? Matching is :func:`serac.metrics.answer_matches`, as in the benchmark runner.
+
+The whole (efficacy, paraphrase, locality against the base model) is measured by ``benchmarks.run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from serac.counterfactual import CounterfactualModel
+from serac.data import load_examples
+from serac.metrics import answer_matches
+from serac.modeling import CONFIG_NAME, SeracConfig
+from serac.scope import load_scope_classifier
+from serac.store import EditStore
+
+logger = logging.getLogger("benchmarks.parts_quality")
+
+
+def rate(values: list[bool]) -> dict:
+    return {"rate": (sum(values) / len(values)) if values else None, "count": len(values)}
+
+
+def scope_quality(examples, scope, store: EditStore) -> dict:
+    ids = store.add([example.edit for example in examples])
+    in_scope_texts = {edit_id: {q.text for q in ex.in_scope} for edit_id, ex in zip(ids, examples)}
+    hits: dict[str, list[bool]] = defaultdict(list)
+    false_positives: dict[str, list[bool]] = defaultdict(list)
+    queries, expected, kinds = [], [], []
+    for edit_id, example in zip(ids, examples):
+        for query in example.in_scope:
+            queries.append(query.text)
+            expected.append(edit_id)
+            kinds.append(("in", query.kind))
+        for query in example.out_of_scope:
+            queries.append(query.text)
+            expected.append(None)
+            kinds.append(("out", query.kind))
+    start = time.perf_counter()
+    decisions = []
+    for begin in range(0, len(queries), 64):
+        decisions += scope.classify(queries[begin : begin + 64], store)
+    seconds = time.perf_counter() - start
+    for query, edit_id, (side, kind), decision in zip(queries, expected, kinds, decisions):
+        if side == "in":
+            hits[kind].append(decision.in_scope and decision.edit_id == edit_id)
+        else:
+            wrong = decision.in_scope and query not in in_scope_texts[decision.edit_id]
+            false_positives[kind].append(wrong)
+    all_hits = [value for values in hits.values() for value in values]
+    all_false = [value for values in false_positives.values() for value in values]
+    return {
+        "edits_in_store": len(store),
+        "threshold": scope.config.threshold,
+        "retrieval_threshold": getattr(scope.config, "retrieval_threshold", None),
+        "recall": rate(all_hits),
+        "recall_by_kind": {kind: rate(values) for kind, values in sorted(hits.items())},
+        "false_positive_rate": rate(all_false),
+        "false_positive_rate_by_kind": {kind: rate(values) for kind, values in sorted(false_positives.items())},
+        "classify_ms_per_query": 1000 * seconds / max(1, len(queries)),
+    }
+
+
+def counterfactual_quality(examples, counterfactual: CounterfactualModel, batch_size: int = 16) -> dict:
+    rows = [(ex.edit, q) for ex in examples for q in ex.in_scope]
+    matches: dict[str, list[bool]] = defaultdict(list)
+    samples = []
+    for begin in range(0, len(rows), batch_size):
+        chunk = rows[begin : begin + batch_size]
+        answers = counterfactual.generate([edit for edit, _ in chunk], [q.text for _, q in chunk])
+        for (edit, query), answer in zip(chunk, answers):
+            matches[query.kind].append(answer_matches(answer, [query.answer, *query.aliases]))
+            if len(samples) < 8:
+                samples.append({"edit": edit.text, "query": query.text, "answer": answer, "target": query.answer})
+    all_matches = [value for values in matches.values() for value in values]
+    return {"accuracy": rate(all_matches), "accuracy_by_kind": {k: rate(v) for k, v in sorted(matches.items())}, "samples": samples}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-path", required=True, help="dataset file")
+    parser.add_argument("--dataset", default="mquake", choices=["mquake", "zsre", "counterfact"])
+    parser.add_argument("--parts", default=None, help="an EditableModel directory (default: the default parts)")
+    parser.add_argument("--skip-counterfactual", action="store_true")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N edits")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    if not Path(args.data_path).exists():
+        parser.error(f"no dataset at {args.data_path}")
+
+    if args.parts is None:
+        from serac.defaults import default_parts_dir
+
+        parts = default_parts_dir()
+    else:
+        parts = Path(args.parts)
+    config = SeracConfig.from_json((parts / CONFIG_NAME).read_text())
+    examples = load_examples(f"{args.dataset}:{args.data_path}")[: args.limit]
+    scope = load_scope_classifier(parts / config.scope_classifier_path)
+    results = {"parts": str(parts), "dataset": args.dataset, "edits": len(examples)}
+    results["scope_classifier"] = scope_quality(examples, scope, EditStore())
+    print(json.dumps(results["scope_classifier"], indent=2))
+    if not args.skip_counterfactual:
+        counterfactual = CounterfactualModel.from_pretrained(parts / config.counterfactual_model_path)
+        results["counterfactual_model"] = counterfactual_quality(examples, counterfactual)
+        print(json.dumps(results["counterfactual_model"], indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
