@@ -57,3 +57,22 @@ def test_routed_generate_on_the_real_defaults(smollm2, embedder):
     with model.disable_edits():
         assert torch.equal(model.generate(**batch, **settings), reference)
     assert all(torch.equal(before[name], p) for name, p in base.state_dict().items())
+
+
+def test_chat_formatted_rows_are_routed_on_the_user_turn(smollm2, embedder):
+    base, tokenizer = smollm2
+    model = EditableModel(
+        base,
+        tokenizer,
+        scope_classifier=EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=0.75)),
+        counterfactual_model=CounterfactualModel(base, tokenizer),
+        store=EditStore(embedder),
+    )
+    model.edit([Edit(prompt="What is the country of citizenship of Ellie Kemper?", target="Croatia")])
+    question = "What is the country of citizenship of Ellie Kemper?"
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    assert model._queries(chat["input_ids"], chat["attention_mask"]) == [question]
+    model.generate(**chat, max_new_tokens=4, do_sample=False)
+    assert model.last_routing[0].in_scope
