@@ -450,14 +450,14 @@ def test_mining_adds_nearest_queries_of_other_edits():
             in_scope=(InScopeQuery("Ada Rell holds the citizenship of", "Peru"),),
         ),  # fmt: skip
     ]
-    mined = mine_hard_negatives(examples, _WordHashEmbedder(), num_negatives=1)
+    mined = mine_hard_negatives(examples, _WordHashEmbedder(), num_negatives=1, candidates_per_example=None)
     assert mined[0].out_of_scope == (
         OutOfScopeQuery("Which country is Ada Rill a citizen of?", "embedding_neighbor"),
     )
     assert mined[1].out_of_scope[0].text == "Which country is Ada Rell a citizen of?"
     assert all(q.kind == "embedding_neighbor" for e in mined for q in e.out_of_scope)
     assert mined[0].in_scope == examples[0].in_scope
-    more = mine_hard_negatives(examples, _WordHashEmbedder(), num_negatives=5)
+    more = mine_hard_negatives(examples, _WordHashEmbedder(), num_negatives=5, candidates_per_example=None)
     assert "Ada Rell holds the citizenship of" not in {q.text for q in more[0].out_of_scope}
     assert len(more[2].out_of_scope) == 3
     with pytest.raises(ValueError):

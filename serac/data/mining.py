@@ -9,6 +9,7 @@ queries of kind ``embedding_neighbor``.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,12 +42,16 @@ def mine_hard_negatives(
     embedder: Any | None = None,
     *,
     num_negatives: int = 4,
+    candidates_per_example: int | None = 3,
+    seed: int = 0,
     batch_size: int = 128,
     chunk_size: int = 1024,
 ) -> list[EditExample]:
     """Add each edit's nearest queries of other edits as out-of-scope queries (kind ``embedding_neighbor``).
 
-    Candidates are the in-scope and out-of-scope queries of all other examples. A candidate is skipped when
+    Candidates are queries of all other examples: up to ``candidates_per_example`` of each example's in-scope
+    and out-of-scope queries (a seeded sample; ``None``: all of them, which costs one embedding per query).
+    A candidate is skipped when
     it is textually one of this example's own queries, or when it belongs to an example that edits the
     same prompt or the same (subject, relation) fact, since such a query is in scope, not a negative.
 
@@ -55,6 +60,8 @@ def mine_hard_negatives(
         embedder: a sentence embedder with ``encode`` (default: :func:`serac.defaults.load_embedder`); use
             the one the edit store uses so the negatives are the ones retrieval will actually surface.
         num_negatives: mined negatives per example.
+        candidates_per_example: queries of each example that are candidates (``None``: all).
+        seed: seeds the sample of candidates.
         batch_size: sentences per ``encode`` batch.
         chunk_size: edits scored against all candidates at once (bounds memory).
 
@@ -63,6 +70,8 @@ def mine_hard_negatives(
     """
     if num_negatives < 0:
         raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+    if candidates_per_example is not None and candidates_per_example < 1:
+        raise ValueError(f"candidates_per_example must be >= 1 or None, got {candidates_per_example}")
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be >= 1")
     examples = list(examples)
@@ -76,10 +85,14 @@ def mine_hard_negatives(
 
         embedder = load_embedder()
 
+    rng = random.Random(f"mining:{seed}")
     candidates: list[_Candidate] = []
     seen: set[tuple[str, int]] = set()
     for owner, example in enumerate(examples):
-        for query in (*example.in_scope, *example.out_of_scope):
+        queries = [*example.in_scope, *example.out_of_scope]
+        if candidates_per_example is not None and len(queries) > candidates_per_example:
+            queries = rng.sample(queries, candidates_per_example)
+        for query in queries:
             key = (normalize_text(query.text), owner)
             if key not in seen:
                 seen.add(key)

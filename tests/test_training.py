@@ -1,0 +1,310 @@
+"""Training of the scope classifier and the counterfactual model, on tiny models built from configs."""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from serac import Edit
+from serac.counterfactual import CounterfactualModel
+from serac.data import generate_synthetic_examples
+from serac.modeling import EditableModel
+from serac.scope import CrossEncoderScopeClassifier, load_scope_classifier
+from serac.train import main
+from serac.training import (
+    CHECKPOINT_FOLDER,
+    TRAINING_REPORT_NAME,
+    CounterfactualTrainingArguments,
+    ScopeTrainingArguments,
+    choose_retrieval_threshold,
+    choose_threshold,
+    split_examples,
+    train_counterfactual_model,
+    train_scope_classifier,
+)
+
+from .conftest import make_tiny_llama, make_tiny_t5
+
+FAST = {"show_progress": False, "logging_steps": 2, "eval_steps": 0, "save_steps": 100}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models train fastest on one thread; extra threads only contend on a shared CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class HashEmbedder:
+    """A deterministic bag-of-words sentence embedder (texts that share words are close)."""
+
+    def encode(self, texts, **kwargs):
+        vectors = np.zeros((len(texts), 64), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                vectors[row, zlib.crc32(word.encode()) % 64] += 1.0
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+
+
+@pytest.fixture(scope="session")
+def examples():
+    return generate_synthetic_examples(40, seed=3)
+
+
+@pytest.fixture(scope="session")
+def scope_examples():
+    # Few edits and two in-scope queries each: a two-layer cross-encoder from scratch can fit them in 40 steps.
+    return generate_synthetic_examples(16, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory):
+    """A two-layer BERT cross-encoder with the packaged MiniLM tokenizer, saved like a hub checkpoint."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from serac.defaults import resolve_embedder
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_embedder())
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=1,
+    )
+    directory = tmp_path_factory.mktemp("tiny_cross_encoder")
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def scope_arguments(cross_encoder_dir, **overrides):
+    values = {
+        "cross_encoder_name_or_path": cross_encoder_dir,
+        "max_steps": 40,
+        "batch_size": 16,
+        "learning_rate": 5e-3,
+        "max_length": 64,
+        "max_positives_per_edit": 2,
+        "mined_negatives_per_edit": 1,
+        "validation_fraction": 0.25,
+        **FAST,
+    }
+    values.update(overrides)
+    return ScopeTrainingArguments(**values)
+
+
+def report(directory):
+    return json.loads((directory / TRAINING_REPORT_NAME).read_text())
+
+
+def mean_loss(history, first: bool, count: int = 3):
+    losses = [loss for _, loss in history["loss"]]
+    return float(np.mean(losses[:count] if first else losses[-count:]))
+
+
+# -------------------------------------------------------------------------------------- thresholds
+
+
+def test_choose_threshold_strategies():
+    scores = [0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05]
+    labels = [1, 1, 1, 0, 1, 0, 1, 0, 0, 0]
+    best = choose_threshold(scores, labels, strategy="f_beta", beta=1.0)
+    assert best.threshold == pytest.approx(0.25)  # all 5 positives in, 2 of 5 negatives too: F1 0.83
+    assert (best.recall, best.false_positive_rate) == (1.0, 0.4)
+    precise = choose_threshold(scores, labels, strategy="f_beta", beta=0.25)
+    assert precise.threshold == pytest.approx(0.75) and precise.false_positive_rate == 0.0
+    bounded = choose_threshold(scores, labels, strategy="false_positive_rate", target_false_positive_rate=0.2)
+    assert bounded.threshold == pytest.approx(0.5) and bounded.false_positive_rate == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="positives and negatives"):
+        choose_threshold([0.2, 0.3], [0, 0])
+    with pytest.raises(ValueError):
+        choose_threshold([0.2, 0.3], [0, 2])
+    assert choose_retrieval_threshold([0.9, 0.8, 0.5, 0.7], quantile=0.0, margin=0.1) == pytest.approx(0.4)
+    assert choose_retrieval_threshold([0.1], margin=2.0) == -1.0
+
+
+def test_arguments_validate():
+    with pytest.raises(ValueError, match="max_steps"):
+        ScopeTrainingArguments(max_steps=0)
+    with pytest.raises(ValueError, match="threshold_strategy"):
+        ScopeTrainingArguments(threshold_strategy="median")
+    with pytest.raises(ValueError, match="kinds"):
+        CounterfactualTrainingArguments(kinds=("edit", "rumour"))
+    with pytest.raises(ValueError, match="input_template"):
+        CounterfactualTrainingArguments(input_template="{edit} only")
+    assert CounterfactualTrainingArguments(kinds="edit,yes_no").kinds == ("edit", "yes_no")
+    with pytest.raises(TypeError):
+        train_scope_classifier([], CounterfactualTrainingArguments())  # type: ignore[arg-type]
+
+
+def test_split_keeps_cases_together(examples):
+    from serac.data import load_mquake
+
+    train, held_out = split_examples(examples, 0.25, seed=1)
+    assert len(held_out) == 10 and len(train) == 30
+    assert split_examples(examples, 0.25, seed=1) == (train, held_out)
+    mquake = load_mquake("tests/fixtures/mquake_sample.json")
+    for seed in range(6):
+        train, held_out = split_examples(mquake, 0.5, seed=seed)
+        assert {e.case_id for e in train}.isdisjoint({e.case_id for e in held_out})
+    with pytest.raises(ValueError, match="at least 2"):
+        split_examples(examples[:1], 0.5, seed=0)
+
+
+# ------------------------------------------------------------------------------------ scope classifier
+
+
+def test_scope_training_lowers_the_loss_and_saves_thresholds(
+    scope_examples, tiny_cross_encoder_dir, tmp_path
+):
+    output = tmp_path / "scope"
+    classifier = train_scope_classifier(
+        scope_examples, scope_arguments(tiny_cross_encoder_dir), output, embedder=HashEmbedder()
+    )
+    assert isinstance(classifier, CrossEncoderScopeClassifier)
+    saved = report(output)
+    assert mean_loss(saved["loss_history"], first=False) < mean_loss(saved["loss_history"], first=True) - 0.2
+    assert saved["global_step"] == 40
+    # Both thresholds come from the held-out data, not from defaults.
+    assert classifier.config.threshold == saved["threshold_choice"]["threshold"]
+    assert classifier.config.retrieval_threshold == saved["retrieval_threshold"]
+    assert classifier.config.retrieval_threshold < saved["held_out_in_scope_similarity"]["min"]
+    assert not (output / CHECKPOINT_FOLDER).exists()
+    loaded = load_scope_classifier(output)
+    assert loaded.config == classifier.config
+    pairs = (
+        ["Ada Rell plays the harp", "Ada Rell plays the harp"],
+        ["What does Ada Rell play?", "Who is Bo?"],
+    )
+    np.testing.assert_allclose(loaded.score_pairs(*pairs), classifier.score_pairs(*pairs), atol=1e-6)
+
+
+def test_scope_training_resumes_after_a_crash(scope_examples, tiny_cross_encoder_dir, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    arguments = scope_arguments(
+        tiny_cross_encoder_dir, max_steps=10, save_steps=4, mined_negatives_per_edit=0
+    )
+    reference = train_scope_classifier(
+        scope_examples, arguments, tmp_path / "reference", embedder=HashEmbedder()
+    )
+
+    original_step = Trainer.training_step
+    calls = {"count": 0}
+
+    def crashing_step(self, *args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 7:
+            raise RuntimeError("power cut")
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", crashing_step)
+    output = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_scope_classifier(scope_examples, arguments, output, embedder=HashEmbedder())
+    assert (output / CHECKPOINT_FOLDER / "checkpoint-4").is_dir()
+    calls["count"] = -100  # no more crashes
+    resumed = train_scope_classifier(scope_examples, arguments, output, embedder=HashEmbedder())
+    assert calls["count"] == -100 + 6  # steps 5..10 only
+    pairs = (["Ada Rell plays the harp"] * 2, ["What does Ada Rell play?", "Who is Bo?"])
+    np.testing.assert_allclose(resumed.score_pairs(*pairs), reference.score_pairs(*pairs), atol=1e-5)
+
+
+# -------------------------------------------------------------------------------- counterfactual model
+
+
+@pytest.mark.parametrize("make_model", [make_tiny_llama, make_tiny_t5], ids=["causal", "seq2seq"])
+def test_counterfactual_training_lowers_the_loss(make_model, examples, char_tokenizer, tmp_path):
+    counterfactual = CounterfactualModel(make_model(char_tokenizer, seed=4), char_tokenizer)
+    before = {name: p.detach().clone() for name, p in counterfactual.model.named_parameters()}
+    arguments = CounterfactualTrainingArguments(
+        max_steps=16, batch_size=8, learning_rate=5e-3, eval_generations=4, **FAST
+    )
+    trained = train_counterfactual_model(examples, arguments, counterfactual, tmp_path / "cf")
+    assert trained is counterfactual and not trained.model.training
+    saved = report(tmp_path / "cf")
+    assert mean_loss(saved["loss_history"], first=False) < mean_loss(saved["loss_history"], first=True) - 0.3
+    assert saved["held_out_metrics"]["pairs"] == 4
+    assert any(not torch.equal(before[n], p) for n, p in trained.model.named_parameters())
+    loaded = CounterfactualModel.from_pretrained(tmp_path / "cf")
+    edit = Edit(prompt="{} plays the", subject="Ada Rell", target="harp")
+    assert loaded.generate([edit], ["What does Ada Rell play?"], max_new_tokens=4) == trained.generate(
+        [edit], ["What does Ada Rell play?"], max_new_tokens=4
+    )
+
+
+# ------------------------------------------------------------------------------------ CLI round trip
+
+
+def test_cli_writes_a_directory_that_from_pretrained_loads(
+    examples, tiny_cross_encoder_dir, char_tokenizer, tmp_path, monkeypatch
+):
+    import serac.defaults
+
+    model_dir = tmp_path / "tiny_llama"
+    make_tiny_llama(char_tokenizer, seed=5).save_pretrained(model_dir)
+    char_tokenizer.save_pretrained(model_dir)
+    # The CLI loads the edit store's embedder by name; a hashing embedder keeps this test fast.
+    monkeypatch.setattr(serac.defaults, "load_embedder", lambda name_or_path=None, **kwargs: HashEmbedder())
+    output = tmp_path / "editor"
+    common = [
+        "--output-dir",
+        str(output),
+        "--data",
+        "synthetic:30",
+        "--max-steps",
+        "4",
+        "--seed",
+        "1",
+        "--no-progress",
+    ]
+    status = main(
+        [*common, "--parts", "scope", "--cross-encoder", tiny_cross_encoder_dir, "--scope-max-length", "64",
+         "--scope-batch-size", "8", "--scope-eval-steps", "0"]
+    )  # fmt: skip
+    assert status == 0 and not (output / "serac_config.json").exists()  # the counterfactual model is missing
+    scope_report = output / "scope_classifier" / TRAINING_REPORT_NAME
+    written = scope_report.stat().st_mtime_ns
+    assert main(
+        [*common, "--parts", "scope", "--cross-encoder", tiny_cross_encoder_dir, "--scope-max-length", "64",
+         "--scope-batch-size", "8", "--scope-eval-steps", "0"]
+    ) == 0  # fmt: skip
+    assert scope_report.stat().st_mtime_ns == written  # same arguments and data: not trained again
+    status = main(
+        [*common, "--parts", "counterfactual", "--base-model", str(model_dir), "--counterfactual-batch-size", "4",
+         "--counterfactual-eval-generations", "2", "--counterfactual-kinds", "edit,yes_no"]
+    )  # fmt: skip
+    assert status == 0
+    assert json.loads((output / "serac_config.json").read_text())["base_model_name_or_path"] == str(model_dir)
+    assert report(output / "counterfactual_model")["arguments"]["kinds"] == ["edit", "yes_no"]
+
+    base = make_tiny_llama(char_tokenizer, seed=5)
+    editor = EditableModel.from_pretrained(base, output, tokenizer=char_tokenizer, embedder=HashEmbedder())
+    scope_config = report(output / "scope_classifier")
+    assert editor.scope_classifier.config.threshold == scope_config["threshold_choice"]["threshold"]
+    assert isinstance(editor.counterfactual_model.model, type(base))
+    (edit_id,) = editor.edit([Edit(prompt="{} plays the", subject="Ada Rell", target="harp")])
+    decisions = editor.route(["Ada Rell plays the", "Why is the sky blue?"])
+    scores = editor.scope_classifier.score_pairs(["Ada Rell plays the harp"], ["Ada Rell plays the"])
+    assert decisions[0].in_scope == bool(scores[0] >= editor.scope_classifier.config.threshold)
+
+
+def test_cli_rejects_bad_options(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--output-dir", str(tmp_path), "--parts", "scope,memory"])
+    assert "--parts" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--output-dir", str(tmp_path), "--scope-threshold-strategy", "median"])
+    with pytest.raises(SystemExit):
+        main(["--output-dir", str(tmp_path), "--data", "wikidata:x.json"])
