@@ -23,8 +23,19 @@ ZSRE = FIXTURES / "zsre_tiny.json"
 
 RUN_METRICS = {
     "efficacy", "efficacy_count", "paraphrase", "paraphrase_count", "locality", "locality_count",
-    "portability", "portability_count", "edit_seconds_per_edit", "query_ms_p50", "query_ms_p95", "query_count",
+    "portability", "portability_count", "edit_seconds_per_edit", "edit_setup_seconds", "query_ms_p50",
+    "query_ms_p95", "query_count",
 }  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The runner makes hundreds of generate() calls on a tiny model: thread synchronization would cost more
+    # than the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- stand-in editors
@@ -189,6 +200,7 @@ def test_cli_end_to_end_on_mquake(tmp_path, tiny_model_dir, registry, capsys):
     assert lookup["efficacy"] == 1.0 and lookup["efficacy_count"] == 4
     assert lookup["locality"] == 1.0
     assert lookup["edit_seconds_per_edit"] >= 0
+    assert lookup["latency_pairs"] == 10 and runs[("noise", 4)]["metrics"]["latency_pairs"] == 0
     # A batch for an editor without batch editing is applied one edit at a time, and says so.
     assert runs[("noise", 4)]["applied_as"] == "sequential"
     assert registry["noise"][0].apply_sizes == [1, 1, 1, 1, 1]
@@ -304,8 +316,12 @@ def test_serac_runs_with_a_fresh_store_per_setting(tmp_path, tiny_model_dir, tin
     # An edit's own prompt is nearest to its own edit text: routed in scope.
     assert metrics["scope_recall"] > 0
     assert metrics["efficacy_prob_count"] == 2  # routed probabilities are available
-    assert metrics["query_ms_p50_ratio_to_base"] == pytest.approx(
-        metrics["query_ms_p50"] / runs[("base", 3)]["metrics"]["query_ms_p50"]
+    # SERAC wraps the base model: timed in pairs with it, query by query.
+    assert metrics["latency_pairs"] == metrics["query_count"] > 0
+    assert metrics["query_ms_p50_ratio_to_base"] > 0
+    # The p95 ratio comes from the base run of the same setting.
+    assert metrics["query_ms_p95_ratio_to_base"] == pytest.approx(
+        metrics["query_ms_p95"] / runs[("base", 3)]["metrics"]["query_ms_p95"]
     )
     assert runs[("serac", 1)]["stored_edits"] == 1
 
@@ -388,6 +404,23 @@ def test_conflicting_edits_are_dropped():
     # Whichever comes first in the shuffled order wins; the contradicting ones are dropped.
     assert {example.edit.target for example in ordered} == {ordered[0].edit.target}
     assert dropped == 3 - len(ordered) >= 1
+
+
+def test_a_shared_edit_is_applied_once_and_counted_once():
+    from serac.data.schema import EditExample, PortabilityQuestion
+
+    shared = Edit(prompt="{} lives in", subject="Ana Roe", target="Lima")
+    other = Edit(prompt="{} works for", subject="Ben Ode", target="Acme")
+    question = PortabilityQuestion("In which country does Ana Roe live?", "Peru")
+    examples = [
+        EditExample(edit=shared, case_id="1", portability=(question,)),
+        EditExample(edit=shared, case_id="1", portability=(question,)),
+        EditExample(edit=other, case_id="1"),
+    ]
+    setting = bench.build_setting(examples, 1, None, probabilities=False)
+    assert setting.edits == [shared] and setting.num_edits == 1
+    assert [query.text for query in setting.portability] == [question.text]  # asked once
+    assert bench.build_setting(examples, 5, None, probabilities=False).edits == [shared, other]
 
 
 def test_limit_spreads_paraphrases_over_examples():
