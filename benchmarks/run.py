@@ -63,7 +63,7 @@ SERAC_METHOD = "serac"
 DATASETS: tuple[str, ...] = ("mquake", "zsre", "counterfact", "synthetic", "jsonl")
 MODES: tuple[str, ...] = ("batch", "sequential")
 EDIT_FORMS: tuple[str, ...] = ("prompt", "statement")
-PROMPT_FORMATS: tuple[str, ...] = ("raw", "chat")
+PROMPT_FORMATS: tuple[str, ...] = ("auto", "raw", "chat")
 DEFAULT_METHODS: tuple[str, ...] = ("base", "serac", "cache", "ft", "rome", "memit")
 DEFAULT_NUM_EDITS = "1,10"
 DEFAULT_LIMIT_QUERIES = 10
@@ -120,7 +120,7 @@ class BenchmarkConfig:
     max_edits: dict[str, int | None] = field(default_factory=dict)
     synthetic_size: int | None = None
     edit_form: str = "prompt"
-    prompt_format: str = "raw"
+    prompt_format: str = "auto"
     probabilities: bool | None = None
     editor_hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str | None = None
@@ -481,6 +481,7 @@ def _locality_query(query: OutOfScopeQuery, example: EditExample, probabilities:
     contrast = probabilities and query.answer is not None and query.answer != example.edit.target
     return EvalQuery(
         query.text,
+        answers=(query.answer, *query.aliases) if query.answer is not None else (),
         target_new=example.edit.target if contrast else None,
         target_true=query.answer if contrast else None,
         hard=query.is_hard,
@@ -685,13 +686,25 @@ def _progress(items: Iterable[Any], enabled: bool, description: str, **kwargs: A
 
 @dataclass
 class QueryFormatter:
-    """Turns a query text into model inputs the same way for every method."""
+    """Turns a query text into model inputs the same way for every method.
+
+    ``raw``: the text itself. ``chat``: the text as the user turn of the tokenizer's chat template.
+    ``auto``: questions (text ending in "?") in the chat template, when the tokenizer has one, since an
+    instruction-tuned model answers questions there and often stops at once on a bare question; cloze
+    prompts as raw text, which such a model continues.
+    """
 
     tokenizer: Any
-    prompt_format: str = "raw"
+    prompt_format: str = "auto"
+
+    def uses_chat(self, text: str) -> bool:
+        if self.prompt_format == "chat":
+            return True
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        return self.prompt_format == "auto" and has_template and text.rstrip().endswith("?")
 
     def __call__(self, text: str, device: torch.device) -> dict[str, torch.Tensor]:
-        if self.prompt_format == "chat":
+        if self.uses_chat(text):
             rendered = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
@@ -1013,6 +1026,7 @@ def _evaluate(
         name: [] for name in ("efficacy", "paraphrase", "locality", "portability")
     }
     hard_outcomes: list[bool] = []
+    known_answer_outcomes: list[bool] = []
     case_outcomes: dict[str, bool] = {}
     in_scope_routing: dict[str, list[bool]] = {"in": [], "out": []}
     seconds: list[float] = []
@@ -1035,6 +1049,8 @@ def _evaluate(
             ok = answers_agree(answer, reference[query.text], window=window)
             if query.hard:
                 hard_outcomes.append(ok)
+            if query.answers:
+                known_answer_outcomes.append(answer_matches(answer, query.answers, window=window))
         else:
             ok = answer_matches(answer, query.answers, window=window)
         outcomes[metric].append(ok)
@@ -1052,6 +1068,8 @@ def _evaluate(
         metrics[name], metrics[f"{name}_count"] = value.value, value.count
     hard = rate(hard_outcomes)
     metrics["locality_hard"], metrics["locality_hard_count"] = hard.value, hard.count
+    known = rate(known_answer_outcomes)
+    metrics["out_of_scope_accuracy"], metrics["out_of_scope_accuracy_count"] = known.value, known.count
     cases = rate(case_outcomes.values())
     metrics["portability_case"], metrics["portability_case_count"] = cases.value, cases.count
     metrics.update(latency_summary(seconds))
@@ -1280,8 +1298,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--prompt-format",
         choices=PROMPT_FORMATS,
-        default="raw",
-        help="raw text, or the tokenizer's chat template around each query",
+        default="auto",
+        help="raw text, the tokenizer's chat template around each query, or auto: the chat template for "
+        "questions (ending in '?') and raw text for cloze prompts",
     )
     evaluation.add_argument(
         "--probabilities",

@@ -14,7 +14,7 @@ from benchmarks.report import markdown_table
 from serac.data.loaders import load_counterfact, load_mquake
 from serac.edits import Edit, normalize_text
 
-from .conftest import make_tiny_t5
+from .conftest import make_char_tokenizer, make_tiny_t5
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
 MQUAKE = FIXTURES / "mquake_tiny.json"
@@ -195,6 +195,8 @@ def test_cli_end_to_end_on_mquake(tmp_path, tiny_model_dir, registry, capsys):
     # With every edit of every case applied, each case's multi-hop questions are asked.
     assert runs[("base", 4)]["metrics"]["portability_count"] == 4
     assert runs[("base", 4)]["metrics"]["portability_case_count"] == 3
+    # Out-of-scope queries with a known answer also say how much the base model knows.
+    assert runs[("base", 4)]["metrics"]["out_of_scope_accuracy_count"] > 0
     # The exact-match cache answers the edit prompts, and nothing else changes.
     lookup = runs[("lookup", 4)]["metrics"]
     assert lookup["efficacy"] == 1.0 and lookup["efficacy_count"] == 4
@@ -430,6 +432,28 @@ def test_limit_spreads_paraphrases_over_examples():
     # One paraphrase of each edited example before a second of any.
     assert len({query.target_new for query in setting.paraphrase}) == 3
     assert all(query.target_true is not None for query in setting.efficacy)
+
+
+def test_auto_prompt_format_wraps_questions_in_the_chat_template():
+    tokenizer = make_char_tokenizer()
+    raw = bench.QueryFormatter(tokenizer, "auto")
+    assert (
+        tokenizer.decode(raw("Who founded Nortex?", torch.device("cpu"))["input_ids"][0])
+        == "Who founded Nortex?"
+    )
+    tokenizer.chat_template = (
+        "{% for message in messages %}U:{{ message['content'] }}<eos>{% endfor %}"
+        "{% if add_generation_prompt %}A:{% endif %}"
+    )
+
+    def text(prompt_format: str, query: str) -> str:
+        inputs = bench.QueryFormatter(tokenizer, prompt_format)(query, torch.device("cpu"))
+        return tokenizer.decode(inputs["input_ids"][0])
+
+    assert text("auto", "Who founded Nortex?") == "U:Who founded Nortex?<eos>A:"
+    assert text("auto", "Nortex was founded by") == "Nortex was founded by"
+    assert text("chat", "Nortex was founded by") == "U:Nortex was founded by<eos>A:"
+    assert text("raw", "Who founded Nortex?") == "Who founded Nortex?"
 
 
 def test_parse_num_edits():
