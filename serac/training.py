@@ -551,24 +551,30 @@ def evaluate_scope_classifier(
     *,
     embedder: Any | None = None,
     retrieval_threshold: float | None = None,
+    scores: np.ndarray | None = None,
+    similarities: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Held-out metrics of a scope classifier on ``scope_pairs`` rows: overall rates and accuracy per kind.
 
-    With an ``embedder``, pairs whose cosine similarity is below ``retrieval_threshold`` count as out of
-    scope, as at inference (the retrieval filter runs before the cross-encoder).
+    With an ``embedder`` (or precomputed pair ``similarities``), pairs whose cosine similarity is below
+    ``retrieval_threshold`` count as out of scope, as at inference, where the retrieval filter runs before the
+    cross-encoder. ``scores`` may hold the classifier's precomputed pair scores.
     """
     threshold = classifier.config.threshold if threshold is None else threshold
-    scores = classifier.score_pairs(pairs["edit_text"], pairs["query"])
+    edit_texts, queries = list(pairs["edit_text"]), list(pairs["query"])
+    if scores is None:
+        scores = classifier.score_pairs(edit_texts, queries)
     labels = np.asarray(pairs["label"], dtype=np.float64)
-    if embedder is not None:
+    if similarities is None and embedder is not None:
+        similarities = _pair_similarities(embedder, edit_texts, queries)
+    if similarities is not None:
         retrieval_threshold = (
             classifier.config.retrieval_threshold if retrieval_threshold is None else retrieval_threshold
         )
-        similarities = _pair_similarities(embedder, pairs["edit_text"], pairs["query"])
-        scores = np.where(similarities >= retrieval_threshold, scores, 0.0)
-    metrics: dict[str, Any] = {"pairs": len(labels), **_rates(scores, labels, threshold, 1.0)}
+        scores = np.where(np.asarray(similarities) >= retrieval_threshold, scores, 0.0)
+    metrics: dict[str, Any] = {"pairs": len(labels), **_rates(np.asarray(scores), labels, threshold, 1.0)}
     metrics["f1"] = metrics.pop("f_beta")
-    predicted = scores >= threshold
+    predicted = np.asarray(scores) >= threshold
     by_kind: dict[str, list[bool]] = defaultdict(list)
     for kind, prediction, label in zip(pairs["kind"], predicted, labels, strict=True):
         by_kind[kind].append(bool(prediction) == bool(label))
@@ -690,26 +696,27 @@ def train_scope_classifier(
         )
         cross_encoder.eval()
         classifier = CrossEncoderScopeClassifier(cross_encoder, config)
-        scores = classifier.score_pairs(eval_pairs["edit_text"], eval_pairs["query"])
+        # Columns are materialized once: indexing a datasets column inside a loop re-reads it every time.
+        edit_texts, queries = list(eval_pairs["edit_text"]), list(eval_pairs["query"])
+        labels = np.asarray(eval_pairs["label"])
+        scores = classifier.score_pairs(edit_texts, queries)
         choice = choose_threshold(
             scores,
-            eval_pairs["label"],
+            labels,
             strategy=arguments.threshold_strategy,
             beta=arguments.beta,
             target_false_positive_rate=arguments.target_false_positive_rate,
         )
-        positives = [i for i, label in enumerate(eval_pairs["label"]) if label == 1]
-        similarities = _pair_similarities(
-            embedder,
-            [eval_pairs["edit_text"][i] for i in positives],
-            [eval_pairs["query"][i] for i in positives],
-        )
+        similarities = _pair_similarities(embedder, edit_texts, queries)
+        in_scope_similarities = similarities[labels == 1]
         config.threshold = choice.threshold
         config.retrieval_threshold = choose_retrieval_threshold(
-            similarities, quantile=arguments.retrieval_quantile, margin=arguments.retrieval_margin
+            in_scope_similarities, quantile=arguments.retrieval_quantile, margin=arguments.retrieval_margin
         )
-        metrics = evaluate_scope_classifier(classifier, eval_pairs)
-        metrics_with_retrieval = evaluate_scope_classifier(classifier, eval_pairs, embedder=embedder)
+        metrics = evaluate_scope_classifier(classifier, eval_pairs, scores=scores)
+        metrics_with_retrieval = evaluate_scope_classifier(
+            classifier, eval_pairs, scores=scores, similarities=similarities
+        )
         logger.info(
             "Scope classifier held-out: accuracy %.3f, precision %.3f, recall %.3f, false-positive rate %.3f "
             "(threshold %.4f, retrieval threshold %.3f)",
@@ -733,9 +740,12 @@ def train_scope_classifier(
                     "threshold_choice": asdict(choice),
                     "retrieval_threshold": config.retrieval_threshold,
                     "held_out_in_scope_similarity": {
-                        "min": float(np.min(similarities)),
-                        "median": float(np.median(similarities)),
+                        "min": float(np.min(in_scope_similarities)),
+                        "median": float(np.median(in_scope_similarities)),
                     },
+                    "held_out_out_of_scope_pairs_below_retrieval_threshold": float(
+                        np.mean(similarities[labels == 0] < config.retrieval_threshold)
+                    ),
                     "held_out_metrics": metrics,
                     "held_out_metrics_with_retrieval_filter": metrics_with_retrieval,
                     "global_step": trainer.state.global_step,
@@ -799,12 +809,13 @@ def evaluate_counterfactual_model(
     if rows == 0:
         return {"pairs": 0}
     matches, exact = [], []
-    kinds = pairs["kind"][:rows]
+    kinds = pairs[:rows]["kind"]
     for start in range(0, rows, batch_size):
         stop = min(rows, start + batch_size)
-        edits = edits_from_column(pairs["edit"][start:stop])
-        answers = pairs["answer"][start:stop]
-        generations = counterfactual.generate(edits, pairs["query"][start:stop])
+        batch = pairs[start:stop]  # a slice reads only these rows; pairs["edit"] would read the whole column
+        edits = edits_from_column(batch["edit"])
+        answers = batch["answer"]
+        generations = counterfactual.generate(edits, batch["query"])
         for generation, answer in zip(generations, answers, strict=True):
             matches.append(answer_matches(generation, [answer]))
             exact.append(normalize_answer(generation) == normalize_answer(answer))
