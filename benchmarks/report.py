@@ -39,8 +39,8 @@ TABLE_COLUMNS: tuple[tuple[str, str, str | None, str], ...] = (
     ("efficacy_prob", "P(new)>P(true)", "efficacy_prob_count", "rate"),
     ("paraphrase_prob", "P(new)>P(true) para.", "paraphrase_prob_count", "rate"),
     ("locality_prob", "P(true)>P(new) neigh.", "locality_prob_count", "rate"),
-    ("scope_recall", "in scope (in-scope q.)", None, "rate"),
-    ("scope_false_positive_rate", "in scope (out-of-scope q.)", None, "rate"),
+    ("scope_recall", "routed to an edit (in-scope q.)", None, "rate"),
+    ("scope_false_positive_rate", "routed to an edit (out-of-scope q.)", None, "rate"),
     ("edit_seconds_per_edit", "s / edit", None, "seconds"),
     ("query_ms_p50", "query ms p50", None, "ms"),
     ("query_ms_p95", "query ms p95", None, "ms"),
@@ -62,6 +62,8 @@ PLOTTED_METRICS: tuple[str, ...] = (
     "query_ms_p95",
 )
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINESTYLES = ("-", "--", "-.", ":")
 _LABELS = {
     "efficacy": "efficacy (edit prompt gives the new answer)",
     "paraphrase": "paraphrase (in-scope rephrasings give the new answer)",
@@ -204,10 +206,20 @@ def plot_metrics(
             continue
         figure, axis = plt.subplots(figsize=(6, 4))
         try:
-            for label, points in sorted(series.items()):
+            for index, (label, points) in enumerate(sorted(series.items())):
                 xs = [x for x, _ in points]
                 ys = [y for _, y in points]
-                axis.plot(xs, ys, marker="o", label=label)
+                # Methods often coincide (base and cache both keep locality at 1): distinct markers and
+                # dash patterns keep every line visible.
+                axis.plot(
+                    xs,
+                    ys,
+                    marker=_MARKERS[index % len(_MARKERS)],
+                    linestyle=_LINESTYLES[index % len(_LINESTYLES)],
+                    markersize=7 - index % 3,
+                    alpha=0.85,
+                    label=label,
+                )
             all_x = [x for points in series.values() for x, _ in points]
             if max(all_x) >= 10 * min(all_x):
                 axis.set_xscale("log")
@@ -218,10 +230,9 @@ def plot_metrics(
             else:
                 axis.set_ylim(-0.02, 1.02)
             axis.set_xlabel("number of edits")
-            axis.set_ylabel(_LABELS.get(metric, metric))
-            axis.set_title(
-                f"{_LABELS.get(metric, metric)} ({result.get('config', {}).get('dataset', '')})", fontsize=9
-            )
+            axis.set_ylabel(metric)
+            dataset = result.get("config", {}).get("dataset", "")
+            axis.set_title(f"{_LABELS.get(metric, metric)}, {dataset}", fontsize=9)
             axis.grid(True, alpha=0.3)
             axis.legend(fontsize=8)
             figure.tight_layout()

@@ -408,12 +408,20 @@ def _efficacy_query(example: EditExample) -> EvalQuery | None:
     return None
 
 
+def _evenly_spaced(items: Sequence[Any], limit: int | None) -> list[Any]:
+    """``limit`` items spread evenly over ``items`` (all of them if there are not more), first one included."""
+    if limit is None or len(items) <= limit:
+        return list(items)
+    return [items[(index * len(items)) // limit] for index in range(limit)]
+
+
 def build_setting(
     ordered: Sequence[EditExample], num_edits: int, limit: int | None, *, probabilities: bool
 ) -> Setting:
     """The first ``num_edits`` examples' edits and a sample of at most ``limit`` queries per metric.
 
-    The sample comes from the first ``limit`` edited examples. Out-of-scope queries that are in the scope
+    The sample comes from ``limit`` edited examples spread evenly over the order the edits are applied in,
+    so sequential runs measure early edits as well as late ones. Out-of-scope queries that are in the scope
     of any applied edit (the same text as an applied edit's prompt or in-scope query) are left out: their
     answer is supposed to change. Portability questions are asked only when all edits of their case
     (the example's ``companion_edits``) are applied.
@@ -429,7 +437,7 @@ def build_setting(
             seen.add(example.edit)
             edits.append(example.edit)
         chosen.append(example)
-    evaluated = chosen if limit is None else chosen[:limit]
+    evaluated = _evenly_spaced(chosen, limit)
     applied = set(edits)
     in_scope_keys = {example.edit.key for example in chosen}
     for example in chosen:
