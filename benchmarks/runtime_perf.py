@@ -12,7 +12,10 @@ What it measures, on the offline defaults (SmolLM2-135M base, all-MiniLM-L6-v2 e
 3. search scaling: median single-query search time at each store size. Stores past the number of really
    embedded edits are filled with perturbed copies of real edit embeddings (embedding a million sentences
    takes hours on two cores); search cost depends on the index, not on where its vectors came from;
-4. memory per stored edit: process resident memory before and after filling the store, per edit.
+4. memory per stored edit: process resident memory before and after filling the store, per edit;
+5. exact vs IVF crossover: at each size, single-query search time of an exact (flat) index and of the IVF
+   index the store builds, and the IVF's recall of the exact nearest edit; this is how
+   ``EditStoreConfig.exact_max_size`` was chosen (the size past which IVF is clearly faster at full recall).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from serac.store import EditStore
 
 logger = logging.getLogger("benchmarks.runtime_perf")
 
-_SYLLABLES = "ka lo mi ra te vu sen dor an bel cor fin gal hol jun kir lum mar nor pel qua ros sil tor ur vin".split()
+_SYLLABLES = ["ka", "lo", "mi", "ra", "te", "vu", "sen", "dor", "an", "bel", "cor", "fin", "gal", "hol", "jun", "kir", "lum", "mar", "nor", "pel", "qua", "ros", "sil", "tor", "ur", "vin"]
 _RELATIONS = [
     ("{} is a citizen of", ["Peru", "Chad", "Laos", "Fiji", "Oman", "Mali", "Togo", "Iran"]),
     ("{} plays the sport of", ["golf", "polo", "rugby", "chess", "tennis", "hockey", "cricket"]),
@@ -152,11 +155,49 @@ def measure_search_scaling(embedder, edits, vectors, sizes, repeats: int) -> lis
     return results
 
 
+def measure_index_crossover(vectors: np.ndarray, sizes: list[int], repeats: int, nprobe: int = 16) -> list[dict]:
+    """Exact (flat) against IVF search at each size: median single-query time and IVF recall@1."""
+    import faiss
+
+    from serac.store import _ivf_list_count
+
+    rng = np.random.default_rng(1)
+    queries = vectors[rng.choice(len(vectors), size=50, replace=False)]
+    queries = queries + rng.normal(0, 0.05, size=queries.shape).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    results = []
+    for size in sizes:
+        base = rng.integers(0, len(vectors), size=size)
+        data = vectors[base] + rng.normal(0, 0.05, size=(size, vectors.shape[1])).astype(np.float32)
+        data /= np.linalg.norm(data, axis=1, keepdims=True)
+        flat = faiss.IndexFlatIP(data.shape[1])
+        flat.add(data)
+        lists = _ivf_list_count(size)
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(data.shape[1]), data.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(data[rng.choice(size, size=min(size, 64 * lists), replace=False)])
+        ivf.add(data)
+        ivf.nprobe = nprobe
+        flat_ms = statistics.median(median_ms(lambda q=q, index=flat: index.search(q[None, :], 4), repeats) for q in queries)
+        ivf_ms = statistics.median(median_ms(lambda q=q, index=ivf: index.search(q[None, :], 4), repeats) for q in queries)
+        _, exact_ids = flat.search(queries, 1)
+        _, ivf_ids = ivf.search(queries, 1)
+        results.append(
+            {
+                "size": size,
+                "exact_search_ms": flat_ms,
+                "ivf_search_ms": ivf_ms,
+                "ivf_lists": lists,
+                "ivf_recall_at_1": float(np.mean(exact_ids[:, 0] == ivf_ids[:, 0])),
+            }
+        )
+        logger.info("crossover at %d: exact %.3f ms, IVF %.3f ms", size, flat_ms, ivf_ms)
+    return results
+
+
 def measure_routing_overhead(embedder, edits, vectors, size: int, repeats: int, scope_path: str | None) -> dict:
     from serac.counterfactual import CounterfactualModel
-    from serac.defaults import load_base_model
+    from serac.defaults import load_base_model, resolve_embedder
     from serac.modeling import EditableModel
-    from serac.defaults import resolve_embedder
     from serac.scope import CrossEncoderScopeClassifier, ScopeClassifierConfig, load_scope_classifier
 
     base, tokenizer = load_base_model()
@@ -181,7 +222,7 @@ def measure_routing_overhead(embedder, edits, vectors, size: int, repeats: int, 
     base_times, editor_times, routing_times = [], [], []
     routed = scored = 0
     for _ in range(repeats):
-        for batch, query in zip(batches, OUT_OF_SCOPE_QUERIES):
+        for batch, query in zip(batches, OUT_OF_SCOPE_QUERIES, strict=True):
             base_times.append(median_ms(lambda b=batch: base.generate(**b, **settings), 1))
             editor_times.append(median_ms(lambda b=batch: model.generate(**b, **settings), 1))
             routing_times.append(median_ms(lambda q=query: model.route([q]), 1))
@@ -194,7 +235,7 @@ def measure_routing_overhead(embedder, edits, vectors, size: int, repeats: int, 
         "editable_generate_ms_median": statistics.median(editor_times),
         "routing_ms_median": statistics.median(routing_times),
         "overhead_ratio": statistics.median(editor_times) / statistics.median(base_times),
-        "pairwise_ratio_median": statistics.median(e / b for e, b in zip(editor_times, base_times)),
+        "pairwise_ratio_median": statistics.median(e / b for e, b in zip(editor_times, base_times, strict=True)),
         "calls": len(base_times),
         "queries_routed_to_an_edit": routed,
         "queries_scored_by_cross_encoder": scored,
@@ -205,6 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000", help="store sizes for the search scaling")
     parser.add_argument("--real-edits", type=int, default=20_000, help="edits embedded for real")
+    parser.add_argument(
+        "--crossover-sizes", default="10000,25000,50000,100000,200000", help="sizes of the exact/IVF comparison"
+    )
     parser.add_argument("--routing-size", type=int, default=100_000, help="stored edits for the overhead test")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scope-classifier", default=None, help="a trained scope classifier directory")
@@ -227,6 +271,10 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = [int(size) for size in args.sizes.split(",")]
     results["search"] = measure_search_scaling(embedder, edits, vectors, sizes, args.repeats)
     print(json.dumps(results["search"], indent=2))
+    results["index_crossover"] = measure_index_crossover(
+        vectors, [int(size) for size in args.crossover_sizes.split(",")], args.repeats
+    )
+    print(json.dumps(results["index_crossover"], indent=2))
     results["routing"] = measure_routing_overhead(
         embedder, edits, vectors, args.routing_size, args.repeats, args.scope_classifier
     )

@@ -76,8 +76,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "hidden_size": 576,
             "intermediate_size": 1536,
         },
-        "rome": {"layer": 4},
-        "memit": {"layers": [2, 3, 4, 5, 6]},
+        "rome": {"layer": 4, "num_steps": 20, "context_templates": [[5, 3]], "stats_samples": 5000},
+        "memit": {"layers": [2, 3, 4, 5, 6], "num_steps": 20, "context_templates": [[5, 3]], "stats_samples": 5000},
         "ft": {"layer": 4},
     },
 }
