@@ -117,7 +117,7 @@ def answer_latency_ms(counterfactual: CounterfactualModel, examples, repeats: in
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-path", required=True, help="held-out dataset file (MQuAKE format by default)")
-    parser.add_argument("--dataset", default="mquake", choices=["mquake", "zsre", "counterfact"])
+    parser.add_argument("--dataset", default="mquake", choices=["mquake", "zsre", "counterfact", "jsonl"])
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help=f"comma list of {CANDIDATES}")
     parser.add_argument("--trained", action="append", default=[], help="NAME=PATH of an already trained candidate")
     parser.add_argument("--synthetic-edits", type=int, default=3000, help="synthetic training edits")

@@ -39,11 +39,11 @@ def rate(values: list[bool]) -> dict:
 
 def scope_quality(examples, scope, store: EditStore) -> dict:
     ids = store.add([example.edit for example in examples])
-    in_scope_texts = {edit_id: {q.text for q in ex.in_scope} for edit_id, ex in zip(ids, examples)}
+    in_scope_texts = {edit_id: {q.text for q in ex.in_scope} for edit_id, ex in zip(ids, examples, strict=True)}
     hits: dict[str, list[bool]] = defaultdict(list)
     false_positives: dict[str, list[bool]] = defaultdict(list)
     queries, expected, kinds = [], [], []
-    for edit_id, example in zip(ids, examples):
+    for edit_id, example in zip(ids, examples, strict=True):
         for query in example.in_scope:
             queries.append(query.text)
             expected.append(edit_id)
@@ -57,7 +57,7 @@ def scope_quality(examples, scope, store: EditStore) -> dict:
     for begin in range(0, len(queries), 64):
         decisions += scope.classify(queries[begin : begin + 64], store)
     seconds = time.perf_counter() - start
-    for query, edit_id, (side, kind), decision in zip(queries, expected, kinds, decisions):
+    for query, edit_id, (side, kind), decision in zip(queries, expected, kinds, decisions, strict=True):
         if side == "in":
             hits[kind].append(decision.in_scope and decision.edit_id == edit_id)
         else:
@@ -84,7 +84,7 @@ def counterfactual_quality(examples, counterfactual: CounterfactualModel, batch_
     for begin in range(0, len(rows), batch_size):
         chunk = rows[begin : begin + batch_size]
         answers = counterfactual.generate([edit for edit, _ in chunk], [q.text for _, q in chunk])
-        for (edit, query), answer in zip(chunk, answers):
+        for (edit, query), answer in zip(chunk, answers, strict=True):
             matches[query.kind].append(answer_matches(answer, [query.answer, *query.aliases]))
             if len(samples) < 8:
                 samples.append({"edit": edit.text, "query": query.text, "answer": answer, "target": query.answer})
@@ -95,7 +95,7 @@ def counterfactual_quality(examples, counterfactual: CounterfactualModel, batch_
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-path", required=True, help="dataset file")
-    parser.add_argument("--dataset", default="mquake", choices=["mquake", "zsre", "counterfact"])
+    parser.add_argument("--dataset", default="mquake", choices=["mquake", "zsre", "counterfact", "jsonl"])
     parser.add_argument("--parts", default=None, help="an EditableModel directory (default: the default parts)")
     parser.add_argument("--skip-counterfactual", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N edits")

@@ -24,7 +24,7 @@ ids = model.edit(
 queries = ["Which country is Ellie Kemper a citizen of?", "Why is the sky blue?"]
 batch = tokenizer(queries, return_tensors="pt", padding=True)
 out = model.generate(**batch, max_new_tokens=16, do_sample=False)  # same call and return type as the base model
-for query, row, decision in zip(queries, out, model.last_routing):
+for query, row, decision in zip(queries, out, model.last_routing, strict=True):
     answer = tokenizer.decode(row[batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     print(f"{query!r} -> {answer!r}  (in scope: {decision.in_scope}, edit: {decision.edit_id}, score: {decision.score})")
 

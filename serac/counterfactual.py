@@ -117,7 +117,7 @@ class CounterfactualModel:
             raise ValueError(f"{len(edits)} edits for {len(queries)} queries")
         if not queries:
             return []
-        texts = [self.format_input(edit, query) for edit, query in zip(edits, queries)]
+        texts = [self.format_input(edit, query) for edit, query in zip(edits, queries, strict=True)]
         batch = self._tokenize_inputs(texts)
         generation_kwargs.setdefault("max_new_tokens", self.config.max_new_tokens)
         generation_kwargs.setdefault("do_sample", False)
@@ -149,7 +149,7 @@ class CounterfactualModel:
         """
         if not len(edits) == len(queries) == len(answers):
             raise ValueError("edits, queries and answers must have the same length")
-        texts = [self.format_input(edit, query) for edit, query in zip(edits, queries)]
+        texts = [self.format_input(edit, query) for edit, query in zip(edits, queries, strict=True)]
         eos = self.tokenizer.eos_token_id
         if self.is_encoder_decoder:
             batch = self._tokenize_inputs(texts, padding_side="right")
@@ -160,7 +160,7 @@ class CounterfactualModel:
                 labels[row, : len(target)] = torch.tensor(target)
             return {**batch, "labels": labels.to(self.device)}
         rows, label_rows = [], []
-        for text, answer in zip(texts, answers):
+        for text, answer in zip(texts, answers, strict=True):
             prompt_ids = self._prompt_ids(text)
             answer_ids = self._answer_ids(" " + answer.strip()) + ([eos] if eos is not None else [])
             rows.append(prompt_ids + answer_ids)
@@ -169,7 +169,7 @@ class CounterfactualModel:
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        for i, (row, label_row) in enumerate(zip(rows, label_rows)):
+        for i, (row, label_row) in enumerate(zip(rows, label_rows, strict=True)):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention_mask[i, : len(row)] = 1
             labels[i, : len(label_row)] = torch.tensor(label_row)

@@ -365,7 +365,7 @@ class EditableModel:
         eos = self._eos_token_id(kwargs)
         pad = self._pad_token_id(kwargs)
         pieces = []
-        for row, answer in zip(rows, answers):
+        for row, answer in zip(rows, answers, strict=True):
             # A leading space makes the answer a continuation of the prompt, as the base model would write it.
             answer_ids = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
             new_tokens = (answer_ids + ([eos] if eos is not None else []))[:max_new_tokens]

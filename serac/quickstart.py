@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     for edit_id, edit in model.edits:
         print(f"  [{edit_id}] {edit.text}")
     print()
-    for query, old, new, decision in zip(QUERIES, before, after, model.last_routing):
+    for query, old, new, decision in zip(QUERIES, before, after, model.last_routing, strict=True):
         route = f"edit {decision.edit_id}" if decision.in_scope else "base model"
         score = "" if decision.score is None else f", score {decision.score:.2f}"
         print(f"Q: {query}\n   before: {old}\n   after:  {new}   ({route}{score})")

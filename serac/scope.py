@@ -139,7 +139,7 @@ class ScopeClassifier(ABC):
         candidates = [self._prefilter(row) for row in candidates]
         scores = self._score_candidates(queries, candidates)
         decisions = []
-        for row, row_scores in zip(candidates, scores):
+        for row, row_scores in zip(candidates, scores, strict=True):
             if not row:
                 decisions.append(ScopeDecision(in_scope=False))
                 continue
@@ -224,7 +224,7 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
         if not queries:
             return np.zeros(0, dtype=np.float32)
         scores = self.cross_encoder.predict(
-            list(zip(edit_texts, queries)),
+            list(zip(edit_texts, queries, strict=True)),
             batch_size=self.config.batch_size,
             show_progress_bar=False,
             convert_to_numpy=True,
@@ -235,7 +235,7 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
         return [candidate for candidate in row if candidate[1] >= self.config.retrieval_threshold]
 
     def _score_candidates(self, queries, candidates):
-        pairs = [(edit.text, query) for query, row in zip(queries, candidates) for _, _, edit in row]
+        pairs = [(edit.text, query) for query, row in zip(queries, candidates, strict=True) for _, _, edit in row]
         flat = self.score_pairs([p[0] for p in pairs], [p[1] for p in pairs]).tolist()
         scores, start = [], 0
         for row in candidates:

@@ -195,7 +195,7 @@ class EditStore:
             superseded.extend(int(i) for i in ids[~keep])
             self._index_add(vectors[keep], ids[keep])
             self._next_id += len(edits)
-            for edit_id, edit, kept in zip(ids.tolist(), edits, keep.tolist()):
+            for edit_id, edit, kept in zip(ids.tolist(), edits, keep.tolist(), strict=True):
                 if kept:
                     self._edits[edit_id] = edit
                     self._key_to_id[edit.key] = edit_id
@@ -268,8 +268,8 @@ class EditStore:
                 return [[] for _ in range(len(vectors))]
             scores, ids = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
         return [
-            [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
-            for row_ids, row_scores in zip(ids, scores)
+            [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+            for row_ids, row_scores in zip(ids, scores, strict=True)
         ]
 
     # ------------------------------------------------------------------ persistence

@@ -19,6 +19,7 @@ from serac.editors.layer_stats import layer_second_moments
 from serac.editors.layout import UnknownLayoutError, get_module, weight_as_out_in
 from serac.editors.memit import MEMITEditor
 from serac.editors.rome import ROMEEditor, compute_keys
+from serac.editors.saliency import layer_saliency, select_layers
 from serac.edits import Edit
 
 CORPUS = [
@@ -363,6 +364,64 @@ def test_saliency_layer_is_resolved_lazily(model, tokenizer, monkeypatch):
         assert editor.last_stats["layer"] == 2
     finally:
         editor.restore()
+
+
+def test_saliency_profile_matches_direct_gradients_and_leaves_model_as_it_was(model, tokenizer):
+    template = get_layout(model).down_proj
+    edits = EDITS[:2]
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    snapshot = _snapshot(model)
+    profile = layer_saliency(model, tokenizer, edits, template)
+    assert len(profile) == 3 and all(value > 0 for value in profile)
+    # The same quantity by hand: mean |d NLL / d W| of each layer, per edit, averaged over edits.
+    expected = []
+    for layer in range(3):
+        weight = get_module(model, template.format(layer)).weight
+        scores = []
+        for edit in edits:
+            prompt_ids = tokenizer(edit.query).input_ids
+            target_ids = tokenizer(" " + edit.target, add_special_tokens=False).input_ids
+            input_ids = torch.tensor([prompt_ids + target_ids])
+            labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
+            weight.requires_grad_(True)
+            try:
+                loss = model(input_ids=input_ids, labels=labels).loss  # the model shifts the labels itself
+                (grad,) = torch.autograd.grad(loss, [weight])
+            finally:
+                weight.requires_grad_(False)
+            scores.append(float(grad.abs().mean()))
+        expected.append(sum(scores) / len(scores))
+    torch.testing.assert_close(torch.tensor(profile), torch.tensor(expected), rtol=1e-4, atol=0)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+    _assert_identical(model, snapshot)
+    ranked = select_layers(model, tokenizer, edits, template, num_layers=3)
+    assert ranked == sorted(range(3), key=lambda layer: -profile[layer])
+    assert select_layers(model, tokenizer, edits, template, candidate_layers=[0, 2]) == [
+        max([0, 2], key=lambda layer: profile[layer])
+    ]
+    with pytest.raises(ValueError, match="out of range"):
+        select_layers(model, tokenizer, edits, template, candidate_layers=[3])
+    with pytest.raises(ValueError, match="no module"):
+        layer_saliency(model, tokenizer, edits, "transformer.nope.{}")
+    with pytest.raises(ValueError, match="must not be empty"):
+        layer_saliency(model, tokenizer, [], template)
+
+
+def test_rome_takes_its_layer_from_saliency(model, tokenizer):
+    template = get_layout(model).down_proj
+    profile = layer_saliency(model, tokenizer, EDITS[:1], template)
+    most_salient = max(range(len(profile)), key=lambda layer: profile[layer])
+    snapshot = _snapshot(model)
+    editor = ROMEEditor(layer="saliency", num_steps=2, **FAST)
+    editor.apply(model, tokenizer, EDITS[:1])
+    try:
+        assert editor.last_stats["layer"] == most_salient
+        assert _changed(model, snapshot) == [f"{template.format(most_salient)}.weight"]
+    finally:
+        editor.restore()
+    _assert_identical(model, snapshot)
 
 
 def test_second_moment_matches_direct_computation_and_is_cached(model, tokenizer, tmp_path):

@@ -102,7 +102,7 @@ def test_routing_does_not_depend_on_batch_composition(char_tokenizer, tiny_llama
     alone = [model.route([query])[0] for query in QUERIES + ["LeBron James plays the sport of"]]
     assert [(d.in_scope, d.edit_id) for d in together] == [(d.in_scope, d.edit_id) for d in alone]
     assert [d.in_scope for d in together] == [False, True, False, True]
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=True):
         assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
