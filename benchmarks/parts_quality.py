@@ -38,15 +38,19 @@ def rate(values: list[bool]) -> dict:
 
 
 def scope_quality(examples, scope, store: EditStore) -> dict:
-    ids = store.add([example.edit for example in examples])
-    in_scope_texts = {edit_id: {q.text for q in ex.in_scope} for edit_id, ex in zip(ids, examples, strict=True)}
+    store.add([example.edit for example in examples])
+    # Datasets repeat edits across cases (MQuAKE does): the store keeps one edit per prompt, so a query is
+    # judged by the prompt (edit key) it is routed to, and an edit's scope is the union of its cases' queries.
+    in_scope_texts: dict[str, set[str]] = defaultdict(set)
+    for example in examples:
+        in_scope_texts[example.edit.key].update(query.text for query in example.in_scope)
     hits: dict[str, list[bool]] = defaultdict(list)
     false_positives: dict[str, list[bool]] = defaultdict(list)
     queries, expected, kinds = [], [], []
-    for edit_id, example in zip(ids, examples, strict=True):
+    for example in examples:
         for query in example.in_scope:
             queries.append(query.text)
-            expected.append(edit_id)
+            expected.append(example.edit.key)
             kinds.append(("in", query.kind))
         for query in example.out_of_scope:
             queries.append(query.text)
@@ -57,12 +61,12 @@ def scope_quality(examples, scope, store: EditStore) -> dict:
     for begin in range(0, len(queries), 64):
         decisions += scope.classify(queries[begin : begin + 64], store)
     seconds = time.perf_counter() - start
-    for query, edit_id, (side, kind), decision in zip(queries, expected, kinds, decisions, strict=True):
+    for query, key, (side, kind), decision in zip(queries, expected, kinds, decisions, strict=True):
+        routed_key = decision.edit.key if decision.in_scope else None
         if side == "in":
-            hits[kind].append(decision.in_scope and decision.edit_id == edit_id)
+            hits[kind].append(routed_key == key)
         else:
-            wrong = decision.in_scope and query not in in_scope_texts[decision.edit_id]
-            false_positives[kind].append(wrong)
+            false_positives[kind].append(routed_key is not None and query not in in_scope_texts[routed_key])
     all_hits = [value for values in hits.values() for value in values]
     all_false = [value for values in false_positives.values() for value in values]
     return {

@@ -136,7 +136,7 @@ def load_embedder(name_or_path: str | None = None, *, device: str | torch.device
 # ---------------------------------------------------------------------------------------------- trained parts
 
 #: Bump when the default training recipe changes, so caches of an older recipe are not reused.
-DEFAULT_PARTS_VERSION = 1
+DEFAULT_PARTS_VERSION = 2
 DEFAULT_SYNTHETIC_EDITS = 3000
 DEFAULT_SCOPE_STEPS = 600
 DEFAULT_COUNTERFACTUAL_STEPS = 120

@@ -238,7 +238,7 @@ class EditableModel:
         ``base_model`` may be a loaded model or a name or path to load. A directory with no edit store (as
         written by training) gives an empty store.
         """
-        from serac.defaults import load_base_model
+        from serac.defaults import DEFAULT_BASE_MODEL, load_base_model, resolve_base_model
 
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
@@ -253,7 +253,11 @@ class EditableModel:
 
             tokenizer = AutoTokenizer.from_pretrained(base_model.name_or_path)
         base_name = getattr(base_model, "name_or_path", None)
-        if config.base_model_name_or_path and base_name and base_name != config.base_model_name_or_path:
+        recorded = config.base_model_name_or_path
+        if recorded == DEFAULT_BASE_MODEL and base_name not in (None, DEFAULT_BASE_MODEL):
+            # The default base model is recorded by name; once loaded it is named by its cached checkpoint.
+            recorded = str(resolve_base_model(recorded))
+        if recorded and base_name and base_name != recorded:
             logger.warning(
                 "This editor was saved for base model %s; it now wraps %s", config.base_model_name_or_path, base_name
             )
@@ -340,13 +344,14 @@ class EditableModel:
             if attention_mask is not None:
                 ids = ids[attention_mask[row].bool()]
             rows.append(ids.tolist())
+        plain = [text.strip() for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
         markers = self._chat_markers
-        if markers is not None:
-            texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False)
-            queries = [_last_user_turn(text, *markers) for text in texts]
-            if all(query is not None for query in queries):
-                return queries
-        return [text.strip() for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+        if markers is None:
+            return plain
+        # Rows are parsed one by one: a batch may mix chat-formatted rows with raw prompts.
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False)
+        turns = [_last_user_turn(text, *markers) for text in texts]
+        return [plain_text if turn is None else turn for plain_text, turn in zip(plain, turns, strict=True)]
 
     def _edited_sequences(
         self,

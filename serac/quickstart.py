@@ -30,10 +30,20 @@ QUERIES = [
 ]
 
 
+def prompt_text(tokenizer, query: str) -> str:
+    """Questions go in the chat template, as an instruction-tuned model expects; cloze prompts stay raw text."""
+    if getattr(tokenizer, "chat_template", None) and query.rstrip().endswith("?"):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True
+        )
+    return query
+
+
 def answers(model: EditableModel, queries: list[str], max_new_tokens: int) -> list[str]:
     tokenizer = model.tokenizer
     tokenizer.padding_side = "left"
-    batch = tokenizer(queries, return_tensors="pt", padding=True)
+    texts = [prompt_text(tokenizer, query) for query in queries]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     new_tokens = output[:, batch["input_ids"].shape[1] :]
     return [text.strip().split("\n")[0] for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -41,7 +51,7 @@ def answers(model: EditableModel, queries: list[str], max_new_tokens: int) -> li
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="serac quickstart on the offline default models")
-    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

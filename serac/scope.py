@@ -59,6 +59,10 @@ class ScopeClassifierConfig:
         cross_encoder_name_or_path: where the cross-encoder came from, for reference.
         max_length: token limit of a cross-encoder (edit, query) pair.
         batch_size: pairs per cross-encoder batch.
+        edit_input: what the cross-encoder reads of an edit: ``"query"``, the edit without its target (the
+            prompt with its subject, or the statement), or ``"text"``, the edit with its target. Whether a
+            query is in scope depends on what it asks, not on the new answer; with the target in its input a
+            classifier learns to doubt edits whose answer looks implausible, which an edit often is.
     """
 
     kind: str = "cross_encoder"
@@ -68,8 +72,10 @@ class ScopeClassifierConfig:
     cross_encoder_name_or_path: str | None = None
     max_length: int = 128
     batch_size: int = 32
+    edit_input: str = field(default="query", metadata={"help": "'query' (edit without target) or 'text'"})
 
     KINDS: ClassVar[tuple[str, ...]] = ("cross_encoder", "embedding")
+    EDIT_INPUTS: ClassVar[tuple[str, ...]] = ("query", "text")
 
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
@@ -78,6 +84,8 @@ class ScopeClassifierConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not -1.0 <= self.retrieval_threshold <= 1.0:
             raise ValueError(f"retrieval_threshold is a cosine similarity in [-1, 1], got {self.retrieval_threshold}")
+        if self.edit_input not in self.EDIT_INPUTS:
+            raise ValueError(f"edit_input must be one of {self.EDIT_INPUTS}, got {self.edit_input!r}")
         if self.kind == "cross_encoder" and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"a cross-encoder threshold is a probability in [0, 1], got {self.threshold}")
 
@@ -90,7 +98,13 @@ class ScopeClassifierConfig:
     def from_json(cls, text: str) -> ScopeClassifierConfig:
         data = json.loads(text)
         data.pop("serac_version", None)
+        # Classifiers saved before ``edit_input`` existed read the edit with its target.
+        data.setdefault("edit_input", "text")
         return cls(**data)
+
+    def edit_view(self, edit: Edit) -> str:
+        """The text of ``edit`` the classifier reads, per :attr:`edit_input`."""
+        return edit.query if self.edit_input == "query" else edit.text
 
 
 @dataclass(frozen=True)
@@ -218,7 +232,10 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
         self.cross_encoder = cross_encoder
 
     def score_pairs(self, edit_texts: Sequence[str], queries: Sequence[str]) -> np.ndarray:
-        """The in-scope probability of each (edit text, query) pair."""
+        """The in-scope probability of each (edit text, query) pair.
+
+        ``edit_texts`` are taken as given: pass :meth:`ScopeClassifierConfig.edit_view` of each edit.
+        """
         if len(edit_texts) != len(queries):
             raise ValueError(f"{len(edit_texts)} edit texts for {len(queries)} queries")
         if not queries:
@@ -235,7 +252,11 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
         return [candidate for candidate in row if candidate[1] >= self.config.retrieval_threshold]
 
     def _score_candidates(self, queries, candidates):
-        pairs = [(edit.text, query) for query, row in zip(queries, candidates, strict=True) for _, _, edit in row]
+        pairs = [
+            (self.config.edit_view(edit), query)
+            for query, row in zip(queries, candidates, strict=True)
+            for _, _, edit in row
+        ]
         flat = self.score_pairs([p[0] for p in pairs], [p[1] for p in pairs]).tolist()
         scores, start = [], 0
         for row in candidates:

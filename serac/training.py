@@ -80,6 +80,8 @@ TRAINING_REPORT_NAME = "training_report.json"
 PARTS = ("scope", "counterfactual")
 
 THRESHOLD_STRATEGIES = ("f_beta", "false_positive_rate")
+#: The ``scope_pairs`` column holding each ``ScopeClassifierConfig.edit_input`` view of the edit.
+_EDIT_COLUMNS = {"query": "edit_query", "text": "edit_text"}
 
 
 def _help(text: str) -> dict[str, str]:
@@ -171,6 +173,10 @@ class ScopeTrainingArguments(_LoopArguments):
         default=None, metadata=_help("sentence embedder of the edit store (default: all-MiniLM-L6-v2)")
     )
     max_length: int = field(default=128, metadata=_help("token limit of an (edit text, query) pair"))
+    edit_input: str = field(
+        default="query",
+        metadata=_help("what the cross-encoder reads of an edit: 'query' (without its target) or 'text' (with it)"),
+    )
     negatives_per_positive: float = field(default=1.0, metadata=_help("out-of-scope pairs per in-scope pair"))
     hard_negative_fraction: float = field(default=0.5, metadata=_help("share of negatives that are hard"))
     max_positives_per_edit: int | None = field(default=None, metadata=_help("cap on in-scope pairs per edit"))
@@ -205,6 +211,10 @@ class ScopeTrainingArguments(_LoopArguments):
         super().__post_init__()
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+        if self.edit_input not in ScopeClassifierConfig.EDIT_INPUTS:
+            raise ValueError(
+                f"edit_input must be one of {ScopeClassifierConfig.EDIT_INPUTS}, got {self.edit_input!r}"
+            )
         if self.negatives_per_positive < 0:
             raise ValueError(f"negatives_per_positive must be >= 0, got {self.negatives_per_positive}")
         for name in ("hard_negative_fraction", "statement_fraction"):
@@ -561,9 +571,10 @@ def evaluate_scope_classifier(
     cross-encoder. ``scores`` may hold the classifier's precomputed pair scores.
     """
     threshold = classifier.config.threshold if threshold is None else threshold
+    # The store embeds edits with their target (retrieval); the cross-encoder reads its configured view.
     edit_texts, queries = list(pairs["edit_text"]), list(pairs["query"])
     if scores is None:
-        scores = classifier.score_pairs(edit_texts, queries)
+        scores = classifier.score_pairs(list(pairs[_EDIT_COLUMNS[classifier.config.edit_input]]), queries)
     labels = np.asarray(pairs["label"], dtype=np.float64)
     if similarities is None and embedder is not None:
         similarities = _pair_similarities(embedder, edit_texts, queries)
@@ -675,7 +686,8 @@ def train_scope_classifier(
 
     start = arguments.cross_encoder_name_or_path or resolve_embedder()
     cross_encoder = CrossEncoder(start, num_labels=1, max_length=arguments.max_length)
-    columns = ["edit_text", "query", "label"]  # the trainer reads inputs first, then the label
+    edit_column = _EDIT_COLUMNS[arguments.edit_input]
+    columns = [edit_column, "query", "label"]  # the trainer reads inputs first, then the label
     with _checkpoint_directory(output_dir) as checkpoint_dir:
         trainer = CrossEncoderTrainer(
             model=cross_encoder,
@@ -693,13 +705,14 @@ def train_scope_classifier(
             cross_encoder_name_or_path=str(start),
             max_length=arguments.max_length,
             batch_size=arguments.eval_batch_size,
+            edit_input=arguments.edit_input,
         )
         cross_encoder.eval()
         classifier = CrossEncoderScopeClassifier(cross_encoder, config)
         # Columns are materialized once: indexing a datasets column inside a loop re-reads it every time.
         edit_texts, queries = list(eval_pairs["edit_text"]), list(eval_pairs["query"])
         labels = np.asarray(eval_pairs["label"])
-        scores = classifier.score_pairs(edit_texts, queries)
+        scores = classifier.score_pairs(list(eval_pairs[edit_column]), queries)
         choice = choose_threshold(
             scores,
             labels,

@@ -399,6 +399,17 @@ def test_scope_pairs_statement_form():
     examples = load_mquake(MQUAKE)
     pairs = scope_pairs(examples, statement_fraction=1.0, seed=0)
     assert set(pairs["edit_text"]) == {e.statement for e in examples}
+    # A statement has no separate target: both views of the edit are the statement.
+    assert pairs["edit_query"] == pairs["edit_text"]
+
+
+def test_scope_pairs_carry_the_edit_with_and_without_its_target():
+    examples = load_mquake(MQUAKE)
+    pairs = scope_pairs(examples, statement_fraction=0.0, seed=0)
+    by_query = {e.edit.query: e.edit.text for e in examples}
+    assert set(pairs["edit_query"]) == set(by_query)
+    for edit_query, edit_text in zip(pairs["edit_query"], pairs["edit_text"], strict=True):
+        assert by_query[edit_query] == edit_text and edit_text != edit_query
 
 
 def test_counterfactual_pairs(synthetic_examples):

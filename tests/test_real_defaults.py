@@ -76,3 +76,20 @@ def test_chat_formatted_rows_are_routed_on_the_user_turn(smollm2, embedder):
     assert model._queries(chat["input_ids"], chat["attention_mask"]) == [question]
     model.generate(**chat, max_new_tokens=4, do_sample=False)
     assert model.last_routing[0].in_scope
+
+
+def test_a_batch_mixing_chat_rows_and_raw_prompts_routes_each_on_its_own_text(smollm2, embedder):
+    base, tokenizer = smollm2
+    model = EditableModel(
+        base,
+        tokenizer,
+        scope_classifier=EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=0.75)),
+        counterfactual_model=CounterfactualModel(base, tokenizer),
+        store=EditStore(embedder),
+    )
+    question, cloze = "What sport does LeBron James play?", "LeBron James plays the sport of"
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    tokenizer.padding_side = "left"
+    batch = tokenizer([chat, cloze], return_tensors="pt", padding=True, add_special_tokens=False)
+    # The chat row is read as its user turn (not the system prompt around it), the raw row as itself.
+    assert model._queries(batch["input_ids"], batch["attention_mask"]) == [question, cloze]

@@ -12,7 +12,7 @@ Example:
     >>> examples = generate_synthetic_examples(20, seed=0)
     >>> pairs = scope_pairs(examples, seed=0)
     >>> sorted(pairs.column_names)
-    ['edit_text', 'kind', 'label', 'query']
+    ['edit_query', 'edit_text', 'kind', 'label', 'query']
 """
 
 from serac.data.loaders import (

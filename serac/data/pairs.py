@@ -107,7 +107,8 @@ def scope_pairs(
         seed: seeds every random choice.
 
     Returns:
-        A ``Dataset`` with columns ``edit_text``, ``query``, ``label`` (float) and ``kind``.
+        A ``Dataset`` with columns ``edit_text`` (the edit with its target), ``edit_query`` (the edit without
+        its target: the prompt with the subject, or the statement), ``query``, ``label`` (float) and ``kind``.
     """
     examples = _check_examples(examples)
     if negatives_per_positive < 0:
@@ -120,34 +121,34 @@ def scope_pairs(
         raise ValueError(f"max_positives_per_edit must be >= 1 or None, got {max_positives_per_edit}")
     rng = random.Random(f"scope-pairs:{seed}")
     edit_keys = [example.edit.key for example in examples]
-    rows: dict[str, list] = {"edit_text": [], "query": [], "label": [], "kind": []}
+    rows: dict[str, list] = {"edit_text": [], "edit_query": [], "query": [], "label": [], "kind": []}
 
-    def add(edit_text: str, query: str, label: float, kind: str) -> None:
-        rows["edit_text"].append(edit_text)
+    def add(edit: Edit, query: str, label: float, kind: str) -> None:
+        rows["edit_text"].append(edit.text)
+        rows["edit_query"].append(edit.query)
         rows["query"].append(query)
         rows["label"].append(label)
         rows["kind"].append(kind)
 
     for index, original in enumerate(examples):
         example = _maybe_statement(original, rng, statement_fraction)
-        edit_text = example.edit.text
         positives = list(example.in_scope)
         if max_positives_per_edit is not None and len(positives) > max_positives_per_edit:
             positives = rng.sample(positives, max_positives_per_edit)
         for query in positives:
-            add(edit_text, query.text, 1.0, query.kind)
+            add(example.edit, query.text, 1.0, query.kind)
 
         wanted = round(len(positives) * negatives_per_positive)
         hard = list(example.hard_out_of_scope)
         rng.shuffle(hard)
         hard = hard[: min(len(hard), round(wanted * hard_negative_fraction))]
         for query in hard:
-            add(edit_text, query.text, 0.0, query.kind)
+            add(example.edit, query.text, 0.0, query.kind)
         easy = list(example.easy_out_of_scope)
         rng.shuffle(easy)
         easy_needed = wanted - len(hard)
         for query in easy[:easy_needed]:
-            add(edit_text, query.text, 0.0, query.kind)
+            add(example.edit, query.text, 0.0, query.kind)
         easy_needed -= min(easy_needed, len(easy))
         own = {normalize_text(query.text) for query in (*example.in_scope, *example.out_of_scope)}
         attempts = 0
@@ -161,13 +162,14 @@ def scope_pairs(
             if normalize_text(query) in own:
                 continue
             own.add(normalize_text(query))
-            add(edit_text, query, 0.0, "other_edit")
+            add(example.edit, query, 0.0, "other_edit")
             easy_needed -= 1
     dataset = Dataset.from_dict(
         rows,
         features=Features(
             {
                 "edit_text": Value("string"),
+                "edit_query": Value("string"),
                 "query": Value("string"),
                 "label": Value("float32"),
                 "kind": Value("string"),

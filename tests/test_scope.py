@@ -1,0 +1,58 @@
+"""The scope classifier's view of an edit, and how its settings load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from serac.edits import Edit
+from serac.scope import CrossEncoderScopeClassifier, ScopeClassifierConfig, load_scope_classifier
+from serac.store import EditStore
+
+
+class RecordingCrossEncoder:
+    """Scores 0.9 for every pair and remembers the pairs it was given."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, str]] = []
+
+    def predict(self, pairs, **kwargs):
+        self.pairs += list(pairs)
+        return np.full(len(pairs), 0.9, dtype=np.float32)
+
+
+EDITS = [
+    Edit(prompt="{} plays the sport of", subject="LeBron James", target="football"),
+    Edit.from_statement("Boris Johnson is the prime minister of the UK."),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit_input", "expected"),
+    [
+        ("query", {"LeBron James plays the sport of", "Boris Johnson is the prime minister of the UK."}),
+        ("text", {"LeBron James plays the sport of football", "Boris Johnson is the prime minister of the UK."}),
+    ],
+)
+def test_cross_encoder_reads_the_configured_view_of_the_edit(embedder, edit_input, expected):
+    store = EditStore(embedder)
+    store.add(EDITS)
+    recorder = RecordingCrossEncoder()
+    config = ScopeClassifierConfig(threshold=0.5, top_k=2, retrieval_threshold=-1.0, edit_input=edit_input)
+    classifier = CrossEncoderScopeClassifier(recorder, config)
+    decisions = classifier.classify(["What sport does LeBron James play?"], store)
+    assert decisions[0].in_scope and decisions[0].score == pytest.approx(0.9)
+    assert {edit_text for edit_text, _ in recorder.pairs} == expected
+    assert {query for _, query in recorder.pairs} == {"What sport does LeBron James play?"}
+
+
+def test_edit_input_is_validated_and_older_configs_read_the_edit_with_its_target(tmp_path):
+    with pytest.raises(ValueError, match="edit_input"):
+        ScopeClassifierConfig(edit_input="answer")
+    assert ScopeClassifierConfig().edit_input == "query"
+    saved = json.loads(ScopeClassifierConfig(kind="embedding", threshold=0.7).to_json())
+    del saved["edit_input"]  # as written before the setting existed
+    (tmp_path / "scope_config.json").write_text(json.dumps(saved))
+    assert load_scope_classifier(tmp_path).config.edit_input == "text"
