@@ -20,7 +20,20 @@ from torch import nn
 
 __all__ = ["PRESETS", "SMOLLM2_FINDINGS", "preset_for"]
 
-SMOLLM2_FINDINGS = """(filled in from measurements)"""
+SMOLLM2_FINDINGS = """How the SmolLM2-135M-Instruct values were found (benchmarks/editors_eval.py, MQuAKE-CF dev edits).
+
+* Layer sweep: ROME single-edit efficacy on the first 8 rewrites, 20 value steps, statistics from 5,000
+  token vectors of the self-generated corpus (``--part sweep --layers 2 4 6 8 11 14 --num-edits 8``):
+  layer 2: 0.875, 4: 0.625, 6: 0.625, 8: 0.50, 11: 0.50, 14: 0.875. Layer 2 is kept for ROME, and MEMIT
+  spreads over layers 2-6, the early MLPs where the sweep and the papers' causal tracing place recall.
+* Why efficacy stays below 1: SmolLM2's tokenizer adds no BOS token, so in a cloze prompt such as
+  "Boston was founded by" the subject's last token sits at position 0 or 1, where Llama-style models keep
+  attention-sink activations. The key there differs from the key averaged over context templates: the
+  share of the inserted value that reaches the bare prompt, (C^-1 k)^T k_bare / (C^-1 k)^T k, was 0.04,
+  0.32 and 0.52 for the three failed edits at layer 4 against 0.85-1.08 for the five that succeeded, and
+  for a one-token subject at position 0 the value optimization itself did not converge (NLL 7.0).
+* 20 value steps reach a target NLL below 0.12 on every edit whose subject is not at the sequence start.
+"""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-xl": {
@@ -76,7 +89,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "hidden_size": 576,
             "intermediate_size": 1536,
         },
-        "rome": {"layer": 4, "num_steps": 20, "context_templates": [[5, 3]], "stats_samples": 5000},
+        "rome": {"layer": 2, "num_steps": 20, "context_templates": [[5, 3]], "stats_samples": 5000},
         "memit": {"layers": [2, 3, 4, 5, 6], "num_steps": 20, "context_templates": [[5, 3]], "stats_samples": 5000},
         "ft": {"layer": 4},
     },
