@@ -114,7 +114,7 @@ class FineTuneEditor(ROMEEditor):
                 token_nll = -logits.log_softmax(-1).gather(1, labels_t[:, None]).squeeze(1)
                 edit_nll = torch.zeros(len(edits), device=device).index_add(0, label_rows_t, token_nll)
                 loss = (edit_nll / tokens_per_edit).mean()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 if losses[-1] < config.early_stop_loss:
                     break
                 optimizer.zero_grad(set_to_none=True)
