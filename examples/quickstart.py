@@ -1,7 +1,7 @@
 """Edit SmolLM2-135M-Instruct without touching its weights, on the offline defaults.
 
 Run: python examples/quickstart.py
-The first run trains and caches the default scope classifier and counterfactual model (about 15 minutes on
+The first run trains and caches the default scope classifier and counterfactual model (under 20 minutes on
 two CPU cores, with a progress bar); later runs load them in seconds.
 """
 

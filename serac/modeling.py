@@ -283,7 +283,7 @@ class EditableModel:
         """SmolLM2-135M-Instruct (or ``base_model``) wrapped with the default trained parts, offline.
 
         The default parts are trained from the embedded synthetic data on first use (a progress bar shows
-        it; about 15 minutes on two CPU cores) and cached; later calls load them in seconds.
+        it; under 20 minutes on two CPU cores) and cached; later calls load them in seconds.
         """
         from serac.defaults import default_parts_dir
 
