@@ -32,6 +32,8 @@ SMOLLM2_FINDINGS = """How the SmolLM2-135M-Instruct values were found (benchmark
   share of the inserted value that reaches the bare prompt, (C^-1 k)^T k_bare / (C^-1 k)^T k, was 0.04,
   0.32 and 0.52 for the three failed edits at layer 4 against 0.85-1.08 for the five that succeeded, and
   for a one-token subject at position 0 the value optimization itself did not converge (NLL 7.0).
+* Statistics size: ROME efficacy on the first 8 rewrites at layer 2 is 0.875 with C from 1,000, 5,000 or
+  20,000 token vectors (``--part samples``); 5,000 is kept as the default for SmolLM2.
 * 20 value steps reach a target NLL below 0.12 on every edit whose subject is not at the sequence start.
 """
 
