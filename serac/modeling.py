@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from serac.chat import chat_markers, last_user_turn
 from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
 from serac.routing import merge_rows, select_rows, split_by_scope
@@ -350,7 +351,7 @@ class EditableModel:
             return plain
         # Rows are parsed one by one: a batch may mix chat-formatted rows with raw prompts.
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False)
-        turns = [_last_user_turn(text, *markers) for text in texts]
+        turns = [last_user_turn(text, *markers) for text in texts]
         return [plain_text if turn is None else turn for plain_text, turn in zip(plain, turns, strict=True)]
 
     def _edited_sequences(
@@ -437,42 +438,6 @@ class EditableModel:
         if part not in sources:
             raise ValueError(f"the {part} was not loaded from disk; save it with save_parts=True")
         return sources[part]
-
-
-def chat_markers(tokenizer: Any) -> tuple[str, str] | None:
-    """The text that opens and closes a user turn in the tokenizer's chat template, if it has one.
-
-    The template is rendered around a sentinel; the opening marker runs from the last special token before
-    the sentinel (``"<|im_start|>user\\n"`` for ChatML), the closing one up to the first special token after it.
-    Deriving them from the template itself keeps this free of per-model rules.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    sentinel = "SERAC_QUERY_SENTINEL"
-    try:
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": sentinel}], tokenize=False, add_generation_prompt=True
-        )
-    except Exception:  # a template that needs other roles or arguments: no chat parsing
-        return None
-    before, found, after = rendered.partition(sentinel)
-    specials = [token for token in getattr(tokenizer, "all_special_tokens", []) if token]
-    if not found or not specials:
-        return None
-    opening_start = max((before.rfind(token) for token in specials), default=-1)
-    closing_ends = [after.find(token) + len(token) for token in specials if after.find(token) >= 0]
-    if opening_start < 0 or not closing_ends:
-        return None
-    return before[opening_start:], after[: min(closing_ends)]
-
-
-def _last_user_turn(text: str, opening: str, closing: str) -> str | None:
-    start = text.rfind(opening)
-    if start < 0:
-        return None
-    content = text[start + len(opening) :]
-    end = content.find(closing)
-    return (content if end < 0 else content[:end]).strip()
 
 
 def _expand(rows: Sequence[int], copies: int) -> list[int]:

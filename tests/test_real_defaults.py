@@ -93,3 +93,18 @@ def test_a_batch_mixing_chat_rows_and_raw_prompts_routes_each_on_its_own_text(sm
     batch = tokenizer([chat, cloze], return_tensors="pt", padding=True, add_special_tokens=False)
     # The chat row is read as its user turn (not the system prompt around it), the raw row as itself.
     assert model._queries(batch["input_ids"], batch["attention_mask"]) == [question, cloze]
+
+
+def test_the_edit_cache_matches_a_chat_formatted_edit_prompt(smollm2):
+    from serac.editors import get_editor
+
+    base, tokenizer = smollm2
+    question = "What is the country of citizenship of Ellie Kemper?"
+    editor = get_editor("cache")
+    cached = editor.apply(base, tokenizer, [Edit(prompt=question, target="Croatia")])
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    output = cached.generate(**chat, max_new_tokens=8, do_sample=False)
+    answer = tokenizer.decode(output[0, chat["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert answer.strip() == "Croatia"

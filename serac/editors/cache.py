@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from serac.chat import chat_markers, last_user_turn
 from serac.editors.base import Editor, check_edits, target_token_ids
 from serac.edits import Edit, normalize_text
 
@@ -42,12 +43,21 @@ class CachedEditsModel:
         self.base_model = base_model
         self.tokenizer = tokenizer
         self.entries = entries
+        self.chat_markers = chat_markers(tokenizer)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes this wrapper lacks; guard the ones __init__ sets against recursion.
-        if name in ("base_model", "tokenizer", "entries"):
+        if name in ("base_model", "tokenizer", "entries", "chat_markers"):
             raise AttributeError(name)
         return getattr(self.base_model, name)
+
+    def _query(self, ids: torch.Tensor) -> str:
+        """The prompt text of a row: the last user turn of a chat-formatted row, else the whole row."""
+        if self.chat_markers is not None:
+            turn = last_user_turn(self.tokenizer.decode(ids, skip_special_tokens=False), *self.chat_markers)
+            if turn is not None:
+                return turn
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _eos_id(self) -> int | None:
         generation_config = getattr(self.base_model, "generation_config", None)
@@ -86,8 +96,7 @@ class CachedEditsModel:
 
         hits: dict[int, Edit] = {}
         for row in range(input_ids.shape[0]):
-            ids = input_ids[row][attention_mask[row].bool()]
-            key = normalize_text(self.tokenizer.decode(ids, skip_special_tokens=True))
+            key = normalize_text(self._query(input_ids[row][attention_mask[row].bool()]))
             if key in self.entries:
                 hits[row] = self.entries[key]
         misses = [row for row in range(input_ids.shape[0]) if row not in hits]
