@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-path", required=True, help="held-out dataset file (MQuAKE format by default)")
     parser.add_argument("--dataset", default="mquake", choices=["mquake", "zsre", "counterfact", "jsonl"])
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help=f"comma list of {CANDIDATES}")
-    parser.add_argument("--trained", action="append", default=[], help="NAME=PATH of an already trained candidate")
+    parser.add_argument(
+        "--trained", action="append", default=[], help="NAME=PATH of an already trained candidate"
+    )
     parser.add_argument("--synthetic-edits", type=int, default=3000, help="synthetic training edits")
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per fine-tuned candidate")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -41,7 +41,9 @@ def load_edits(path: Path) -> list[dict]:
     records = []
     for case in json.loads(path.read_text()):
         for rewrite in case["requested_rewrite"]:
-            edit = Edit(prompt=rewrite["prompt"], subject=rewrite["subject"], target=rewrite["target_new"]["str"])
+            edit = Edit(
+                prompt=rewrite["prompt"], subject=rewrite["subject"], target=rewrite["target_new"]["str"]
+            )
             cloze = next(
                 (hop["cloze"] for hop in case.get("new_single_hops", []) if hop["answer"] == edit.target),
                 edit.query,
@@ -53,8 +55,9 @@ def load_edits(path: Path) -> list[dict]:
 @torch.no_grad()
 def greedy(model, tokenizer, text: str, max_new_tokens: int) -> str:
     inputs = tokenizer([text], return_tensors="pt").to(next(model.parameters()).device)
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=tokenizer.pad_token_id)
+    output = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )
     return tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
 
 
@@ -73,7 +76,9 @@ def evaluate(model, tokenizer, record: dict) -> dict:
     length = len(target_token_ids(tokenizer, edit.query, edit.target)) + 2
     continuation = greedy(model, tokenizer, edit.query, length)
     answer = greedy(model, tokenizer, record["question"], 16)
-    cloze = continuation if record["cloze"] == edit.query else greedy(model, tokenizer, record["cloze"], length)
+    cloze = (
+        continuation if record["cloze"] == edit.query else greedy(model, tokenizer, record["cloze"], length)
+    )
     return {
         "efficacy": normalize_text(continuation).startswith(target),
         "efficacy_tf": teacher_forced_argmax(model, tokenizer, edit.query, edit.target),
@@ -89,11 +94,17 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", required=True, choices=["stats", "sweep", "rome", "memit", "samples", "base"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--part", required=True, choices=["stats", "sweep", "rome", "memit", "samples", "base"]
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path("editors_results"))
-    parser.add_argument("--model", default=None, help="base model name or path (default: SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model", default=None, help="base model name or path (default: SmolLM2-135M-Instruct)"
+    )
     parser.add_argument("--num-edits", type=int, default=20)
     parser.add_argument("--offset", type=int, default=0, help="skip this many edits first")
     parser.add_argument("--layer", type=int, default=None, help="ROME layer (default: the preset)")
@@ -114,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_base_model(args.model)
     records = load_edits(args.data)[args.offset : args.offset + args.num_edits]
     args.out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"command": " ".join([sys.executable, "-m", "benchmarks.editors_eval", *(argv or sys.argv[1:])])}
+    result: dict = {
+        "command": " ".join([sys.executable, "-m", "benchmarks.editors_eval", *(argv or sys.argv[1:])])
+    }
     common = {"stats_samples": args.stats_samples}
     if args.num_steps is not None:
         common["num_steps"] = args.num_steps
@@ -151,8 +164,10 @@ def main(argv: list[str] | None = None) -> None:
         overrides = common | ({"layer": args.layer} if args.layer is not None else {})
         editor = get_editor("rome", **overrides)
         rows, seconds = run_single(editor, records, restore=True)
-        result["single"] = summarize(rows) | {"seconds_per_edit": sum(seconds) / len(seconds),
-                                              "first_apply_seconds": seconds[0]}
+        result["single"] = summarize(rows) | {
+            "seconds_per_edit": sum(seconds) / len(seconds),
+            "first_apply_seconds": seconds[0],
+        }
         result["single_rows"] = rows
         (args.out / "rome.json").write_text(json.dumps(result, indent=1))
         # Sequential: each edit stays in while the next is inserted; score all edits at the end.
@@ -179,9 +194,12 @@ def main(argv: list[str] | None = None) -> None:
             rows = [evaluate(model, tokenizer, record) for record in subset]
             editor.restore()
             result[f"batch_{batch_size}"] = summarize(rows) | {
-                "seconds": stats["seconds"], "stats_seconds": stats["stats_seconds"],
-                "values_seconds": stats["values_seconds"], "seconds_per_edit": stats["seconds"] / batch_size,
-                "layers": stats["layers"], "target_nll_mean": sum(stats["target_nll"]) / batch_size,
+                "seconds": stats["seconds"],
+                "stats_seconds": stats["stats_seconds"],
+                "values_seconds": stats["values_seconds"],
+                "seconds_per_edit": stats["seconds"] / batch_size,
+                "layers": stats["layers"],
+                "target_nll_mean": sum(stats["target_nll"]) / batch_size,
             }
             logging.info("batch %d: %s", batch_size, result[f"batch_{batch_size}"])
             (args.out / "memit.json").write_text(json.dumps(result, indent=1))

@@ -76,7 +76,9 @@ def scope_quality(examples, scope, store: EditStore) -> dict:
         "recall": rate(all_hits),
         "recall_by_kind": {kind: rate(values) for kind, values in sorted(hits.items())},
         "false_positive_rate": rate(all_false),
-        "false_positive_rate_by_kind": {kind: rate(values) for kind, values in sorted(false_positives.items())},
+        "false_positive_rate_by_kind": {
+            kind: rate(values) for kind, values in sorted(false_positives.items())
+        },
         "classify_ms_per_query": 1000 * seconds / max(1, len(queries)),
     }
 
@@ -91,16 +93,24 @@ def counterfactual_quality(examples, counterfactual: CounterfactualModel, batch_
         for (edit, query), answer in zip(chunk, answers, strict=True):
             matches[query.kind].append(answer_matches(answer, [query.answer, *query.aliases]))
             if len(samples) < 8:
-                samples.append({"edit": edit.text, "query": query.text, "answer": answer, "target": query.answer})
+                samples.append(
+                    {"edit": edit.text, "query": query.text, "answer": answer, "target": query.answer}
+                )
     all_matches = [value for values in matches.values() for value in values]
-    return {"accuracy": rate(all_matches), "accuracy_by_kind": {k: rate(v) for k, v in sorted(matches.items())}, "samples": samples}
+    return {
+        "accuracy": rate(all_matches),
+        "accuracy_by_kind": {k: rate(v) for k, v in sorted(matches.items())},
+        "samples": samples,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-path", required=True, help="dataset file")
     parser.add_argument("--dataset", default="mquake", choices=["mquake", "zsre", "counterfact", "jsonl"])
-    parser.add_argument("--parts", default=None, help="an EditableModel directory (default: the default parts)")
+    parser.add_argument(
+        "--parts", default=None, help="an EditableModel directory (default: the default parts)"
+    )
     parser.add_argument("--skip-counterfactual", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N edits")
     parser.add_argument("--threads", type=int, default=2)

@@ -37,7 +37,34 @@ from serac.store import EditStore
 
 logger = logging.getLogger("benchmarks.runtime_perf")
 
-_SYLLABLES = ["ka", "lo", "mi", "ra", "te", "vu", "sen", "dor", "an", "bel", "cor", "fin", "gal", "hol", "jun", "kir", "lum", "mar", "nor", "pel", "qua", "ros", "sil", "tor", "ur", "vin"]
+_SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ra",
+    "te",
+    "vu",
+    "sen",
+    "dor",
+    "an",
+    "bel",
+    "cor",
+    "fin",
+    "gal",
+    "hol",
+    "jun",
+    "kir",
+    "lum",
+    "mar",
+    "nor",
+    "pel",
+    "qua",
+    "ros",
+    "sil",
+    "tor",
+    "ur",
+    "vin",
+]
 _RELATIONS = [
     ("{} is a citizen of", ["Peru", "Chad", "Laos", "Fiji", "Oman", "Mali", "Togo", "Iran"]),
     ("{} plays the sport of", ["golf", "polo", "rugby", "chess", "tennis", "hockey", "cricket"]),
@@ -130,7 +157,9 @@ def fill_store(store: EditStore, edits: list[Edit], vectors: np.ndarray, size: i
 
 def measure_search_scaling(embedder, edits, vectors, sizes, repeats: int) -> list[dict]:
     queries = embedder.encode(
-        OUT_OF_SCOPE_QUERIES + [edit.query for edit in edits[:10]], normalize_embeddings=True, convert_to_numpy=True
+        OUT_OF_SCOPE_QUERIES + [edit.query for edit in edits[:10]],
+        normalize_embeddings=True,
+        convert_to_numpy=True,
     )
     results = []
     store = EditStore(embedder)
@@ -151,11 +180,15 @@ def measure_search_scaling(embedder, edits, vectors, sizes, repeats: int) -> lis
                 "resident_bytes_per_edit": (rss - rss_before) / len(store),
             }
         )
-        logger.info("search at %d edits (%s): %.3f ms", len(store), store.index_kind, results[-1]["search_ms_median"])
+        logger.info(
+            "search at %d edits (%s): %.3f ms", len(store), store.index_kind, results[-1]["search_ms_median"]
+        )
     return results
 
 
-def measure_index_crossover(vectors: np.ndarray, sizes: list[int], repeats: int, nprobe: int = 16) -> list[dict]:
+def measure_index_crossover(
+    vectors: np.ndarray, sizes: list[int], repeats: int, nprobe: int = 16
+) -> list[dict]:
     """Exact (flat) against IVF search at each size: median single-query time and IVF recall@1."""
     import faiss
 
@@ -173,12 +206,18 @@ def measure_index_crossover(vectors: np.ndarray, sizes: list[int], repeats: int,
         flat = faiss.IndexFlatIP(data.shape[1])
         flat.add(data)
         lists = _ivf_list_count(size)
-        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(data.shape[1]), data.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.IndexIVFFlat(
+            faiss.IndexFlatIP(data.shape[1]), data.shape[1], lists, faiss.METRIC_INNER_PRODUCT
+        )
         ivf.train(data[rng.choice(size, size=min(size, 64 * lists), replace=False)])
         ivf.add(data)
         ivf.nprobe = nprobe
-        flat_ms = statistics.median(median_ms(lambda q=q, index=flat: index.search(q[None, :], 4), repeats) for q in queries)
-        ivf_ms = statistics.median(median_ms(lambda q=q, index=ivf: index.search(q[None, :], 4), repeats) for q in queries)
+        flat_ms = statistics.median(
+            median_ms(lambda q=q, index=flat: index.search(q[None, :], 4), repeats) for q in queries
+        )
+        ivf_ms = statistics.median(
+            median_ms(lambda q=q, index=ivf: index.search(q[None, :], 4), repeats) for q in queries
+        )
         _, exact_ids = flat.search(queries, 1)
         _, ivf_ids = ivf.search(queries, 1)
         results.append(
@@ -194,7 +233,9 @@ def measure_index_crossover(vectors: np.ndarray, sizes: list[int], repeats: int,
     return results
 
 
-def measure_routing_overhead(embedder, edits, vectors, size: int, repeats: int, scope_path: str | None) -> dict:
+def measure_routing_overhead(
+    embedder, edits, vectors, size: int, repeats: int, scope_path: str | None
+) -> dict:
     from serac.counterfactual import CounterfactualModel
     from serac.defaults import load_base_model, resolve_embedder
     from serac.modeling import EditableModel
@@ -212,7 +253,11 @@ def measure_routing_overhead(embedder, edits, vectors, size: int, repeats: int, 
     fill_store(store, edits, vectors, size)
     # The counterfactual model is never called on out-of-scope queries; the base model stands in for it.
     model = EditableModel(
-        base, tokenizer, scope_classifier=scope, counterfactual_model=CounterfactualModel(base, tokenizer), store=store
+        base,
+        tokenizer,
+        scope_classifier=scope,
+        counterfactual_model=CounterfactualModel(base, tokenizer),
+        store=store,
     )
     settings = {"max_new_tokens": 16, "min_new_tokens": 16, "do_sample": False}
     batches = [tokenizer([query], return_tensors="pt") for query in OUT_OF_SCOPE_QUERIES]
@@ -235,7 +280,9 @@ def measure_routing_overhead(embedder, edits, vectors, size: int, repeats: int, 
         "editable_generate_ms_median": statistics.median(editor_times),
         "routing_ms_median": statistics.median(routing_times),
         "overhead_ratio": statistics.median(editor_times) / statistics.median(base_times),
-        "pairwise_ratio_median": statistics.median(e / b for e, b in zip(editor_times, base_times, strict=True)),
+        "pairwise_ratio_median": statistics.median(
+            e / b for e, b in zip(editor_times, base_times, strict=True)
+        ),
         "calls": len(base_times),
         "queries_routed_to_an_edit": routed,
         "queries_scored_by_cross_encoder": scored,
@@ -247,9 +294,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="store sizes for the search scaling")
     parser.add_argument("--real-edits", type=int, default=20_000, help="edits embedded for real")
     parser.add_argument(
-        "--crossover-sizes", default="10000,25000,50000,100000,200000", help="sizes of the exact/IVF comparison"
+        "--crossover-sizes",
+        default="10000,25000,50000,100000,200000",
+        help="sizes of the exact/IVF comparison",
     )
-    parser.add_argument("--routing-size", type=int, default=100_000, help="stored edits for the overhead test")
+    parser.add_argument(
+        "--routing-size", type=int, default=100_000, help="stored edits for the overhead test"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scope-classifier", default=None, help="a trained scope classifier directory")
     parser.add_argument("--threads", type=int, default=2)
@@ -281,8 +332,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(results["routing"], indent=2))
     if len(results["search"]) >= 2:
         first, last = results["search"][0], results["search"][-1]
-        results["search_time_ratio_largest_to_smallest"] = last["search_ms_median"] / first["search_ms_median"]
-        print(f"search time at {last['size']} / at {first['size']}: {results['search_time_ratio_largest_to_smallest']:.2f}")
+        results["search_time_ratio_largest_to_smallest"] = (
+            last["search_ms_median"] / first["search_ms_median"]
+        )
+        print(
+            f"search time at {last['size']} / at {first['size']}: {results['search_time_ratio_largest_to_smallest']:.2f}"
+        )
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
     return results

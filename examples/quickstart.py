@@ -23,14 +23,21 @@ ids = model.edit(
 )
 queries = ["Which country is Ellie Kemper a citizen of?", "Why is the sky blue?"]
 batch = tokenizer(queries, return_tensors="pt", padding=True)
-out = model.generate(**batch, max_new_tokens=16, do_sample=False)  # same call and return type as the base model
+out = model.generate(
+    **batch, max_new_tokens=16, do_sample=False
+)  # same call and return type as the base model
 for query, row, decision in zip(queries, out, model.last_routing, strict=True):
     answer = tokenizer.decode(row[batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-    print(f"{query!r} -> {answer!r}  (in scope: {decision.in_scope}, edit: {decision.edit_id}, score: {decision.score})")
+    print(
+        f"{query!r} -> {answer!r}  (in scope: {decision.in_scope}, edit: {decision.edit_id}, score: {decision.score})"
+    )
 
 with model.disable_edits():  # the unedited base model, for comparison
     out = model.generate(**batch, max_new_tokens=16, do_sample=False)
-    print("without edits:", tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True))
+    print(
+        "without edits:",
+        tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True),
+    )
 
 model.remove_edits(ids[:1])
 model.save_pretrained("my-editor/")  # the edits, the config and the trained parts; never the base weights

@@ -47,4 +47,3 @@ def last_user_turn(text: str, opening: str, closing: str) -> str | None:
     content = text[start + len(opening) :]
     end = content.find(closing)
     return (content if end < 0 else content[:end]).strip()
-

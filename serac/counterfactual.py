@@ -231,7 +231,11 @@ class CounterfactualModel:
             )
         finally:
             self.tokenizer.padding_side, self.tokenizer.truncation_side = old_side, old_truncation
-        return {key: value.to(self.device) for key, value in batch.items() if key in ("input_ids", "attention_mask")}
+        return {
+            key: value.to(self.device)
+            for key, value in batch.items()
+            if key in ("input_ids", "attention_mask")
+        }
 
     def _prompt_ids(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]

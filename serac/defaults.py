@@ -47,7 +47,9 @@ def _package_dir(package: str, install_hint: str) -> Path:
     # llama.cpp bindings that are not needed (and usually not installed).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDefaultModelError(f"the package {package!r} is not installed; install it with: {install_hint}")
+        raise MissingDefaultModelError(
+            f"the package {package!r} is not installed; install it with: {install_hint}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -63,7 +65,9 @@ def smollm2_checkpoint_dir() -> Path:
         raise MissingDefaultModelError(f"{SMOLLM2_GGUF_FILE} not found in {package}")
     logger.info("Converting %s to a cached checkpoint in %s (once, about 20 s)", SMOLLM2_GGUF_FILE, target)
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF_FILE)
-    dequantized = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF_FILE, dtype=torch.float32)
+    dequantized = AutoModelForCausalLM.from_pretrained(
+        package, gguf_file=SMOLLM2_GGUF_FILE, dtype=torch.float32
+    )
     # The GGUF loader marks the model as quantized, which save_pretrained refuses; its weights are plain
     # float32 after dequantization, so copy them into an ordinary model of the same config.
     config = dequantized.config
@@ -116,7 +120,9 @@ def load_base_model(name_or_path: str | None = None, *, dtype: torch.dtype = tor
 
     path = resolve_base_model(name_or_path)
     config = AutoConfig.from_pretrained(path)
-    model_class = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model_class = (
+        AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    )
     model = model_class.from_pretrained(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:

@@ -85,7 +85,12 @@ class Edit:
                 raise ValueError(f"Edit.prompt {prompt!r} has a '{{}}' placeholder but no subject was given")
             if placeholders == 0 and subject is not None and subject not in prompt:
                 raise ValueError(f"Edit.subject {subject!r} does not occur in prompt {prompt!r}")
-        for name, value in (("prompt", prompt), ("target", target), ("subject", subject), ("statement", statement)):
+        for name, value in (
+            ("prompt", prompt),
+            ("target", target),
+            ("subject", subject),
+            ("statement", statement),
+        ):
             object.__setattr__(self, name, value)
 
     @classmethod

@@ -95,9 +95,13 @@ class EditableModel:
         store: EditStore | None = None,
     ) -> None:
         if not hasattr(base_model, "generate") or not hasattr(base_model, "config"):
-            raise TypeError(f"base_model must be a Hugging Face generative model, got {type(base_model).__name__}")
+            raise TypeError(
+                f"base_model must be a Hugging Face generative model, got {type(base_model).__name__}"
+            )
         if not isinstance(scope_classifier, ScopeClassifier):
-            raise TypeError(f"scope_classifier must be a ScopeClassifier, got {type(scope_classifier).__name__}")
+            raise TypeError(
+                f"scope_classifier must be a ScopeClassifier, got {type(scope_classifier).__name__}"
+            )
         if not isinstance(counterfactual_model, CounterfactualModel):
             raise TypeError(
                 f"counterfactual_model must be a CounterfactualModel, got {type(counterfactual_model).__name__}"
@@ -260,12 +264,18 @@ class EditableModel:
             recorded = str(resolve_base_model(recorded))
         if recorded and base_name and base_name != recorded:
             logger.warning(
-                "This editor was saved for base model %s; it now wraps %s", config.base_model_name_or_path, base_name
+                "This editor was saved for base model %s; it now wraps %s",
+                config.base_model_name_or_path,
+                base_name,
             )
         store_path = directory / STORE_FILE_NAME
-        store = EditStore.load(store_path, embedder) if store_path.exists() else EditStore(embedder, config.store)
+        store = (
+            EditStore.load(store_path, embedder) if store_path.exists() else EditStore(embedder, config.store)
+        )
         scope_classifier = load_scope_classifier(directory / config.scope_classifier_path)
-        counterfactual_model = CounterfactualModel.from_pretrained(directory / config.counterfactual_model_path)
+        counterfactual_model = CounterfactualModel.from_pretrained(
+            directory / config.counterfactual_model_path
+        )
         model = cls(
             base_model,
             tokenizer,
@@ -329,7 +339,9 @@ class EditableModel:
                 raise ValueError(
                     f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
                 )
-            if attention_mask.dtype.is_floating_point and not torch.all((attention_mask == 0) | (attention_mask == 1)):
+            if attention_mask.dtype.is_floating_point and not torch.all(
+                (attention_mask == 0) | (attention_mask == 1)
+            ):
                 raise ValueError("attention_mask must hold only 0 and 1")
         return input_ids, attention_mask
 
@@ -424,7 +436,9 @@ class EditableModel:
                 GenerateEncoderDecoderOutput,
             )
 
-            output_class = GenerateEncoderDecoderOutput if self.is_encoder_decoder else GenerateDecoderOnlyOutput
+            output_class = (
+                GenerateEncoderDecoderOutput if self.is_encoder_decoder else GenerateDecoderOnlyOutput
+            )
             return output_class(sequences=sequences)
         # Per-step tensors cover only the base rows; returning them under merged rows would misalign them.
         return type(base_output)(sequences=sequences)

@@ -46,13 +46,17 @@ def answers(model: EditableModel, queries: list[str], max_new_tokens: int) -> li
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     new_tokens = output[:, batch["input_ids"].shape[1] :]
-    return [text.strip().split("\n")[0] for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return [
+        text.strip().split("\n")[0] for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="serac quickstart on the offline default models")
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:

@@ -66,5 +66,7 @@ def merge_rows(
     for rows, sequences in nonempty:
         if len(rows) != sequences.shape[0]:
             raise ValueError(f"{len(rows)} row indices for {sequences.shape[0]} sequences")
-        merged[torch.as_tensor(list(rows), device=merged.device), : sequences.shape[1]] = sequences.to(merged.device)
+        merged[torch.as_tensor(list(rows), device=merged.device), : sequences.shape[1]] = sequences.to(
+            merged.device
+        )
     return merged

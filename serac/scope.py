@@ -83,7 +83,9 @@ class ScopeClassifierConfig:
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not -1.0 <= self.retrieval_threshold <= 1.0:
-            raise ValueError(f"retrieval_threshold is a cosine similarity in [-1, 1], got {self.retrieval_threshold}")
+            raise ValueError(
+                f"retrieval_threshold is a cosine similarity in [-1, 1], got {self.retrieval_threshold}"
+            )
         if self.edit_input not in self.EDIT_INPUTS:
             raise ValueError(f"edit_input must be one of {self.EDIT_INPUTS}, got {self.edit_input!r}")
         if self.kind == "cross_encoder" and not 0.0 <= self.threshold <= 1.0:
@@ -149,7 +151,9 @@ class ScopeClassifier(ABC):
         # Search and edit lookup happen under the store lock: the decisions see one consistent store.
         with store.lock:
             hits = store.search(vectors, k=self.config.top_k)
-            candidates = [[(edit_id, similarity, store.get(edit_id)) for edit_id, similarity in row] for row in hits]
+            candidates = [
+                [(edit_id, similarity, store.get(edit_id)) for edit_id, similarity in row] for row in hits
+            ]
         candidates = [self._prefilter(row) for row in candidates]
         scores = self._score_candidates(queries, candidates)
         decisions = []
@@ -227,7 +231,9 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
             config.cross_encoder_name_or_path = str(cross_encoder)
             cross_encoder = CrossEncoder(str(cross_encoder), num_labels=1, max_length=config.max_length)
         if not hasattr(cross_encoder, "predict"):
-            raise TypeError(f"cross_encoder must be a sentence_transformers.CrossEncoder, got {type(cross_encoder)}")
+            raise TypeError(
+                f"cross_encoder must be a sentence_transformers.CrossEncoder, got {type(cross_encoder)}"
+            )
         super().__init__(config)
         self.cross_encoder = cross_encoder
 

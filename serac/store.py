@@ -284,7 +284,9 @@ class EditStore:
             path = path / STORE_FILE_NAME
         with self.lock:
             records = [{"id": edit_id, **edit.to_dict()} for edit_id, edit in self._edits.items()]
-            edits_bytes = np.frombuffer(json.dumps(records, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+            edits_bytes = np.frombuffer(
+                json.dumps(records, ensure_ascii=False).encode("utf-8"), dtype=np.uint8
+            )
             index_bytes = faiss.serialize_index(self._index)
             metadata = {
                 "format": STORE_FORMAT,
@@ -321,7 +323,9 @@ class EditStore:
             tensors = safetensors_load(raw)
             metadata = _read_metadata(raw)
         except (SafetensorError, ValueError, json.JSONDecodeError) as error:
-            raise EditStoreError(f"{path} is not a readable edit store (truncated or corrupt): {error}") from None
+            raise EditStoreError(
+                f"{path} is not a readable edit store (truncated or corrupt): {error}"
+            ) from None
         if metadata.get("format") != STORE_FORMAT:
             raise EditStoreError(f"{path} is not an edit store (format {metadata.get('format')!r})")
         if metadata.get("format_version") != str(STORE_FORMAT_VERSION):
@@ -352,7 +356,9 @@ class EditStore:
         store._next_id = int(metadata["next_id"])
         store._ivf_trained_size = int(metadata["ivf_trained_size"])
         if store._index.ntotal != len(store._edits):
-            raise EditStoreError(f"{path}: index holds {store._index.ntotal} vectors for {len(records)} edits")
+            raise EditStoreError(
+                f"{path}: index holds {store._index.ntotal} vectors for {len(records)} edits"
+            )
         return store
 
     # ------------------------------------------------------------------ internals
@@ -390,7 +396,9 @@ class EditStore:
         )
         if needs_rebuild:
             old_vectors, old_ids = self._all_vectors()
-            self._index = self._build_ivf(np.concatenate([old_vectors, vectors]), np.concatenate([old_ids, ids]))
+            self._index = self._build_ivf(
+                np.concatenate([old_vectors, vectors]), np.concatenate([old_ids, ids])
+            )
         else:
             self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
 

@@ -175,7 +175,9 @@ class ScopeTrainingArguments(_LoopArguments):
     max_length: int = field(default=128, metadata=_help("token limit of an (edit text, query) pair"))
     edit_input: str = field(
         default="query",
-        metadata=_help("what the cross-encoder reads of an edit: 'query' (without its target) or 'text' (with it)"),
+        metadata=_help(
+            "what the cross-encoder reads of an edit: 'query' (without its target) or 'text' (with it)"
+        ),
     )
     negatives_per_positive: float = field(default=1.0, metadata=_help("out-of-scope pairs per in-scope pair"))
     hard_negative_fraction: float = field(default=0.5, metadata=_help("share of negatives that are hard"))

@@ -17,7 +17,11 @@ from .conftest import make_tiny_t5
 
 CITIZEN = Edit(prompt="What is the country of citizenship of Ellie Kemper?", target="Croatia")
 SPORT = Edit(prompt="{} plays the sport of", subject="LeBron James", target="football")
-QUERIES = ["Why is the sky blue?", "What is the country of citizenship of Ellie Kemper?", "Name a prime number."]
+QUERIES = [
+    "Why is the sky blue?",
+    "What is the country of citizenship of Ellie Kemper?",
+    "Name a prime number.",
+]
 GREEDY = {"max_new_tokens": 6, "do_sample": False}
 
 
@@ -29,7 +33,11 @@ def counterfactual(char_tokenizer):
 def make_editor(base, tokenizer, counterfactual, embedder, threshold=0.6):
     scope = EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=threshold, top_k=2))
     return EditableModel(
-        base, tokenizer, scope_classifier=scope, counterfactual_model=counterfactual, store=EditStore(embedder)
+        base,
+        tokenizer,
+        scope_classifier=scope,
+        counterfactual_model=counterfactual,
+        store=EditStore(embedder),
     )
 
 
@@ -141,14 +149,18 @@ def test_base_weights_are_bit_identical_after_edits_saves_and_loads(
     model.generate(**batch(char_tokenizer, QUERIES), **GREEDY)
     model.remove_edits(ids[:1])
     model.save_pretrained(tmp_path / "editor")
-    reloaded = EditableModel.from_pretrained(base, tmp_path / "editor", tokenizer=char_tokenizer, embedder=embedder)
+    reloaded = EditableModel.from_pretrained(
+        base, tmp_path / "editor", tokenizer=char_tokenizer, embedder=embedder
+    )
     reloaded.generate(**batch(char_tokenizer, QUERIES), **GREEDY)
     after = weights(base)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
-def test_save_and_load_give_the_same_edits_ids_and_outputs(char_tokenizer, tiny_llama, counterfactual, embedder, tmp_path):
+def test_save_and_load_give_the_same_edits_ids_and_outputs(
+    char_tokenizer, tiny_llama, counterfactual, embedder, tmp_path
+):
     model = make_editor(tiny_llama, char_tokenizer, counterfactual, embedder)
     ids = model.edit([CITIZEN, SPORT, Edit.from_statement("Boris Johnson is the prime minister of the UK.")])
     model.remove_edits([ids[1]])
@@ -156,14 +168,20 @@ def test_save_and_load_give_the_same_edits_ids_and_outputs(char_tokenizer, tiny_
     expected = model.generate(**inputs, **GREEDY)
     model.save_pretrained(tmp_path / "editor")
     assert not (tmp_path / "editor" / "model.safetensors").exists()  # the base model is never copied
-    reloaded = EditableModel.from_pretrained(tiny_llama, tmp_path / "editor", tokenizer=char_tokenizer, embedder=embedder)
+    reloaded = EditableModel.from_pretrained(
+        tiny_llama, tmp_path / "editor", tokenizer=char_tokenizer, embedder=embedder
+    )
     assert reloaded.edits == model.edits
     assert torch.equal(reloaded.generate(**inputs, **GREEDY), expected)
-    assert [(d.in_scope, d.edit_id) for d in reloaded.last_routing] == [(d.in_scope, d.edit_id) for d in model.last_routing]
+    assert [(d.in_scope, d.edit_id) for d in reloaded.last_routing] == [
+        (d.in_scope, d.edit_id) for d in model.last_routing
+    ]
     # Saving again over the same directory replaces it whole.
     reloaded.remove_edits([ids[0]])
     reloaded.save_pretrained(tmp_path / "editor")
-    again = EditableModel.from_pretrained(tiny_llama, tmp_path / "editor", tokenizer=char_tokenizer, embedder=embedder)
+    again = EditableModel.from_pretrained(
+        tiny_llama, tmp_path / "editor", tokenizer=char_tokenizer, embedder=embedder
+    )
     assert [edit_id for edit_id, _ in again.edits] == [ids[2]]
 
 
@@ -187,17 +205,23 @@ def test_bad_inputs_raise_and_change_nothing(char_tokenizer, tiny_llama, counter
         model.edit([Edit(prompt="Who?", target="x"), Edit(prompt="", target="y")])
     assert model.edits == [(ids[0], CITIZEN)]
     with pytest.raises(TypeError):
-        EditableModel(tiny_llama, char_tokenizer, scope_classifier="nope", counterfactual_model=counterfactual)
+        EditableModel(
+            tiny_llama, char_tokenizer, scope_classifier="nope", counterfactual_model=counterfactual
+        )
     model.save_pretrained(tmp_path / "editor")
     store_file = tmp_path / "editor" / "edit_store.safetensors"
     store_file.write_bytes(store_file.read_bytes()[:100])
     with pytest.raises(EditStoreError):
-        EditableModel.from_pretrained(tiny_llama, tmp_path / "editor", tokenizer=char_tokenizer, embedder=embedder)
+        EditableModel.from_pretrained(
+            tiny_llama, tmp_path / "editor", tokenizer=char_tokenizer, embedder=embedder
+        )
     with pytest.raises(FileNotFoundError):
         EditableModel.from_pretrained(tiny_llama, tmp_path / "nothing", tokenizer=char_tokenizer)
 
 
-def test_unknown_attributes_are_forwarded_to_the_base_model(char_tokenizer, tiny_llama, counterfactual, embedder):
+def test_unknown_attributes_are_forwarded_to_the_base_model(
+    char_tokenizer, tiny_llama, counterfactual, embedder
+):
     model = make_editor(tiny_llama, char_tokenizer, counterfactual, embedder)
     assert model.config is tiny_llama.config
     assert model.device == tiny_llama.device

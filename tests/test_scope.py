@@ -33,7 +33,10 @@ EDITS = [
     ("edit_input", "expected"),
     [
         ("query", {"LeBron James plays the sport of", "Boris Johnson is the prime minister of the UK."}),
-        ("text", {"LeBron James plays the sport of football", "Boris Johnson is the prime minister of the UK."}),
+        (
+            "text",
+            {"LeBron James plays the sport of football", "Boris Johnson is the prime minister of the UK."},
+        ),
     ],
 )
 def test_cross_encoder_reads_the_configured_view_of_the_edit(embedder, edit_input, expected):

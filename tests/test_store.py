@@ -79,7 +79,9 @@ def test_empty_store_search(store):
 
 def test_moves_to_ivf_past_exact_limit_and_keeps_finding_edits(embedder):
     store = EditStore(embedder, EditStoreConfig(exact_max_size=200, ivf_nprobe=64))
-    edits = [Edit(prompt=f"What is the code name of project number {i}?", target=f"name{i}") for i in range(400)]
+    edits = [
+        Edit(prompt=f"What is the code name of project number {i}?", target=f"name{i}") for i in range(400)
+    ]
     ids = store.add(edits)
     assert store.index_kind == "ivf"
     hits = store.search([edits[i].text for i in range(0, 400, 40)], k=1)

@@ -92,7 +92,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             "intermediate_size": 1536,
         },
         "rome": {"layer": 2, "num_steps": 20, "context_templates": [[5, 3]], "stats_samples": 5000},
-        "memit": {"layers": [2, 3, 4, 5, 6], "num_steps": 20, "context_templates": [[5, 3]], "stats_samples": 5000},
+        "memit": {
+            "layers": [2, 3, 4, 5, 6],
+            "num_steps": 20,
+            "context_templates": [[5, 3]],
+            "stats_samples": 5000,
+        },
         "ft": {"layer": 4},
     },
 }
