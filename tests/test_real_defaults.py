@@ -31,16 +31,21 @@ def test_default_base_model_loads_offline(smollm2):
     assert "Paris" in text
 
 
-def test_routed_generate_on_the_real_defaults(smollm2, embedder):
-    base, tokenizer = smollm2
-    before = {name: p.clone() for name, p in base.state_dict().items()}
-    model = EditableModel(
+def embedding_routed(base, tokenizer, embedder) -> EditableModel:
+    """The real base model routed by embedding similarity; the base model also stands in as counterfactual."""
+    return EditableModel(
         base,
         tokenizer,
         scope_classifier=EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=0.75)),
         counterfactual_model=CounterfactualModel(base, tokenizer),
         store=EditStore(embedder),
     )
+
+
+def test_routed_generate_on_the_real_defaults(smollm2, embedder):
+    base, tokenizer = smollm2
+    before = {name: p.clone() for name, p in base.state_dict().items()}
+    model = embedding_routed(base, tokenizer, embedder)
     model.edit([Edit(prompt="What is the country of citizenship of Ellie Kemper?", target="Croatia")])
     tokenizer.padding_side = "left"
     queries = [
@@ -70,13 +75,7 @@ def test_routed_generate_on_the_real_defaults(smollm2, embedder):
 
 def test_chat_formatted_rows_are_routed_on_the_user_turn(smollm2, embedder):
     base, tokenizer = smollm2
-    model = EditableModel(
-        base,
-        tokenizer,
-        scope_classifier=EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=0.75)),
-        counterfactual_model=CounterfactualModel(base, tokenizer),
-        store=EditStore(embedder),
-    )
+    model = embedding_routed(base, tokenizer, embedder)
     model.edit([Edit(prompt="What is the country of citizenship of Ellie Kemper?", target="Croatia")])
     question = "What is the country of citizenship of Ellie Kemper?"
     chat = tokenizer.apply_chat_template(
@@ -92,13 +91,7 @@ def test_chat_formatted_rows_are_routed_on_the_user_turn(smollm2, embedder):
 
 def test_a_batch_mixing_chat_rows_and_raw_prompts_routes_each_on_its_own_text(smollm2, embedder):
     base, tokenizer = smollm2
-    model = EditableModel(
-        base,
-        tokenizer,
-        scope_classifier=EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=0.75)),
-        counterfactual_model=CounterfactualModel(base, tokenizer),
-        store=EditStore(embedder),
-    )
+    model = embedding_routed(base, tokenizer, embedder)
     question, cloze = "What sport does LeBron James play?", "LeBron James plays the sport of"
     chat = tokenizer.apply_chat_template(
         [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
