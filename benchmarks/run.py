@@ -916,6 +916,9 @@ def run_benchmark(
     factory = editable_factory or load_editable_model
     for method_name in config.methods:
         method: Method | None = None
+        # Sequential settings are points along one stream of edits (the literature's sequential-editing
+        # curves): the run at 100 edits continues from the state after the first 10 instead of starting over.
+        stream = _EditStream() if config.mode == "sequential" else None
         for n in numbers:
             cap = caps[method_name]
             if cap is not None and n > cap:
@@ -934,18 +937,19 @@ def run_benchmark(
                 result["skipped"].append({"method": method_name, "num_edits": n, "reason": reason})
                 continue
             run = _run_setting(
-                method, settings[n], config, tokenizer, formatter, reference, device, encoder_decoder, model
-            )
+                method, settings[n], config, tokenizer, formatter, reference, device, encoder_decoder, model,
+                stream=stream,
+            )  # fmt: skip
             result["runs"].append(run)
-            if weights_fingerprint(model) != pristine:
-                if on_update is not None:
-                    on_update(result)
-                raise RuntimeError(
-                    f"{method_name} left the base model's weights changed after restoring them "
-                    f"({n} edits); the remaining results would be invalid"
-                )
+            if stream is not None and "error" in run:
+                stream = _EditStream()  # _run_setting undid the edits; the next setting starts over
+            if stream is None or "error" in run:
+                _check_restored(model, pristine, method_name, n, result, on_update)
             if on_update is not None:
                 on_update(result)
+        if method is not None and stream is not None and stream.applied:
+            method.reset()
+            _check_restored(model, pristine, method_name, stream.applied, result, on_update)
     _add_latency_ratios(result["runs"])
     if probabilities:
         unavailable = sorted(
@@ -968,6 +972,23 @@ def run_benchmark(
     return result
 
 
+def _check_restored(
+    model: Any,
+    pristine: list[tuple[str, float, float]],
+    method_name: str,
+    num_edits: int,
+    result: dict[str, Any],
+    on_update: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    if weights_fingerprint(model) != pristine:
+        if on_update is not None:
+            on_update(result)
+        raise RuntimeError(
+            f"{method_name} left the base model's weights changed after restoring them "
+            f"({num_edits} edits); the remaining results would be invalid"
+        )
+
+
 def _run_setting(
     method: Method,
     setting: Setting,
@@ -978,14 +999,31 @@ def _run_setting(
     device: torch.device,
     encoder_decoder: bool,
     base_model: Any,
+    *,
+    stream: _EditStream | None = None,
 ) -> dict[str, Any]:
+    """Apply the setting's edits with ``method``, evaluate, and undo them (unless ``stream`` goes on).
+
+    With a ``stream`` (sequential mode), only the edits beyond those the stream already applied are applied,
+    the edit time and editor statistics accumulate over the stream, and the edits stay in for the next,
+    larger setting; the caller undoes them at the end. On an error the edits are undone at once.
+    """
     n = setting.num_edits
     run: dict[str, Any] = {"method": method.name, "num_edits": n, "mode": config.mode}
-    _seed_everything(config.seed)
+    keep = False
     try:
+        if stream is None or stream.applied == 0:
+            _seed_everything(config.seed)
         start = time.perf_counter()
-        generator, info = method.apply(setting.edits, config.mode, config.progress)
+        new_edits = setting.edits if stream is None else setting.edits[stream.applied :]
+        if stream is not None and setting.edits[: stream.applied] != stream.edits:
+            raise RuntimeError("a sequential setting does not extend the previous one's edits")
+        generator, info = method.apply(new_edits, config.mode, config.progress)
         edit_seconds = time.perf_counter() - start
+        if stream is not None:
+            stream.extend(new_edits, edit_seconds, info)
+            edit_seconds, info = stream.seconds, stream.info()
+            run["continued_from"] = n - len(new_edits)
         run.update(info)
         run["metrics"] = _evaluate(method, generator, setting, config, tokenizer, formatter, reference, device,
                                    encoder_decoder, run, base_model)  # fmt: skip
@@ -1002,14 +1040,43 @@ def _run_setting(
                 "edit_seconds_per_edit": (edit_seconds - setup) / max(n, 1),
             }
         run["metrics"].update(timing)
+        keep = stream is not None
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
         # One failing editor must not cost the other methods' results; the error is reported in the run.
         logger.exception("%s failed at %d edits", method.name, n)
         run["error"] = f"{type(error).__name__}: {error}"
         run.setdefault("metrics", None)
     finally:
-        method.reset()
+        if not keep:
+            method.reset()
     return run
+
+
+@dataclass
+class _EditStream:
+    """The edits a sequential run has applied so far, with their accumulated cost."""
+
+    edits: list[Edit] = field(default_factory=list)
+    seconds: float = 0.0
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    last_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def applied(self) -> int:
+        return len(self.edits)
+
+    def extend(self, edits: Sequence[Edit], seconds: float, info: Mapping[str, Any]) -> None:
+        self.edits.extend(edits)
+        self.seconds += seconds
+        if "editor_stats" in info:
+            self.stats.append(dict(info["editor_stats"]))
+        self.last_info = dict(info)
+
+    def info(self) -> dict[str, Any]:
+        info = dict(self.last_info)
+        if self.stats:
+            info["editor_stats"] = _sum_stats(self.stats)
+        return info
 
 
 def _evaluate(

@@ -233,6 +233,29 @@ def test_sequential_mode_applies_edits_one_by_one(tmp_path, tiny_model_dir, regi
     assert run["metrics"]["paraphrase_count"] == 3 and run["metrics"]["portability"] is None
 
 
+def test_sequential_settings_continue_one_stream_of_edits(tmp_path, tiny_model_dir, registry):
+    # Settings 1, 2 and 4 are points along one sequence: 4 edits applied in all, undone once at the end,
+    # also when the cap skips the last setting.
+    config = bench.BenchmarkConfig(dataset="mquake", data_path=str(MQUAKE), methods=("noise", "lookup"),
+                                   num_edits=(1, 2, 4), max_edits={"lookup": 2}, mode="sequential",
+                                   limit_queries=2, model=str(tiny_model_dir), max_new_tokens=4,
+                                   progress=False)  # fmt: skip
+    model, tokenizer = _tiny_loader(tiny_model_dir)(None)
+    pristine = bench.weights_fingerprint(model)
+    result = bench.run_benchmark(config, model_loader=lambda name: (model, tokenizer))
+    noise = registry["noise"][0]
+    assert noise.apply_sizes == [1, 1, 1, 1] and noise.restore_calls == 1
+    assert bench.weights_fingerprint(model) == pristine
+    runs = {(run["method"], run["num_edits"]): run for run in result["runs"]}
+    assert [runs[("noise", n)]["continued_from"] for n in (1, 2, 4)] == [0, 1, 2]
+    # Edit time accumulates along the stream: the 4-edit run counts all four edits.
+    assert runs[("noise", 4)]["editor_stats"]["seconds"] == pytest.approx(0.004)
+    assert runs[("noise", 4)]["metrics"]["edit_seconds_total"] >= runs[("noise", 2)]["metrics"]["edit_seconds_total"]
+    lookup = registry["lookup"][0]
+    assert lookup.apply_sizes == [1, 1] and lookup.edits == {}  # capped at 2, then restored
+    assert runs[("lookup", 2)]["metrics"]["efficacy"] == 1.0
+
+
 def test_caps_skip_settings_and_are_reported(tmp_path, tiny_model_dir, registry):
     config = bench.BenchmarkConfig(dataset="mquake", data_path=str(MQUAKE), methods=("base", "noise"),
                                    num_edits=(1, 2, 4), max_edits={"noise": 2}, limit_queries=2,
