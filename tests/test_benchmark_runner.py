@@ -250,7 +250,10 @@ def test_sequential_settings_continue_one_stream_of_edits(tmp_path, tiny_model_d
     assert [runs[("noise", n)]["continued_from"] for n in (1, 2, 4)] == [0, 1, 2]
     # Edit time accumulates along the stream: the 4-edit run counts all four edits.
     assert runs[("noise", 4)]["editor_stats"]["seconds"] == pytest.approx(0.004)
-    assert runs[("noise", 4)]["metrics"]["edit_seconds_total"] >= runs[("noise", 2)]["metrics"]["edit_seconds_total"]
+    assert (
+        runs[("noise", 4)]["metrics"]["edit_seconds_total"]
+        >= runs[("noise", 2)]["metrics"]["edit_seconds_total"]
+    )
     lookup = registry["lookup"][0]
     assert lookup.apply_sizes == [1, 1] and lookup.edits == {}  # capped at 2, then restored
     assert runs[("lookup", 2)]["metrics"]["efficacy"] == 1.0

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from serac.editors.base import check_edits, prepare_prompt
 from serac.editors.layout import check_layer, get_layout, get_module, num_layers, weight_as_out_in
@@ -146,12 +147,17 @@ class MEMITEditor(ROMEEditor):
         self._backup(model, [f"{layout.down_proj.format(layer)}.weight" for layer in layers])
         z_module = layout.layer.format(layers[-1])
         targets, nll, steps = [], [], []
+        # Minutes per hundred edits on a CPU: a bar once there is more than one chunk to optimize.
+        bar = tqdm(total=len(edits), desc="MEMIT target vectors", unit="edit",
+                   disable=len(edits) <= config.value_batch_size)  # fmt: skip
         for chunk_start in range(0, len(edits), config.value_batch_size):
             chunk = edits[chunk_start : chunk_start + config.value_batch_size]
             result = compute_target_deltas(model, tokenizer, layout, z_module, chunk, templates, config)
             targets.append(result.initial + result.deltas)
             nll += result.nll.tolist()
             steps += result.steps
+            bar.update(len(chunk))
+        bar.close()
         target_z = torch.cat(targets).double().T  # [hidden, edits]
         values_seconds = time.perf_counter() - start - stats_seconds
 
