@@ -8,10 +8,11 @@ Parts (run separately so they can be budgeted; each writes ``<out>/<part>.json``
 * ``memit``: MEMIT with batches of the first B edits.
 * ``samples``: ROME efficacy on a few edits with statistics from different numbers of token vectors.
 
-Metrics per edit: ``efficacy`` (greedy continuation of the edit prompt starts with the target after
-normalization), ``efficacy_tf`` (every target token is the argmax under teacher forcing), ``question``
-(the target appears in the greedy answer to the rewrite's question) and ``cloze`` (greedy continuation of
-the matching post-edit single-hop cloze starts with the target).
+Metrics per edit: ``efficacy`` (greedy continuation of the edit prompt starts with the target after the
+runner's answer normalization: case, punctuation, articles), ``efficacy_tf`` (stricter: every target token
+is the argmax under teacher forcing, so "the United Kingdom" for "United Kingdom" fails), ``question`` (the
+target appears as whole words in the greedy answer to the rewrite's question) and ``cloze`` (greedy
+continuation of the matching post-edit single-hop cloze starts with the target).
 
 Example:
     python -m benchmarks.editors_eval --part rome --layer 4 --num-edits 20 --out /tmp/editors_results
@@ -31,7 +32,8 @@ import torch
 
 from serac.editors import get_editor
 from serac.editors.base import target_token_ids
-from serac.edits import Edit, normalize_text
+from serac.edits import Edit
+from serac.metrics import answer_matches, normalize_answer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mquake-cf-dev.json"
 
@@ -72,7 +74,7 @@ def teacher_forced_argmax(model, tokenizer, query: str, target: str) -> bool:
 
 def evaluate(model, tokenizer, record: dict) -> dict:
     edit = record["edit"]
-    target = normalize_text(edit.target)
+    target = normalize_answer(edit.target)
     length = len(target_token_ids(tokenizer, edit.query, edit.target)) + 2
     continuation = greedy(model, tokenizer, edit.query, length)
     answer = greedy(model, tokenizer, record["question"], 16)
@@ -80,11 +82,12 @@ def evaluate(model, tokenizer, record: dict) -> dict:
         continuation if record["cloze"] == edit.query else greedy(model, tokenizer, record["cloze"], length)
     )
     return {
-        "efficacy": normalize_text(continuation).startswith(target),
+        "efficacy": normalize_answer(continuation).startswith(target),
         "efficacy_tf": teacher_forced_argmax(model, tokenizer, edit.query, edit.target),
-        "question": target in normalize_text(answer),
-        "cloze": normalize_text(cloze).startswith(target),
+        "question": answer_matches(answer, edit.target),
+        "cloze": normalize_answer(cloze).startswith(target),
         "continuation": continuation,
+        "answer": answer,
     }
 
 
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                 "layers": stats["layers"],
                 "target_nll_mean": sum(stats["target_nll"]) / batch_size,
             }
+            result[f"batch_{batch_size}_rows"] = rows
             logging.info("batch %d: %s", batch_size, result[f"batch_{batch_size}"])
             (args.out / "memit.json").write_text(json.dumps(result, indent=1))
     elif args.part == "samples":

@@ -165,21 +165,41 @@ def test_rome_inserts_key_value_and_restores(model, tokenizer):
     assert _changed(model, snapshot) == [f"{module_name}.weight"]
     update = editor.updates[-1]
     module = get_module(model, module_name)
+    templates = editor._context_templates(model, tokenizer, editor.resolved_config(model))
+    prompt_key = compute_keys(model, tokenizer, module_name, [edit], templates[:1])[0]
+    torch.testing.assert_close(update.inserted_key, prompt_key)
     with torch.no_grad():
-        mapped = module(update.key[None])[0]
-    # Closed form: the edited layer sends the edit key exactly to the optimized value.
+        mapped = module(prompt_key[None])[0]
+    # Closed form: the edited layer sends the edit prompt's key exactly to the optimized value.
     torch.testing.assert_close(mapped, update.value, rtol=1e-4, atol=1e-4)
-    # Keys the layer usually sees move far less than the edited key.
+    # The update's row space is C^-1 k*, k* the key averaged over the context templates.
     weight_change = weight_as_out_in(module.weight, layout) - weight_as_out_in(
         snapshot[f"{module_name}.weight"], layout
     )
-    templates = editor._context_templates(model, tokenizer, editor.resolved_config(model))
+    row = weight_change[weight_change.norm(dim=1).argmax()]
+    assert torch.nn.functional.cosine_similarity(row, update.left, dim=0).abs() > 0.999
+    # Keys the layer usually sees move far less than the edited key.
     unrelated = compute_keys(model, tokenizer, module_name, UNRELATED, templates)
     moved = (unrelated @ weight_change.T).norm(dim=1) / (weight_change @ update.key).norm()
     assert float(moved.max()) < 0.5, moved
     assert _target_logprob(model, tokenizer, edit) > before
     editor.restore()
     _assert_identical(model, snapshot)
+
+
+def test_rome_average_insertion_sends_the_averaged_key_to_the_value(model, tokenizer):
+    snapshot = _snapshot(model)
+    editor = ROMEEditor(layer=1, num_steps=3, insertion_key="average", **FAST)
+    editor.apply(model, tokenizer, [EDITS[0]])
+    update = editor.updates[-1]
+    torch.testing.assert_close(update.inserted_key, update.key)
+    module = get_module(model, get_layout(model).down_proj.format(1))
+    with torch.no_grad():
+        torch.testing.assert_close(module(update.key[None])[0], update.value, rtol=1e-4, atol=1e-4)
+    editor.restore()
+    _assert_identical(model, snapshot)
+    with pytest.raises(ValueError, match="insertion_key"):
+        ROMEEditor(insertion_key="bare")
 
 
 def test_rome_sequential_edits_restore_bit_identical(model, tokenizer):

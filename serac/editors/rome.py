@@ -7,14 +7,19 @@ the subject's last token, the value is its output. An edit
 1. computes the key ``k*``: the input at the subject's last token, averaged over the edit prompt behind a
    few short prefixes the model generated itself (context templates), so the key does not depend on one
    exact wording (:func:`compute_keys`);
-2. finds the value ``v* = W k* + delta``: ``delta`` is optimized, added to the projection's output at the
+2. finds the value ``v* = W k + delta``: ``delta`` is optimized, added to the projection's output at the
    subject's last token, so that the model emits the target after every context template, with a KL term
    keeping "{subject} is a" predictions stable, a weight decay on ``delta`` and a norm clamp
-   (:func:`compute_target_deltas`);
-3. inserts the pair in closed form, touching other keys as little as possible under the key second moment
-   ``C`` (:mod:`serac.editors.layer_stats`)::
+   (:func:`compute_target_deltas`); ``k`` is the key of the edit prompt itself;
+3. inserts the pair in closed form, in the direction ``C^-1 k*`` that touches other keys least under the
+   key second moment ``C`` (:mod:`serac.editors.layer_stats`), scaled so that the edit prompt's own key
+   ``k`` is sent exactly to ``v*``, as in the ROME authors' code::
 
-       W' = W + (v* - W k*) (C^-1 k*)^T / ((C^-1 k*)^T k*)
+       W' = W + (v* - W k) (C^-1 k*)^T / ((C^-1 k*)^T k)
+
+   (``insertion_key="average"`` sends ``k*`` to ``v*`` instead, the paper's formula
+   ``W' = W + (v* - W k*) (C^-1 k*)^T / ((C^-1 k*)^T k*)``: weaker on the edit prompt whenever its key is
+   far from the average, as at the attention-sink positions of a prompt that starts with the subject.)
 
 The model is unchanged unless :meth:`ROMEEditor.apply` is called; :meth:`ROMEEditor.restore` gives back the
 original weights bit for bit.
@@ -93,6 +98,10 @@ class ROMEConfig:
         default=((5, 5), (10, 5)), metadata={"help": "(tokens, count) of model-generated prefixes"}
     )
     context_seed: int = field(default=0, metadata={"help": "sampling seed of the context templates"})
+    insertion_key: str = field(
+        default="prompt",
+        metadata={"help": "key sent exactly to the value: 'prompt' (the edit prompt's) or 'average'"},
+    )
     stats_corpus: Any = field(
         default=None, metadata={"help": "corpus of the key statistics (see layer_stats)"}
     )
@@ -107,6 +116,8 @@ class ROMEConfig:
             and (isinstance(self.layer, bool) or not isinstance(self.layer, int))
         ):
             raise TypeError(f"layer must be an int, 'saliency' or None, got {self.layer!r}")
+        if self.insertion_key not in ("prompt", "average"):
+            raise ValueError(f"insertion_key must be 'prompt' or 'average', got {self.insertion_key!r}")
         _check_optimization_fields(self)
         if not isinstance(self.stats_ridge, (int, float)) or self.stats_ridge < 0:
             raise ValueError(f"stats_ridge must be >= 0, got {self.stats_ridge!r}")
@@ -391,15 +402,16 @@ def solve_rank_one(second_moment: torch.Tensor, key: torch.Tensor, ridge: float)
 
 @dataclass
 class RankOneUpdate:
-    """What one ROME edit inserted: ``W' k = v`` at ``layer`` (vectors float32, CPU)."""
+    """What one ROME edit inserted at ``layer``: ``W' inserted_key = value`` (vectors float32, CPU)."""
 
     layer: int
-    key: torch.Tensor
-    value: torch.Tensor
-    left: torch.Tensor  # C^-1 k
-    delta: torch.Tensor  # v - W k
+    key: torch.Tensor  # k*, averaged over the context templates
+    value: torch.Tensor  # v*
+    left: torch.Tensor  # C^-1 k*
+    delta: torch.Tensor  # v* - W inserted_key
     nll: float
     steps: int
+    inserted_key: torch.Tensor  # the edit prompt's key (insertion_key="prompt") or k*
 
 
 class ROMEEditor(WeightEditor):
@@ -500,13 +512,21 @@ class ROMEEditor(WeightEditor):
         updates = []
         for edit in edits:
             key = compute_keys(model, tokenizer, module_name, [edit], templates)[0]
+            inserted = key
+            if config.insertion_key == "prompt":
+                inserted = compute_keys(model, tokenizer, module_name, [edit], templates[:1])[0]
             target = compute_target_deltas(model, tokenizer, layout, module_name, [edit], templates, config)
-            delta = target.deltas[0]
             left = solve_rank_one(second_moment, key, config.stats_ridge).to(key.device)
+            if float(torch.dot(left, inserted.double())) <= 1e-3 * float(torch.dot(left, key.double())):
+                # The prompt's key barely lies along C^-1 k*: sending it to v* would take a huge update.
+                logger.warning("ROME: the key of %r is nearly orthogonal to C^-1 k*; inserting k*", edit.query)
+                inserted = key
             with torch.no_grad():
                 weight = weight_as_out_in(module.weight, layout)
-                value = module(key.to(weight.dtype)[None])[0].float() + delta
-                update = torch.outer(delta.double(), left) / torch.dot(left, key.double())
+                # delta was optimized on top of the edit prompt's output W k: v* = W k + delta.
+                value = target.initial[0] + target.deltas[0]
+                delta = value - module(inserted.to(weight.dtype)[None])[0].float()
+                update = torch.outer(delta.double(), left) / torch.dot(left, inserted.double())
                 weight.add_(update.to(weight.dtype))
             updates.append(
                 RankOneUpdate(
@@ -517,6 +537,7 @@ class ROMEEditor(WeightEditor):
                     delta=delta.cpu(),
                     nll=float(target.nll[0]),
                     steps=target.steps[0],
+                    inserted_key=inserted.cpu(),
                 )
             )
         self.updates += updates
