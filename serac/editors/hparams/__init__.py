@@ -39,6 +39,14 @@ SMOLLM2_FINDINGS = """How the SmolLM2-135M-Instruct values were found (benchmark
 * Statistics size: ROME efficacy on the first 8 rewrites at layer 2 is 0.875 with C from 1,000, 5,000 or
   20,000 token vectors (``--part samples``); 5,000 is kept as the default for SmolLM2.
 * 20 value steps reach a target NLL below 0.12 on every edit whose subject is not at the sequence start.
+* MEMIT's lambda (weight of C against the edit keys): an edit key's share of its residual at one layer is
+  about s / (1 + s), s = k^T (lambda C)^-1 k, and for a typical key k^T C^-1 k is about the key dimension
+  d. The papers' lambda gives d / lambda of 0.32 (GPT-2 XL: 6400 / 20000) and 1.09 (GPT-J: 16384 / 15000);
+  SmolLM2's keys have d = 1536, so GPT-J's 15000 gives 0.10 and barely moves the model. Measured on 10
+  rewrites in one batch (``python -m benchmarks.run --dataset mquake --methods memit --num-edits 10
+  --limit-queries 10 --editor-hparams ...``), lambda -> efficacy / paraphrase / locality: 15000 -> 0.2 /
+  0.0 / 0.6; 2000 -> 0.7 / 0.5 / 0.3; 500 -> 0.8 / 0.6 / 0.1. 2000 (d / lambda = 0.77, inside the papers'
+  range) is kept.
 * FT+L bound: with GPT-2 XL's L-inf bound (5e-4) fine-tuning barely moves SmolLM2. On 10 rewrites in one
   batch, 25 Adam steps on layer 4's down-projection (``python -m benchmarks.run --dataset mquake --methods
   ft --num-edits 10 --limit-queries 10 --editor-hparams ...``), (epsilon, lr) -> efficacy / locality:
@@ -108,6 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_steps": 20,
             "context_templates": [[5, 3]],
             "stats_samples": 5000,
+            "mom2_update_weight": 2000.0,
         },
         "ft": {"layer": 4, "lr": 5e-3, "norm_constraint": 1e-2},
     },
