@@ -519,7 +519,9 @@ class ROMEEditor(WeightEditor):
             left = solve_rank_one(second_moment, key, config.stats_ridge).to(key.device)
             if float(torch.dot(left, inserted.double())) <= 1e-3 * float(torch.dot(left, key.double())):
                 # The prompt's key barely lies along C^-1 k*: sending it to v* would take a huge update.
-                logger.warning("ROME: the key of %r is nearly orthogonal to C^-1 k*; inserting k*", edit.query)
+                logger.warning(
+                    "ROME: the key of %r is nearly orthogonal to C^-1 k*; inserting k*", edit.query
+                )
                 inserted = key
             with torch.no_grad():
                 weight = weight_as_out_in(module.weight, layout)
