@@ -202,6 +202,30 @@ def test_rome_average_insertion_sends_the_averaged_key_to_the_value(model, token
         ROMEEditor(insertion_key="bare")
 
 
+def test_rome_falls_back_to_the_average_key_when_the_prompt_key_is_off_direction(
+    model, tokenizer, monkeypatch, caplog
+):
+    import serac.editors.rome as rome
+
+    real = rome.compute_keys
+
+    def keys(model, tokenizer, module_name, edits, templates):
+        found = real(model, tokenizer, module_name, edits, templates)
+        return torch.zeros_like(found) if len(templates) == 1 else found  # a prompt key along nothing
+
+    monkeypatch.setattr(rome, "compute_keys", keys)
+    snapshot = _snapshot(model)
+    editor = ROMEEditor(layer=1, num_steps=2, **FAST)
+    with caplog.at_level("WARNING", logger="serac.editors.rome"):
+        editor.apply(model, tokenizer, [EDITS[0]])
+    update = editor.updates[-1]
+    assert "nearly orthogonal" in caplog.text
+    torch.testing.assert_close(update.inserted_key, update.key)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    editor.restore()
+    _assert_identical(model, snapshot)
+
+
 def test_rome_sequential_edits_restore_bit_identical(model, tokenizer):
     snapshot = _snapshot(model)
     editor = ROMEEditor(layer=2, num_steps=3, **FAST)
