@@ -45,6 +45,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str | None, str], ...] = (
     ("query_ms_p50", "query ms p50", None, "ms"),
     ("query_ms_p95", "query ms p95", None, "ms"),
     ("query_ms_p50_ratio_to_base", "p50 / base", None, "ratio"),
+    ("query_ms_p50_ratio_to_base_out_of_scope", "p50 / base (out-of-scope q.)", None, "ratio"),
 )
 
 #: Metrics plotted against the number of edits, one PNG each.

@@ -203,6 +203,8 @@ def test_cli_end_to_end_on_mquake(tmp_path, tiny_model_dir, registry, capsys):
     assert lookup["locality"] == 1.0
     assert lookup["edit_seconds_per_edit"] >= 0
     assert lookup["latency_pairs"] == 10 and runs[("noise", 4)]["metrics"]["latency_pairs"] == 0
+    # The 10 timed pairs are spread over the queries, so out-of-scope ones are among them.
+    assert 0 < lookup["latency_pairs_out_of_scope"] < 10
     # A batch for an editor without batch editing is applied one edit at a time, and says so.
     assert runs[("noise", 4)]["applied_as"] == "sequential"
     assert registry["noise"][0].apply_sizes == [1, 1, 1, 1, 1]
@@ -347,6 +349,9 @@ def test_serac_runs_with_a_fresh_store_per_setting(tmp_path, tiny_model_dir, tin
     # SERAC wraps the base model: timed in pairs with it, query by query.
     assert metrics["latency_pairs"] == metrics["query_count"] > 0
     assert metrics["query_ms_p50_ratio_to_base"] > 0
+    # Out-of-scope queries (locality) are among the timed pairs, with their own ratio.
+    assert metrics["latency_pairs_out_of_scope"] == metrics["locality_count"] > 0
+    assert metrics["query_ms_p50_ratio_to_base_out_of_scope"] > 0
     # The p95 ratio comes from the base run of the same setting.
     assert metrics["query_ms_p95_ratio_to_base"] == pytest.approx(
         metrics["query_ms_p95"] / runs[("base", 3)]["metrics"]["query_ms_p95"]
