@@ -207,13 +207,14 @@ def test_rome_falls_back_to_the_average_key_when_the_prompt_key_is_off_direction
 ):
     import serac.editors.rome as rome
 
-    real = rome.compute_keys
+    real = rome.compute_template_keys
 
     def keys(model, tokenizer, module_name, edits, templates):
-        found = real(model, tokenizer, module_name, edits, templates)
-        return torch.zeros_like(found) if len(templates) == 1 else found  # a prompt key along nothing
+        found = real(model, tokenizer, module_name, edits, templates).clone()
+        found[:, 0] = 0.0  # the bare prompt's key (template 0) along nothing
+        return found
 
-    monkeypatch.setattr(rome, "compute_keys", keys)
+    monkeypatch.setattr(rome, "compute_template_keys", keys)
     snapshot = _snapshot(model)
     editor = ROMEEditor(layer=1, num_steps=2, **FAST)
     with caplog.at_level("WARNING", logger="serac.editors.rome"):

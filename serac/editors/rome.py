@@ -69,6 +69,7 @@ __all__ = [
     "RankOneUpdate",
     "TargetDeltas",
     "compute_keys",
+    "compute_template_keys",
     "compute_target_deltas",
     "generate_context_templates",
     "solve_rank_one",
@@ -175,6 +176,42 @@ def generate_context_templates(
 
 
 @torch.no_grad()
+def compute_template_keys(
+    model: nn.Module,
+    tokenizer: Any,
+    module_name: str,
+    edits: Sequence[Edit],
+    templates: Sequence[str],
+    *,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Input of ``module_name`` at each edit's subject-last token behind each template: [edits, templates, in]."""
+    module = get_module(model, module_name)
+    device = model_device(model)
+    pad_id = pad_token_id(tokenizer)
+    prompts = [prepare_prompt(tokenizer, edit, t) for edit in edits for t in templates]
+    keys: list[torch.Tensor] = []
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        captured["input"] = inputs[0]
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            input_ids, attention_mask = pad_batch([p.input_ids for p in chunk], pad_id, device)
+            with contextlib.suppress(_StopForward):
+                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            positions = torch.tensor([p.subject_last for p in chunk], device=device)
+            keys.append(captured["input"][torch.arange(len(chunk), device=device), positions].float())
+    finally:
+        handle.remove()
+    return torch.cat(keys).reshape(len(edits), len(templates), -1)
+
+
+@torch.no_grad()
 def compute_keys(
     model: nn.Module,
     tokenizer: Any,
@@ -185,34 +222,9 @@ def compute_keys(
     batch_size: int = 64,
 ) -> torch.Tensor:
     """Input of ``module_name`` at each edit's subject-last token, averaged over ``templates``: [edits, in]."""
-    module = get_module(model, module_name)
-    device = model_device(model)
-    pad_id = pad_token_id(tokenizer)
-    rows = [(i, prepare_prompt(tokenizer, edit, t)) for i, edit in enumerate(edits) for t in templates]
-    sums: torch.Tensor | None = None
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        captured["input"] = inputs[0]
-        raise _StopForward
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            input_ids, attention_mask = pad_batch([p.input_ids for _, p in chunk], pad_id, device)
-            with contextlib.suppress(_StopForward):
-                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            positions = torch.tensor([p.subject_last for _, p in chunk], device=device)
-            keys = captured["input"][torch.arange(len(chunk), device=device), positions].float()
-            owners = torch.tensor([i for i, _ in chunk], device=device)
-            if sums is None:
-                sums = torch.zeros(len(edits), keys.shape[-1], device=device)
-            sums.index_add_(0, owners, keys)
-    finally:
-        handle.remove()
-    assert sums is not None
-    return sums / len(templates)
+    return compute_template_keys(model, tokenizer, module_name, edits, templates, batch_size=batch_size).mean(
+        dim=1
+    )
 
 
 @torch.no_grad()
@@ -511,10 +523,10 @@ class ROMEEditor(WeightEditor):
         self._backup(model, [f"{module_name}.weight"])
         updates = []
         for edit in edits:
-            key = compute_keys(model, tokenizer, module_name, [edit], templates)[0]
-            inserted = key
-            if config.insertion_key == "prompt":
-                inserted = compute_keys(model, tokenizer, module_name, [edit], templates[:1])[0]
+            template_keys = compute_template_keys(model, tokenizer, module_name, [edit], templates)[0]
+            key = template_keys.mean(dim=0)
+            # templates[0] is the bare edit prompt.
+            inserted = template_keys[0] if config.insertion_key == "prompt" else key
             target = compute_target_deltas(model, tokenizer, layout, module_name, [edit], templates, config)
             left = solve_rank_one(second_moment, key, config.stats_ridge).to(key.device)
             if float(torch.dot(left, inserted.double())) <= 1e-3 * float(torch.dot(left, key.double())):
