@@ -21,15 +21,51 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Edit", "normalize_text"]
+__all__ = ["Edit", "mentions_subject", "normalize_text"]
 
 _WHITESPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
+#: Endings a subject's last word may take in a query and still name it ("Irbit" -> "Irbits", "Kemper's").
+_PLURAL_ENDINGS = ("", "s", "es")
 
 
 def normalize_text(text: str) -> str:
     """Lower-case, NFKC-normalize and collapse whitespace; used to detect re-edits of one prompt."""
     text = unicodedata.normalize("NFKC", text).casefold()
     return _WHITESPACE.sub(" ", text).strip().rstrip("?.!:;, ")
+
+
+def _words(text: str) -> list[str]:
+    # Accents folded and case ignored: "Těsnohlídek" and "tesnohlidek" are one word.
+    decomposed = unicodedata.normalize("NFKD", text)
+    folded = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+    return _WORD.findall(folded)
+
+
+def mentions_subject(subject: str, text: str) -> bool:
+    """Whether ``text`` names ``subject``: its words, in order, with case, accents and punctuation ignored.
+
+    The subject's last word may carry a plural ending ("Houston toad" is named by "Houston toads"). Any
+    other change of letters is another name: "Tovin Marsk" does not name "Tovin Marsh".
+
+    Example:
+        >>> mentions_subject("Ellie Kemper", "Which country is ellie kemper's home?")
+        True
+        >>> mentions_subject("Ellie Kemper", "Which country is Ellie Kempner a citizen of?")
+        False
+    """
+    wanted, words = _words(subject), _words(text)
+    if not wanted:
+        return True
+    head, last = wanted[:-1], wanted[-1]
+    width = len(wanted)
+    for start in range(len(words) - width + 1):
+        if words[start : start + width - 1] != head:
+            continue
+        word = words[start + width - 1]
+        if any(word == last + ending for ending in _PLURAL_ENDINGS):
+            return True
+    return False
 
 
 def _check_text(name: str, value: Any, *, allow_none: bool = False) -> str | None:

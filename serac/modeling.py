@@ -118,9 +118,28 @@ class EditableModel:
         self._chat_markers = chat_markers(tokenizer)
 
     # ------------------------------------------------------------------ edits
-    def edit(self, edits: Edit | Sequence[Edit]) -> list[int]:
-        """Store edits; returns their ids. A newer edit of the same prompt supersedes the older one."""
-        return self.store.add([edits] if isinstance(edits, Edit) else edits)
+    def edit(self, edits: Edit | Sequence[Edit], *, supersede: bool = True) -> list[int]:
+        """Store edits; returns their ids.
+
+        A newer edit of the same prompt supersedes the older one. With ``supersede`` (the default), so does
+        a newer edit of the same fact in other words: when the scope classifier puts each edit's query in
+        the other's scope (:meth:`~serac.scope.ScopeClassifier.same_fact`), the older edit is removed, so
+        the newest correction answers every phrasing of the fact.
+        """
+        ids = self.store.add([edits] if isinstance(edits, Edit) else edits)
+        if supersede and ids:
+            with self.store.lock:
+                live = [edit_id for edit_id in ids if edit_id in self.store]
+                older = {
+                    other
+                    for others in self.scope_classifier.same_fact(live, self.store).values()
+                    for other in others
+                }
+                older = sorted(other for other in older if other in self.store)
+                if older:
+                    logger.info("%d edit(s) superseded by newer edits of the same fact", len(older))
+                    self.store.remove(older)
+        return ids
 
     def remove_edits(self, edit_ids: int | Sequence[int]) -> None:
         """Remove stored edits by id; an unknown id raises ``KeyError`` and removes nothing."""

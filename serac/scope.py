@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from serac.edits import Edit
+from serac.edits import Edit, mentions_subject
 from serac.store import EditStore
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,13 @@ class ScopeClassifierConfig:
             prompt with its subject, or the statement), or ``"text"``, the edit with its target. Whether a
             query is in scope depends on what it asks, not on the new answer; with the target in its input a
             classifier learns to doubt edits whose answer looks implausible, which an edit often is.
+        subject_match: an edit that names its subject (a prompt edit with ``subject``) is a candidate only for
+            queries that name that subject (:func:`~serac.edits.mentions_subject`). What an edit is about is
+            then decided by exact text, which no learned score confuses with a look-alike name or another
+            entity of the same relation; the classifier is left to judge the relation.
+        last_sentence: a query of several sentences is also retrieved and scored by its last sentence, and
+            the better of the two scores counts, so a question asked after some unrelated context still
+            reaches its edit.
     """
 
     kind: str = "cross_encoder"
@@ -73,6 +81,8 @@ class ScopeClassifierConfig:
     max_length: int = 128
     batch_size: int = 32
     edit_input: str = field(default="query", metadata={"help": "'query' (edit without target) or 'text'"})
+    subject_match: bool = field(default=True, metadata={"help": "queries must name an edit's subject"})
+    last_sentence: bool = field(default=True, metadata={"help": "also score a query's last sentence"})
 
     KINDS: ClassVar[tuple[str, ...]] = ("cross_encoder", "embedding")
     EDIT_INPUTS: ClassVar[tuple[str, ...]] = ("query", "text")
@@ -100,8 +110,10 @@ class ScopeClassifierConfig:
     def from_json(cls, text: str) -> ScopeClassifierConfig:
         data = json.loads(text)
         data.pop("serac_version", None)
-        # Classifiers saved before ``edit_input`` existed read the edit with its target.
+        # Classifiers saved before these settings existed keep the behaviour they were measured with.
         data.setdefault("edit_input", "text")
+        data.setdefault("subject_match", False)
+        data.setdefault("last_sentence", False)
         return cls(**data)
 
     def edit_view(self, edit: Edit) -> str:
@@ -132,9 +144,16 @@ class ScopeClassifier(ABC):
 
     @abstractmethod
     def _score_candidates(
-        self, queries: Sequence[str], candidates: list[list[tuple[int, float, Edit]]]
+        self,
+        views: Sequence[Sequence[str]],
+        candidates: list[list[tuple[int, float, Edit]]],
+        store: EditStore,
+        pairwise: bool = False,
     ) -> list[list[float]]:
-        """One score per candidate of each query."""
+        """One score per candidate of each query; ``views`` holds each query's texts (the query first).
+
+        With ``pairwise``, ``views[i][j]`` is the one text candidate ``j`` of row ``i`` is scored against.
+        """
 
     @abstractmethod
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -147,31 +166,101 @@ class ScopeClassifier(ABC):
             return []
         if len(store) == 0:
             return [ScopeDecision(in_scope=False) for _ in queries]
-        vectors = store.encode(queries)
+        views = [self._views(query) for query in queries]
+        flat = [view for row in views for view in row]
+        vectors = store.encode(flat)
         # Search and edit lookup happen under the store lock: the decisions see one consistent store.
         with store.lock:
             hits = store.search(vectors, k=self.config.top_k)
-            candidates = [
-                [(edit_id, similarity, store.get(edit_id)) for edit_id, similarity in row] for row in hits
-            ]
-        candidates = [self._prefilter(row) for row in candidates]
-        scores = self._score_candidates(queries, candidates)
+            edits = {edit_id: store.get(edit_id) for row in hits for edit_id, _ in row}
+        candidates, start = [], 0
+        for query, row_views in zip(queries, views, strict=True):
+            # One candidate per edit, with its best similarity over the query's views.
+            best: dict[int, float] = {}
+            for row in hits[start : start + len(row_views)]:
+                for edit_id, similarity in row:
+                    best[edit_id] = max(similarity, best.get(edit_id, -np.inf))
+            start += len(row_views)
+            ranked = sorted(best.items(), key=lambda item: -item[1])
+            row = [(edit_id, similarity, edits[edit_id]) for edit_id, similarity in ranked]
+            candidates.append(self._prefilter(query, row))
+        scores = self._score_candidates(views, candidates, store)
         decisions = []
         for row, row_scores in zip(candidates, scores, strict=True):
             if not row:
                 decisions.append(ScopeDecision(in_scope=False))
                 continue
-            best = int(np.argmax(row_scores))
-            edit_id, _, edit = row[best]
-            score = float(row_scores[best])
+            best_index = int(np.argmax(row_scores))
+            edit_id, _, edit = row[best_index]
+            score = float(row_scores[best_index])
             if score >= self.config.threshold:
                 decisions.append(ScopeDecision(in_scope=True, edit_id=edit_id, score=score, edit=edit))
             else:
                 decisions.append(ScopeDecision(in_scope=False, edit_id=None, score=score))
         return decisions
 
-    def _prefilter(self, row: list[tuple[int, float, Edit]]) -> list[tuple[int, float, Edit]]:
-        return row
+    def same_fact(self, edit_ids: Sequence[int], store: EditStore) -> dict[int, list[int]]:
+        """For each stored edit in ``edit_ids``, the older stored edits that state the same fact.
+
+        Two edits state the same fact when each one's query is in the other's scope ("Who designed X?" and
+        "Which architect built X?"): a correction of a fact, whatever its wording, then replaces the
+        earlier correction instead of competing with it. An older edit is one with a smaller id.
+
+        Example:
+            >>> ids = store.add([Edit(prompt="Who designed {}?", subject="X", target="A"),
+            ...                  Edit(prompt="Which architect built {}?", subject="X", target="B")])  # doctest: +SKIP
+            >>> classifier.same_fact(ids, store)  # doctest: +SKIP
+            {1: [0]}
+        """
+        with store.lock:
+            edits = {edit_id: store.get(edit_id) for edit_id in edit_ids}
+        if not edits:
+            return {}
+        newer_ids = list(edits)
+        queries = [edits[edit_id].query for edit_id in newer_ids]
+        vectors = store.encode(queries)
+        with store.lock:
+            hits = store.search(vectors, k=self.config.top_k)
+            rows = [
+                [(other, similarity, store.get(other)) for other, similarity in row if other < edit_id]
+                for edit_id, row in zip(newer_ids, hits, strict=True)
+            ]
+        rows = [self._prefilter(query, row) for query, row in zip(queries, rows, strict=True)]
+        forward = self._score_candidates([[query] for query in queries], rows, store)
+        # The other direction: the older edit's query against the newer edit.
+        backward_rows = [
+            [(edit_id, 1.0, edits[edit_id])] * len(row) for edit_id, row in zip(newer_ids, rows, strict=True)
+        ]
+        backward = self._score_candidates(
+            [[older.query for _, _, older in row] for row in rows], backward_rows, store, pairwise=True
+        )
+        found: dict[int, list[int]] = {}
+        for edit_id, row, there, back in zip(newer_ids, rows, forward, backward, strict=True):
+            older = [
+                other
+                for (other, _, _), score, reverse in zip(row, there, back, strict=True)
+                if score >= self.config.threshold and reverse >= self.config.threshold
+            ]
+            if older:
+                found[edit_id] = older
+        return found
+
+    def _views(self, query: str) -> list[str]:
+        """The texts a query is retrieved and scored by: itself, and its last sentence if it has several."""
+        if self.config.last_sentence:
+            last = last_sentence(query)
+            if last and last != query.strip():
+                return [query, last]
+        return [query]
+
+    def _prefilter(self, query: str, row: list[tuple[int, float, Edit]]) -> list[tuple[int, float, Edit]]:
+        if not self.config.subject_match:
+            return row
+        return [
+            candidate
+            for candidate in row
+            if candidate[2].subject is None or mentions_subject(candidate[2].subject, query)
+        ]
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> ScopeClassifier:
@@ -191,7 +280,14 @@ class EmbeddingScopeClassifier(ScopeClassifier):
             raise ValueError(f"EmbeddingScopeClassifier needs kind='embedding', got {config.kind!r}")
         super().__init__(config)
 
-    def _score_candidates(self, queries, candidates):
+    def _score_candidates(self, views, candidates, store, pairwise=False):
+        if pairwise:
+            return [
+                self.score_pairs([edit.text for _, _, edit in row], list(texts), store).tolist()
+                if row
+                else []
+                for texts, row in zip(views, candidates, strict=True)
+            ]
         return [[similarity for _, similarity, _ in row] for row in candidates]
 
     def score_pairs(self, edit_texts: Sequence[str], queries: Sequence[str], store: EditStore) -> np.ndarray:
@@ -254,20 +350,37 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
         )
         return np.asarray(scores, dtype=np.float32).reshape(len(queries))
 
-    def _prefilter(self, row):
-        return [candidate for candidate in row if candidate[1] >= self.config.retrieval_threshold]
+    def _prefilter(self, query, row):
+        row = [candidate for candidate in row if candidate[1] >= self.config.retrieval_threshold]
+        return super()._prefilter(query, row)
 
-    def _score_candidates(self, queries, candidates):
+    def _score_candidates(self, views, candidates, store, pairwise=False):
+        if pairwise:
+            pairs = [
+                (self.config.edit_view(edit), text)
+                for texts, row in zip(views, candidates, strict=True)
+                for (_, _, edit), text in zip(row, texts, strict=True)
+            ]
+            flat = self.score_pairs([p[0] for p in pairs], [p[1] for p in pairs]).tolist()
+            scores, start = [], 0
+            for row in candidates:
+                scores.append(flat[start : start + len(row)])
+                start += len(row)
+            return scores
         pairs = [
-            (self.config.edit_view(edit), query)
-            for query, row in zip(queries, candidates, strict=True)
+            (self.config.edit_view(edit), view)
+            for row_views, row in zip(views, candidates, strict=True)
             for _, _, edit in row
+            for view in row_views
         ]
-        flat = self.score_pairs([p[0] for p in pairs], [p[1] for p in pairs]).tolist()
+        flat = self.score_pairs([p[0] for p in pairs], [p[1] for p in pairs])
         scores, start = [], 0
-        for row in candidates:
-            scores.append(flat[start : start + len(row)])
-            start += len(row)
+        for row_views, row in zip(views, candidates, strict=True):
+            size = len(row) * len(row_views)
+            # Each candidate counts with the best score over the query's views.
+            block = flat[start : start + size].reshape(len(row), len(row_views))
+            scores.append(block.max(axis=1).tolist() if len(row) else [])
+            start += size
         return scores
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -292,6 +405,20 @@ def load_scope_classifier(directory: str | os.PathLike) -> ScopeClassifier:
         str(directory / CROSS_ENCODER_FOLDER), num_labels=1, max_length=config.max_length
     )
     return CrossEncoderScopeClassifier(cross_encoder, config)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def last_sentence(text: str) -> str:
+    """The last sentence (or line) of ``text``, stripped; ``text`` itself when it is one sentence.
+
+    Example:
+        >>> last_sentence("Paris hosted the Games. The mother tongue of Danielle Darrieux is")
+        'The mother tongue of Danielle Darrieux is'
+    """
+    parts = [part.strip() for part in _SENTENCE_END.split(text.strip()) if part and part.strip()]
+    return parts[-1] if parts else text.strip()
 
 
 def _check_queries(queries: Sequence[str]) -> list[str]:

@@ -49,6 +49,7 @@ from serac.data import (
     mine_hard_negatives,
     scope_pairs,
 )
+from serac.edits import mentions_subject
 from serac.scope import CrossEncoderScopeClassifier, ScopeClassifierConfig
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,17 @@ class ScopeTrainingArguments(_LoopArguments):
         default=2,
         metadata=_help("nearest other-edit queries (by embedding) added as hard negatives; 0: none"),
     )
+    subject_match: bool = field(
+        default=True,
+        metadata=_help("the classifier only scores queries that name an edit's subject; hard negatives "
+                       "and mined negatives are chosen among those"),
+    )  # fmt: skip
+    last_sentence: bool = field(
+        default=True, metadata=_help("the classifier also scores a query's last sentence")
+    )
+    context_fraction: float = field(
+        default=0.1, metadata=_help("share of training queries asked after an unrelated sentence")
+    )
     mining_candidates_per_edit: int = field(
         default=3,
         metadata=_help("queries of each edit embedded as mining candidates (bounds the mining cost)"),
@@ -219,7 +231,7 @@ class ScopeTrainingArguments(_LoopArguments):
             )
         if self.negatives_per_positive < 0:
             raise ValueError(f"negatives_per_positive must be >= 0, got {self.negatives_per_positive}")
-        for name in ("hard_negative_fraction", "statement_fraction"):
+        for name in ("hard_negative_fraction", "statement_fraction", "context_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_positives_per_edit is not None and self.max_positives_per_edit < 1:
@@ -668,6 +680,7 @@ def train_scope_classifier(
             "num_negatives": arguments.mined_negatives_per_edit,
             "candidates_per_example": arguments.mining_candidates_per_edit,
             "seed": arguments.seed,
+            "subject_match": arguments.subject_match,
         }
         train_examples = mine_hard_negatives(train_examples, embedder, **mining)
         held_out = mine_hard_negatives(held_out, embedder, **mining)
@@ -676,9 +689,16 @@ def train_scope_classifier(
         "hard_negative_fraction": arguments.hard_negative_fraction,
         "max_positives_per_edit": arguments.max_positives_per_edit,
         "statement_fraction": arguments.statement_fraction,
+        "subject_match": arguments.subject_match,
+        "context_fraction": arguments.context_fraction,
     }
     train_pairs = scope_pairs(train_examples, seed=arguments.seed, **pair_options)
     eval_pairs = scope_pairs(held_out, seed=arguments.seed + 1, **pair_options)
+    if arguments.subject_match:
+        # Held-out pairs the subject match keeps from the classifier say nothing about its threshold.
+        eval_pairs = eval_pairs.filter(
+            lambda row: not row["edit_subject"] or mentions_subject(row["edit_subject"], row["query"])
+        )
     if len(set(train_pairs["label"])) < 2 or len(set(eval_pairs["label"])) < 2:
         raise ValueError("the examples give no in-scope or no out-of-scope pairs; check their queries")
     logger.info(
@@ -708,6 +728,8 @@ def train_scope_classifier(
             max_length=arguments.max_length,
             batch_size=arguments.eval_batch_size,
             edit_input=arguments.edit_input,
+            subject_match=arguments.subject_match,
+            last_sentence=arguments.last_sentence,
         )
         cross_encoder.eval()
         classifier = CrossEncoderScopeClassifier(cross_encoder, config)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from serac.data.schema import EditExample, OutOfScopeQuery
-from serac.edits import normalize_text
+from serac.edits import mentions_subject, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def mine_hard_negatives(
     seed: int = 0,
     batch_size: int = 128,
     chunk_size: int = 1024,
+    subject_match: bool = False,
 ) -> list[EditExample]:
     """Add each edit's nearest queries of other edits as out-of-scope queries (kind ``embedding_neighbor``).
 
@@ -64,6 +65,8 @@ def mine_hard_negatives(
         seed: seeds the sample of candidates.
         batch_size: sentences per ``encode`` batch.
         chunk_size: edits scored against all candidates at once (bounds memory).
+        subject_match: for an edit with a subject, mine only queries that name it: with the scope
+            classifier's subject match on, no other query reaches the classifier with this edit.
 
     Returns:
         New examples, in the same order, each with up to ``num_negatives`` more out-of-scope queries.
@@ -118,7 +121,8 @@ def mine_hard_negatives(
     fact_keys = [_fact_key(example) for example in examples]
 
     # Look a little deeper than needed: some of the nearest candidates are filtered out below.
-    depth = min(len(candidates), num_negatives * 4 + 16)
+    # With the subject filter most neighbours are skipped, so look deeper still.
+    depth = min(len(candidates), num_negatives * (32 if subject_match else 4) + 16)
     enriched: list[EditExample] = []
     for start in range(0, len(examples), chunk_size):
         scores = edit_vectors[start : start + chunk_size] @ candidate_vectors.T
@@ -146,6 +150,9 @@ def mine_hard_negatives(
                     continue
                 key = normalize_text(candidate.text)
                 if key in own_texts:
+                    continue
+                subject = example.edit.subject
+                if subject_match and subject is not None and not mentions_subject(subject, candidate.text):
                     continue
                 own_texts.add(key)
                 mined.append(OutOfScopeQuery(candidate.text, "embedding_neighbor"))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datasets import Dataset, Features, List, Value
 
 from serac.data.schema import IN_SCOPE_KINDS, EditExample
-from serac.edits import Edit, normalize_text
+from serac.edits import Edit, mentions_subject, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ def scope_pairs(
     hard_negative_fraction: float = 0.5,
     max_positives_per_edit: int | None = None,
     statement_fraction: float = 0.0,
+    subject_match: bool = False,
+    context_fraction: float = 0.0,
     seed: int = 0,
 ) -> Dataset:
     """(edit text, query) pairs labelled in scope (1.0) or out of scope (0.0), for the scope classifier.
@@ -104,11 +106,18 @@ def scope_pairs(
         hard_negative_fraction: share of the negatives that are hard.
         max_positives_per_edit: cap on positives per edit (``None``: all).
         statement_fraction: share of examples (with a statement) whose edit is given in statement form.
+        subject_match: train for a classifier that only sees queries naming an edit's subject (see
+            :attr:`serac.scope.ScopeClassifierConfig.subject_match`): for an edit with a subject, the hard
+            negatives are those that name it (another relation of the same subject, mined neighbours about
+            it) as far as there are such, since the others never reach the classifier.
+        context_fraction: share of queries asked after an unrelated sentence (another example's statement),
+            as a user's question after some context or CounterFact's paraphrase prompts are written.
         seed: seeds every random choice.
 
     Returns:
         A ``Dataset`` with columns ``edit_text`` (the edit with its target), ``edit_query`` (the edit without
-        its target: the prompt with the subject, or the statement), ``query``, ``label`` (float) and ``kind``.
+        its target: the prompt with the subject, or the statement), ``edit_subject`` (``""`` when the edit
+        names none), ``query``, ``label`` (float) and ``kind``.
     """
     examples = _check_examples(examples)
     if negatives_per_positive < 0:
@@ -119,13 +128,25 @@ def scope_pairs(
         raise ValueError(f"statement_fraction must be in [0, 1], got {statement_fraction}")
     if max_positives_per_edit is not None and max_positives_per_edit < 1:
         raise ValueError(f"max_positives_per_edit must be >= 1 or None, got {max_positives_per_edit}")
+    if not 0.0 <= context_fraction <= 1.0:
+        raise ValueError(f"context_fraction must be in [0, 1], got {context_fraction}")
     rng = random.Random(f"scope-pairs:{seed}")
+    # A separate stream, so turning the context augmentation on does not change the other choices.
+    context_rng = random.Random(f"scope-pairs-context:{seed}")
+    contexts = [example.statement for example in examples if example.statement]
     edit_keys = [example.edit.key for example in examples]
-    rows: dict[str, list] = {"edit_text": [], "edit_query": [], "query": [], "label": [], "kind": []}
+    rows: dict[str, list] = {
+        "edit_text": [], "edit_query": [], "edit_subject": [], "query": [], "label": [], "kind": []
+    }  # fmt: skip
 
     def add(edit: Edit, query: str, label: float, kind: str) -> None:
+        if contexts and context_fraction and context_rng.random() < context_fraction:
+            lead = context_rng.choice(contexts)
+            if edit.subject is None or not mentions_subject(edit.subject, lead):
+                query = f"{lead} {query}"
         rows["edit_text"].append(edit.text)
         rows["edit_query"].append(edit.query)
+        rows["edit_subject"].append(edit.subject or "")
         rows["query"].append(query)
         rows["label"].append(label)
         rows["kind"].append(kind)
@@ -141,6 +162,10 @@ def scope_pairs(
         wanted = round(len(positives) * negatives_per_positive)
         hard = list(example.hard_out_of_scope)
         rng.shuffle(hard)
+        subject = example.edit.subject
+        if subject_match and subject is not None:
+            # Stable sort: the shuffled order stays within each group, the ones naming the subject come first.
+            hard.sort(key=lambda query: not mentions_subject(subject, query.text))
         hard = hard[: min(len(hard), round(wanted * hard_negative_fraction))]
         for query in hard:
             add(example.edit, query.text, 0.0, query.kind)
@@ -170,6 +195,7 @@ def scope_pairs(
             {
                 "edit_text": Value("string"),
                 "edit_query": Value("string"),
+                "edit_subject": Value("string"),
                 "query": Value("string"),
                 "label": Value("float32"),
                 "kind": Value("string"),
