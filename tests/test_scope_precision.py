@@ -145,6 +145,7 @@ def test_the_newest_correction_of_a_fact_wins_for_every_phrasing(char_tokenizer,
         [Edit(prompt="Which architect built {}?", subject="Villa Tugendhat", target="Mies van der Rohe")]
     )
     assert sorted(edit_id for edit_id, _ in model.edits) == sorted(other + newest)
+    assert first[0] not in model.store
     for query in ("Who designed Villa Tugendhat?", "Which architect built Villa Tugendhat?"):
         decision = model.scope_classifier.classify([query], model.store)[0]
         assert decision.edit_id == newest[0]
