@@ -41,7 +41,7 @@ import logging
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from serac.data.schema import EditExample, InScopeQuery, OutOfScopeQuery
 from serac.edits import Edit, normalize_text
@@ -790,6 +790,24 @@ RELATIONS: tuple[Relation, ...] = (
     ),
 )
 
+#: Statements that name the object first ("Adolf Loos is the mayor of Brnovo."), for the relations whose
+#: object is one person or place. The fact is still about the subject: "Who is the mayor of Brnovo?" asks it.
+_OBJECT_FIRST_STATEMENTS: dict[str, tuple[str, ...]] = {
+    "spouse": ("{object} is the spouse of {subject}.", "{object} is married to {subject}."),
+    "founder": ("{object} founded {subject}.", "{object} is the founder of {subject}."),
+    "chief_executive": ("{object} is the chief executive of {subject}.", "{object} runs {subject}."),
+    "mayor": ("{object} is the mayor of {subject}.",),
+    "capital": ("{object} is the capital of {subject}.",),
+    "head_of_state": ("{object} is the head of state of {subject}.",),
+    "author": ("{object} wrote {subject}.", "{object} is the author of {subject}."),
+    "director": ("{object} directed {subject}.",),
+    "composer": ("{object} composed the music for {subject}.",),
+}
+RELATIONS = tuple(
+    replace(relation, statements=relation.statements + _OBJECT_FIRST_STATEMENTS.get(relation.name, ()))
+    for relation in RELATIONS
+)
+
 # Value pools of the object types that are not entities of the invented world.
 _VALUES: dict[str, tuple[str, ...]] = {
     "country": ("Croatia", "Norway", "Brazil", "Japan", "Kenya", "Canada", "Portugal", "Vietnam", "Chile", "Egypt",
@@ -1123,7 +1141,7 @@ def _make_example(
     lead = rng.choice(_STATEMENT_LEADS)
     template = rng.choice(relation.statement_templates)
     body = _fill(template, subject, new)
-    if lead and not template.startswith("{subject}"):
+    if lead and not template.startswith("{"):
         body = body[:1].lower() + body[1:]  # "Update: the capital of ...", not "Update: The capital of ..."
     statement = _capitalize_first(lead + body)
 
