@@ -21,10 +21,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Edit", "mentions_subject", "normalize_text"]
+__all__ = ["Edit", "mask_subject", "mentions_subject", "normalize_text"]
 
 _WHITESPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
+_TOKENS = re.compile(r"\w+|[^\w\s]")
 #: Endings a subject's last word may take in a query and still name it ("Irbit" -> "Irbits", "Kemper's").
 _PLURAL_ENDINGS = ("", "s", "es")
 
@@ -35,11 +36,14 @@ def normalize_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip().rstrip("?.!:;, ")
 
 
-def _words(text: str) -> list[str]:
+def _fold(text: str) -> str:
     # Accents folded and case ignored: "Těsnohlídek" and "tesnohlidek" are one word.
     decomposed = unicodedata.normalize("NFKD", text)
-    folded = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
-    return _WORD.findall(folded)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(_fold(text))
 
 
 def mentions_subject(subject: str, text: str) -> bool:
@@ -68,6 +72,39 @@ def mentions_subject(subject: str, text: str) -> bool:
     return False
 
 
+def mask_subject(subject: str, text: str, placeholder: str = "X") -> str:
+    """``text`` with every mention of ``subject`` (as :func:`mentions_subject` finds them) replaced.
+
+    The text comes back with case, accents and punctuation as the scope classifier's uncased tokenizer
+    reads them (lower-cased words joined by single spaces, punctuation kept as words of its own).
+
+    Example:
+        >>> mask_subject("Ellie Kemper", "Which country is Ellie Kemper's home?")
+        "which country is X ' s home ?"
+    """
+    wanted = _words(subject)
+    tokens = _TOKENS.findall(_fold(text))
+    words = [token for token in tokens if _WORD.fullmatch(token)]
+    if not wanted or len(words) < len(wanted):
+        return " ".join(tokens)
+    out, index = [], 0
+    head, last = wanted[:-1], wanted[-1]
+    while index < len(tokens):
+        # Match the subject's words at this token, skipping nothing: names are contiguous words.
+        window = tokens[index : index + len(wanted)]
+        if (
+            len(window) == len(wanted)
+            and window[:-1] == head
+            and any(window[-1] == last + ending for ending in _PLURAL_ENDINGS)
+        ):
+            out.append(placeholder)
+            index += len(wanted)
+        else:
+            out.append(tokens[index])
+            index += 1
+    return " ".join(out)
+
+
 def _check_text(name: str, value: Any, *, allow_none: bool = False) -> str | None:
     if value is None and allow_none:
         return None
@@ -86,7 +123,8 @@ class Edit:
     Args:
         prompt: a question or cloze prefix. A ``{}`` placeholder, if present, is filled with ``subject``.
         target: the answer the prompt must now get.
-        subject: the entity the edit is about; required when ``prompt`` has a ``{}`` placeholder.
+        subject: the entity the edit is about; required when ``prompt`` has a ``{}`` placeholder, optional
+            otherwise, and then named in the prompt or statement.
         statement: a free-text sentence stating the edit (use :meth:`from_statement`).
 
     Example:
@@ -111,6 +149,8 @@ class Edit:
                 raise ValueError("an Edit is either a statement or a prompt with a target, not both")
             if not any(ch.isalnum() for ch in statement):
                 raise ValueError(f"Edit.statement has no content: {statement!r}")
+            if subject is not None and not mentions_subject(subject, statement):
+                raise ValueError(f"Edit.subject {subject!r} is not named in statement {statement!r}")
         else:
             if prompt is None or target is None:
                 raise ValueError("an Edit needs a prompt and a target (or a statement: Edit.from_statement)")
@@ -130,9 +170,13 @@ class Edit:
             object.__setattr__(self, name, value)
 
     @classmethod
-    def from_statement(cls, statement: str) -> Edit:
-        """An edit stated as one free-text sentence."""
-        return cls(statement=statement)
+    def from_statement(cls, statement: str, *, subject: str | None = None) -> Edit:
+        """An edit stated as one free-text sentence, optionally naming the entity it is about.
+
+        With a ``subject``, the scope classifier considers the edit only for queries that name it, as it
+        does for prompt edits (see :attr:`serac.scope.ScopeClassifierConfig.subject_match`).
+        """
+        return cls(statement=statement, subject=subject)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Edit:

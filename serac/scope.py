@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from serac.edits import Edit, mentions_subject
+from serac.edits import Edit, mask_subject, mentions_subject
 from serac.store import EditStore
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class ScopeClassifierConfig:
         last_sentence: a query of several sentences is also retrieved and scored by its last sentence, and
             the better of the two scores counts, so a question asked after some unrelated context still
             reaches its edit.
+        mask_subject: the cross-encoder reads an edit with a subject, and the query, with the subject's
+            mentions replaced by a placeholder (:meth:`pair`): which entity is meant is settled by the
+            subject match, and the classifier judges what is asked of it, whatever the entity's name.
     """
 
     kind: str = "cross_encoder"
@@ -83,6 +86,7 @@ class ScopeClassifierConfig:
     edit_input: str = field(default="query", metadata={"help": "'query' (edit without target) or 'text'"})
     subject_match: bool = field(default=True, metadata={"help": "queries must name an edit's subject"})
     last_sentence: bool = field(default=True, metadata={"help": "also score a query's last sentence"})
+    mask_subject: bool = field(default=True, metadata={"help": "hide the subject's name from the scorer"})
 
     KINDS: ClassVar[tuple[str, ...]] = ("cross_encoder", "embedding")
     EDIT_INPUTS: ClassVar[tuple[str, ...]] = ("query", "text")
@@ -114,11 +118,18 @@ class ScopeClassifierConfig:
         data.setdefault("edit_input", "text")
         data.setdefault("subject_match", False)
         data.setdefault("last_sentence", False)
+        data.setdefault("mask_subject", False)
         return cls(**data)
 
     def edit_view(self, edit: Edit) -> str:
         """The text of ``edit`` the classifier reads, per :attr:`edit_input`."""
         return edit.query if self.edit_input == "query" else edit.text
+
+    def pair(self, edit_view: str, subject: str | None, query: str) -> tuple[str, str]:
+        """The two texts a cross-encoder reads for an edit (its :meth:`edit_view` and subject) and a query."""
+        if self.mask_subject and subject:
+            return mask_subject(subject, edit_view), mask_subject(subject, query)
+        return edit_view, query
 
 
 @dataclass(frozen=True)
@@ -357,7 +368,7 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
     def _score_candidates(self, views, candidates, store, pairwise=False):
         if pairwise:
             pairs = [
-                (self.config.edit_view(edit), text)
+                self.config.pair(self.config.edit_view(edit), edit.subject, text)
                 for texts, row in zip(views, candidates, strict=True)
                 for (_, _, edit), text in zip(row, texts, strict=True)
             ]
@@ -368,7 +379,7 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
                 start += len(row)
             return scores
         pairs = [
-            (self.config.edit_view(edit), view)
+            self.config.pair(self.config.edit_view(edit), edit.subject, view)
             for row_views, row in zip(views, candidates, strict=True)
             for _, _, edit in row
             for view in row_views

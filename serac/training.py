@@ -196,6 +196,9 @@ class ScopeTrainingArguments(_LoopArguments):
     last_sentence: bool = field(
         default=True, metadata=_help("the classifier also scores a query's last sentence")
     )
+    mask_subject: bool = field(
+        default=True, metadata=_help("the cross-encoder reads the subject's name as a placeholder")
+    )
     context_fraction: float = field(
         default=0.1, metadata=_help("share of training queries asked after an unrelated sentence")
     )
@@ -217,7 +220,7 @@ class ScopeTrainingArguments(_LoopArguments):
         metadata=_help("quantile of held-out in-scope cosine similarities the retrieval filter keeps"),
     )
     retrieval_margin: float = field(default=0.05, metadata=_help("safety margin below that quantile"))
-    top_k: int = field(default=4, metadata=_help("candidate edits the saved classifier scores per query"))
+    top_k: int = field(default=8, metadata=_help("candidate edits the saved classifier scores per query"))
     eval_batch_size: int = field(default=64, metadata=_help("pairs per batch when scoring held-out pairs"))
     learning_rate: float = field(default=3e-5, metadata=_help("peak learning rate (AdamW, linear decay)"))
 
@@ -588,7 +591,15 @@ def evaluate_scope_classifier(
     # The store embeds edits with their target (retrieval); the cross-encoder reads its configured view.
     edit_texts, queries = list(pairs["edit_text"]), list(pairs["query"])
     if scores is None:
-        scores = classifier.score_pairs(list(pairs[_EDIT_COLUMNS[classifier.config.edit_input]]), queries)
+        views = list(pairs[_EDIT_COLUMNS[classifier.config.edit_input]])
+        subjects = (
+            list(pairs["edit_subject"]) if "edit_subject" in pairs.column_names else [None] * len(views)
+        )
+        texts = [
+            classifier.config.pair(view, subject or None, query)
+            for view, subject, query in zip(views, subjects, queries, strict=True)
+        ]
+        scores = classifier.score_pairs([text for text, _ in texts], [query for _, query in texts])
     labels = np.asarray(pairs["label"], dtype=np.float64)
     if similarities is None and embedder is not None:
         similarities = _pair_similarities(embedder, edit_texts, queries)
@@ -708,8 +719,27 @@ def train_scope_classifier(
 
     start = arguments.cross_encoder_name_or_path or resolve_embedder()
     cross_encoder = CrossEncoder(start, num_labels=1, max_length=arguments.max_length)
+    config = ScopeClassifierConfig(
+        kind="cross_encoder",
+        top_k=arguments.top_k,
+        cross_encoder_name_or_path=str(start),
+        max_length=arguments.max_length,
+        batch_size=arguments.eval_batch_size,
+        edit_input=arguments.edit_input,
+        subject_match=arguments.subject_match,
+        last_sentence=arguments.last_sentence,
+        mask_subject=arguments.mask_subject,
+    )
     edit_column = _EDIT_COLUMNS[arguments.edit_input]
-    columns = [edit_column, "query", "label"]  # the trainer reads inputs first, then the label
+
+    def cross_encoder_texts(row: dict[str, Any]) -> dict[str, str]:
+        # What the cross-encoder reads, as the saved classifier will build it at inference.
+        pair_edit, pair_query = config.pair(row[edit_column], row["edit_subject"] or None, row["query"])
+        return {"pair_edit": pair_edit, "pair_query": pair_query}
+
+    train_pairs = train_pairs.map(cross_encoder_texts)
+    eval_pairs = eval_pairs.map(cross_encoder_texts)
+    columns = ["pair_edit", "pair_query", "label"]  # the trainer reads inputs first, then the label
     with _checkpoint_directory(output_dir) as checkpoint_dir:
         trainer = CrossEncoderTrainer(
             model=cross_encoder,
@@ -721,22 +751,12 @@ def train_scope_classifier(
         trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoint_dir, arguments.resume))
         history = _loss_history(trainer.state.log_history)
 
-        config = ScopeClassifierConfig(
-            kind="cross_encoder",
-            top_k=arguments.top_k,
-            cross_encoder_name_or_path=str(start),
-            max_length=arguments.max_length,
-            batch_size=arguments.eval_batch_size,
-            edit_input=arguments.edit_input,
-            subject_match=arguments.subject_match,
-            last_sentence=arguments.last_sentence,
-        )
         cross_encoder.eval()
         classifier = CrossEncoderScopeClassifier(cross_encoder, config)
         # Columns are materialized once: indexing a datasets column inside a loop re-reads it every time.
         edit_texts, queries = list(eval_pairs["edit_text"]), list(eval_pairs["query"])
         labels = np.asarray(eval_pairs["label"])
-        scores = classifier.score_pairs(list(eval_pairs[edit_column]), queries)
+        scores = classifier.score_pairs(list(eval_pairs["pair_edit"]), list(eval_pairs["pair_query"]))
         choice = choose_threshold(
             scores,
             labels,

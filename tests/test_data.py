@@ -263,7 +263,10 @@ def test_schema_validates_and_round_trips():
     example = load_mquake(MQUAKE)[1]
     assert EditExample.from_dict(example.to_dict()) == example
     statement = example.as_statement_edit()
-    assert statement.edit == Edit.from_statement("The Glass Orchard was created by Ines Valcourt.")
+    # The statement keeps the subject it names, so the scope classifier's subject match applies to it too.
+    assert statement.edit == Edit.from_statement(
+        "The Glass Orchard was created by Ines Valcourt.", subject="The Glass Orchard"
+    )
     assert statement.in_scope[0] == InScopeQuery(
         "The Glass Orchard was created by", "Ines Valcourt", ("I. Valcourt",), "edit"
     )
@@ -327,8 +330,12 @@ def test_synthetic_examples_have_every_kind_of_query(synthetic_examples):
         assert target in yes_no["yes"] and example.true_answer in yes_no["no"]
         subject = example.edit.subject
         for query in example.out_of_scope:
-            if query.kind == "near_duplicate_name" and subject:
-                assert subject not in query.text
+            if query.kind == "near_duplicate_name" and subject and subject in query.text:
+                # The subject inside a longer name ("Gran Turismo 6"): one more word next to it.
+                assert re.search(rf"\w+ {re.escape(subject)}|{re.escape(subject)} \w+", query.text), (
+                    query.text
+                )
+            elif query.kind == "near_duplicate_name" and subject:
                 twin = _one_edit_away(subject, query.text)
                 assert twin, (subject, query.text)
             if query.kind == "same_subject_other_relation" and subject:

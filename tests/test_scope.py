@@ -43,7 +43,9 @@ def test_cross_encoder_reads_the_configured_view_of_the_edit(embedder, edit_inpu
     store = EditStore(embedder)
     store.add(EDITS)
     recorder = RecordingCrossEncoder()
-    config = ScopeClassifierConfig(threshold=0.5, top_k=2, retrieval_threshold=-1.0, edit_input=edit_input)
+    config = ScopeClassifierConfig(
+        threshold=0.5, top_k=2, retrieval_threshold=-1.0, edit_input=edit_input, mask_subject=False
+    )
     classifier = CrossEncoderScopeClassifier(recorder, config)
     decisions = classifier.classify(["What sport does LeBron James play?"], store)
     assert decisions[0].in_scope and decisions[0].score == pytest.approx(0.9)

@@ -82,7 +82,9 @@ def test_queries_that_do_not_name_the_subject_never_reach_the_cross_encoder(embe
     decision = gated.classify([near_duplicate], store)[0]
     assert not decision.in_scope
     # The statement edit names no subject, so it is still scored; the prompt edit is not.
-    assert {edit for edit, _ in gated.cross_encoder.pairs} == {"Boris Johnson is the prime minister of the UK."}
+    assert {edit for edit, _ in gated.cross_encoder.pairs} == {
+        "Boris Johnson is the prime minister of the UK."
+    }
     # Without the subject match the same query is routed to the LeBron James edit.
     assert classifier(subject_match=False).classify([near_duplicate], store)[0].in_scope
     assert gated.classify(["What sport does LeBron James play?"], store)[0].in_scope

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from serac.edits import Edit, normalize_text
+from serac.edits import Edit, mentions_subject, normalize_text
 
 __all__ = [
     "EditExample",
@@ -284,7 +284,11 @@ class EditExample:
         queries = list(self.in_scope)
         if all(normalize_text(query.text) != self.edit.key for query in queries):
             queries.insert(0, own_query)
-        return replace(self, edit=Edit.from_statement(self.statement), in_scope=tuple(queries))
+        subject = self.edit.subject
+        if subject is not None and not mentions_subject(subject, self.statement):
+            subject = None  # a statement in other words ("the UK" for "United Kingdom") names no subject
+        statement_edit = Edit.from_statement(self.statement, subject=subject)
+        return replace(self, edit=statement_edit, in_scope=tuple(queries))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (inverse: :meth:`from_dict`)."""

@@ -1000,7 +1000,7 @@ class _World:
                 return name
 
     def near_duplicate(self, name: str) -> str:
-        """A name one letter or one token away from ``name`` that is no entity of the world."""
+        """A name one letter or one token away from ``name``, or ``name`` inside a longer name; no entity."""
         rng = self.rng
         tokens = name.split(" ")
         # Template words ("University", "of", "Return") stay; changing them would not look like a typo.
@@ -1010,6 +1010,15 @@ class _World:
         for _ in range(100):
             position = rng.choice(editable)
             token = tokens[position]
+            if rng.random() < 0.2:
+                # A longer name that contains this one ("Gran Turismo 6", "Gaelic football"): another entity.
+                extra = str(rng.randint(2, 9)) if rng.random() < 0.5 else self._word(2)
+                candidate = f"{name} {extra}" if rng.random() < 0.5 else f"{extra} {name}"
+                key = normalize_text(candidate)
+                if key not in self.taken:
+                    self.taken.add(key)
+                    return candidate
+                continue
             if len(tokens) > 1 and rng.random() < 0.4:
                 # One token replaced: another first name, another noun of the same list, ...
                 word_list = next((words for words in _WORD_LISTS if token in words), None)
@@ -1148,7 +1157,7 @@ def _make_example(
     form = rng.random()
     prompt_templates = list(relation.questions) + list(relation.clozes)
     if form < config.statement_fraction:
-        edit = Edit.from_statement(statement)
+        edit = Edit.from_statement(statement, subject=subject)
         own_template = None
     else:
         pool = (
