@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from serac.data.schema import EditExample, InScopeQuery, OutOfScopeQuery
-from serac.edits import Edit, normalize_text
+from serac.edits import Edit, mentions_subject, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -1157,7 +1157,9 @@ def _make_example(
     form = rng.random()
     prompt_templates = list(relation.questions) + list(relation.clozes)
     if form < config.statement_fraction:
-        edit = Edit.from_statement(statement, subject=subject)
+        # The sentence may adjust the name ("A Engine ..." becomes "An Engine ..."); then it names no subject.
+        named = subject if mentions_subject(subject, statement) else None
+        edit = Edit.from_statement(statement, subject=named)
         own_template = None
     else:
         pool = (
