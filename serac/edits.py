@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Edit", "mask_subject", "mentions_subject", "normalize_text"]
+__all__ = ["Edit", "mask_subject", "mentions_subject", "name_words", "named_keys", "normalize_text"]
 
 _WHITESPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
@@ -70,6 +70,27 @@ def mentions_subject(subject: str, text: str) -> bool:
         if any(word == last + ending for ending in _PLURAL_ENDINGS):
             return True
     return False
+
+
+def name_words(text: str) -> tuple[str, ...]:
+    """The words of ``text`` as subjects are matched: case and accents folded, punctuation dropped."""
+    return tuple(_words(text))
+
+
+def named_keys(text: str, longest: int) -> set[tuple[str, ...]]:
+    """Every run of up to ``longest`` words of ``text`` that could be a subject it names (see
+    :func:`mentions_subject`), in the form of :func:`name_words`; a plural ending is also tried without."""
+    words = _words(text)
+    keys: set[tuple[str, ...]] = set()
+    for end in range(len(words)):
+        last = words[end]
+        endings = [last] + [
+            last[: -len(e)] for e in _PLURAL_ENDINGS if e and last.endswith(e) and len(last) > len(e)
+        ]
+        for width in range(1, min(longest, end + 1) + 1):
+            head = tuple(words[end - width + 1 : end])
+            keys.update((*head, stem) for stem in endings)
+    return keys
 
 
 def mask_subject(subject: str, text: str, placeholder: str = "X") -> str:

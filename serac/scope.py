@@ -71,6 +71,9 @@ class ScopeClassifierConfig:
         last_sentence: a query of several sentences is also retrieved and scored by its last sentence, and
             the better of the two scores counts, so a question asked after some unrelated context still
             reaches its edit.
+        subject_candidates: besides the ``top_k`` nearest edits, up to this many edits whose subject the
+            query names (the newest first; found by exact words in the edit store's subject index) are
+            scored, so an edit is reached however many others sit nearer in embedding space; 0: none.
         mask_subject: the cross-encoder reads an edit with a subject, and the query, with the subject's
             mentions replaced by a placeholder (:meth:`pair`): which entity is meant is settled by the
             subject match, and the classifier judges what is asked of it, whatever the entity's name.
@@ -87,6 +90,7 @@ class ScopeClassifierConfig:
     subject_match: bool = field(default=True, metadata={"help": "queries must name an edit's subject"})
     last_sentence: bool = field(default=True, metadata={"help": "also score a query's last sentence"})
     mask_subject: bool = field(default=True, metadata={"help": "hide the subject's name from the scorer"})
+    subject_candidates: int = field(default=32, metadata={"help": "edits found by subject, scored per query"})
 
     KINDS: ClassVar[tuple[str, ...]] = ("cross_encoder", "embedding")
     EDIT_INPUTS: ClassVar[tuple[str, ...]] = ("query", "text")
@@ -96,6 +100,8 @@ class ScopeClassifierConfig:
             raise ValueError(f"kind must be one of {self.KINDS}, got {self.kind!r}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.subject_candidates < 0:
+            raise ValueError(f"subject_candidates must be >= 0, got {self.subject_candidates}")
         if not -1.0 <= self.retrieval_threshold <= 1.0:
             raise ValueError(
                 f"retrieval_threshold is a cosine similarity in [-1, 1], got {self.retrieval_threshold}"
@@ -119,6 +125,7 @@ class ScopeClassifierConfig:
         data.setdefault("subject_match", False)
         data.setdefault("last_sentence", False)
         data.setdefault("mask_subject", False)
+        data.setdefault("subject_candidates", 0)
         return cls(**data)
 
     def edit_view(self, edit: Edit) -> str:
@@ -183,15 +190,20 @@ class ScopeClassifier(ABC):
         # Search and edit lookup happen under the store lock: the decisions see one consistent store.
         with store.lock:
             hits = store.search(vectors, k=self.config.top_k)
+            named = [self._named(query, store) for query in queries]
             edits = {edit_id: store.get(edit_id) for row in hits for edit_id, _ in row}
+            edits.update((edit_id, store.get(edit_id)) for row in named for edit_id in row)
         candidates, start = [], 0
-        for query, row_views in zip(queries, views, strict=True):
+        for query, row_views, row_named in zip(queries, views, named, strict=True):
             # One candidate per edit, with its best similarity over the query's views.
             best: dict[int, float] = {}
             for row in hits[start : start + len(row_views)]:
                 for edit_id, similarity in row:
                     best[edit_id] = max(similarity, best.get(edit_id, -np.inf))
             start += len(row_views)
+            for edit_id in row_named:
+                # Named by exact words: it passes the similarity filter whatever its embedding says.
+                best[edit_id] = np.inf
             ranked = sorted(best.items(), key=lambda item: -item[1])
             row = [(edit_id, similarity, edits[edit_id]) for edit_id, similarity in ranked]
             candidates.append(self._prefilter(query, row))
@@ -232,10 +244,13 @@ class ScopeClassifier(ABC):
         vectors = store.encode(queries)
         with store.lock:
             hits = store.search(vectors, k=self.config.top_k)
-            rows = [
-                [(other, similarity, store.get(other)) for other, similarity in row if other < edit_id]
-                for edit_id, row in zip(newer_ids, hits, strict=True)
-            ]
+            rows = []
+            for edit_id, query, row in zip(newer_ids, queries, hits, strict=True):
+                similar = dict(row)
+                similar.update((other, np.inf) for other in self._named(query, store))
+                rows.append(
+                    [(other, value, store.get(other)) for other, value in similar.items() if other < edit_id]
+                )
         rows = [self._prefilter(query, row) for query, row in zip(queries, rows, strict=True)]
         forward = self._score_candidates([[query] for query in queries], rows, store)
         # The other direction: the older edit's query against the newer edit.
@@ -255,6 +270,11 @@ class ScopeClassifier(ABC):
             if older:
                 found[edit_id] = older
         return found
+
+    def _named(self, query: str, store: EditStore) -> list[int]:
+        if not (self.config.subject_match and self.config.subject_candidates):
+            return []
+        return store.ids_named_in(query, limit=self.config.subject_candidates)
 
     def _views(self, query: str) -> list[str]:
         """The texts a query is retrieved and scored by: itself, and its last sentence if it has several."""

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
-from serac.edits import Edit
+from serac.edits import Edit, name_words, named_keys
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,9 @@ class EditStore:
         self.lock = threading.RLock()
         self._edits: dict[int, Edit] = {}
         self._key_to_id: dict[str, int] = {}
+        # Edit ids by the words of their subject: every edit about an entity, for the scope classifier.
+        self._by_subject: dict[tuple[str, ...], set[int]] = {}
+        self._longest_subject = 0
         self._next_id = 0
         self._index: faiss.Index = self._new_exact_index()
         self._ivf_trained_size = 0
@@ -199,9 +202,10 @@ class EditStore:
                 if kept:
                     self._edits[edit_id] = edit
                     self._key_to_id[edit.key] = edit_id
+                    self._index_subjects(edit_id, edit, add=True)
             old = [edit_id for edit_id in superseded if edit_id in self._edits]
             for edit_id in old:
-                del self._edits[edit_id]
+                self._index_subjects(edit_id, self._edits.pop(edit_id), add=False)
             if old:
                 self._index.remove_ids(np.asarray(old, dtype=np.int64))
             if superseded:
@@ -220,6 +224,7 @@ class EditStore:
             unique = sorted(set(int(i) for i in edit_ids))
             for edit_id in unique:
                 edit = self._edits.pop(edit_id)
+                self._index_subjects(edit_id, edit, add=False)
                 if self._key_to_id.get(edit.key) == edit_id:
                     del self._key_to_id[edit.key]
             if unique:
@@ -237,6 +242,8 @@ class EditStore:
             self._index.remove_ids(np.asarray([edit_id], dtype=np.int64))
             self._index_add(vector, np.asarray([edit_id], dtype=np.int64))
             del self._key_to_id[old.key]
+            self._index_subjects(edit_id, old, add=False)
+            self._index_subjects(edit_id, edit, add=True)
             self._edits[edit_id] = edit
             self._key_to_id[edit.key] = edit_id
 
@@ -244,11 +251,27 @@ class EditStore:
         """Remove every edit (ids are never reused)."""
         with self.lock:
             self._edits.clear()
+            self._by_subject.clear()
             self._key_to_id.clear()
             self._index = self._new_exact_index()
             self._ivf_trained_size = 0
 
     # ------------------------------------------------------------------ search
+    def ids_named_in(self, text: str, limit: int | None = None) -> list[int]:
+        """Ids of the stored edits whose subject ``text`` names (:func:`~serac.edits.mentions_subject`).
+
+        A lookup by exact words, independent of embedding similarity: it finds every edit about an entity
+        however many other edits sit nearer in embedding space. With ``limit``, the newest ones.
+        """
+        with self.lock:
+            if not self._by_subject:
+                return []
+            found: set[int] = set()
+            for key in named_keys(text, self._longest_subject):
+                found.update(self._by_subject.get(key, ()))
+        ids = sorted(found, reverse=True)
+        return ids if limit is None else ids[:limit]
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Normalized float32 embeddings of ``texts``, shape ``(len(texts), dimension)``."""
         return self._encode(list(texts))
@@ -352,6 +375,7 @@ class EditStore:
             edit_id = record.pop("id")
             edit = Edit.from_dict(record)
             store._edits[edit_id] = edit
+            store._index_subjects(edit_id, edit, add=True)
             store._key_to_id[edit.key] = edit_id
         store._next_id = int(metadata["next_id"])
         store._ivf_trained_size = int(metadata["ivf_trained_size"])
@@ -381,6 +405,20 @@ class EditStore:
             show_progress_bar=show_progress,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+
+    def _index_subjects(self, edit_id: int, edit: Edit, add: bool) -> None:
+        if edit.subject is None:
+            return
+        key = name_words(edit.subject)
+        if add:
+            self._by_subject.setdefault(key, set()).add(edit_id)
+            self._longest_subject = max(self._longest_subject, len(key))
+        else:
+            ids = self._by_subject.get(key)
+            if ids is not None:
+                ids.discard(edit_id)
+                if not ids:
+                    del self._by_subject[key]
 
     def _new_exact_index(self) -> faiss.Index:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))

@@ -23,7 +23,7 @@ from tests.conftest import make_tiny_t5
 RELATION_WORDS = {
     "design": ("designed", "architect"),
     "sport": ("sport", "play"),
-    "birth": ("born", "birthplace"),
+    "birth": ("born", "birthplace", "into the world"),
     "prime minister": ("prime minister",),
 }
 
@@ -47,7 +47,8 @@ class RelationCrossEncoder:
 
 
 def classifier(**settings) -> CrossEncoderScopeClassifier:
-    config = ScopeClassifierConfig(threshold=0.5, top_k=4, retrieval_threshold=-1.0, **settings)
+    settings = {"threshold": 0.5, "top_k": 4, "retrieval_threshold": -1.0, **settings}
+    config = ScopeClassifierConfig(**settings)
     return CrossEncoderScopeClassifier(RelationCrossEncoder(), config)
 
 
@@ -157,3 +158,42 @@ def test_the_newest_correction_of_a_fact_wins_for_every_phrasing(char_tokenizer,
         supersede=False,
     )
     assert {newest[0], kept[0]} <= {edit_id for edit_id, _ in model.edits}
+
+
+def test_the_store_finds_every_edit_whose_subject_a_text_names(embedder):
+    store = EditStore(embedder)
+    ids = store.add(
+        [
+            Edit(prompt="Where was {} born?", subject="Tovin Marsh", target="Oslo"),
+            Edit(prompt="{} plays the sport of", subject="Tovin Marsh", target="rugby"),
+            Edit(prompt="Where was {} born?", subject="Houston toad", target="Texas"),
+            Edit.from_statement("Ada Rell plays the harp.", subject="Ada Rell"),
+            Edit(prompt="Where was {} born?", subject="Tovin Marsk", target="Bergen"),
+        ]
+    )
+    assert store.ids_named_in("Did tovin marsh ever play rugby?") == [ids[1], ids[0]]
+    assert store.ids_named_in("Where do Houston toads live?") == [ids[2]]
+    assert store.ids_named_in("What does Ada Rell play?") == [ids[3]]
+    assert store.ids_named_in("Who is Tovin?") == []
+    assert store.ids_named_in("Did tovin marsh ever play rugby?", limit=1) == [ids[1]]
+    store.remove([ids[1]])
+    assert store.ids_named_in("Did tovin marsh ever play rugby?") == [ids[0]]
+    store.update(ids[0], Edit(prompt="Where was {} born?", subject="Ada Rell", target="Oslo"))
+    assert store.ids_named_in("Where was Tovin Marsh born?") == []
+    assert sorted(store.ids_named_in("Ada Rell")) == sorted([ids[0], ids[3]])
+
+
+def test_an_edit_named_by_the_query_is_scored_however_far_it_is_in_embedding_space(embedder):
+    store = EditStore(embedder)
+    look_alike, named = store.add(
+        [
+            Edit(prompt="{}'s residence is", subject="Tovin Marsh", target="Oslo"),
+            Edit(prompt="In which town did {} come into the world?", subject="Tovin Marsh", target="Oslo"),
+        ]
+    )
+    query = "Tovin Marsh's birthplace is"
+    # Another edit about the subject is the nearest; with top_k=1 only the subject index finds the right one.
+    assert store.search([query], k=1)[0][0][0] == look_alike
+    for subject_candidates, expected in ((0, None), (8, named)):
+        decision = classifier(top_k=1, subject_candidates=subject_candidates).classify([query], store)[0]
+        assert decision.edit_id == expected
