@@ -96,33 +96,39 @@ def named_keys(text: str, longest: int) -> set[tuple[str, ...]]:
 def mask_subject(subject: str, text: str, placeholder: str = "X") -> str:
     """``text`` with every mention of ``subject`` (as :func:`mentions_subject` finds them) replaced.
 
-    The text comes back with case, accents and punctuation as the scope classifier's uncased tokenizer
-    reads them (lower-cased words joined by single spaces, punctuation kept as words of its own).
+    The text comes back as the scope classifier's uncased tokenizer reads it: words lower-cased and
+    punctuation kept as tokens of their own, joined by single spaces. Punctuation inside a mention
+    ("George R. R. Martin") goes with it.
 
     Example:
         >>> mask_subject("Ellie Kemper", "Which country is Ellie Kemper's home?")
         "which country is X ' s home ?"
+        >>> mask_subject("George R. R. Martin", "What language does George R. R. Martin speak?")
+        'what language does X speak ?'
     """
     wanted = _words(subject)
     tokens = _TOKENS.findall(_fold(text))
-    words = [token for token in tokens if _WORD.fullmatch(token)]
-    if not wanted or len(words) < len(wanted):
+    if not wanted:
         return " ".join(tokens)
-    out, index = [], 0
-    head, last = wanted[:-1], wanted[-1]
-    while index < len(tokens):
-        # Match the subject's words at this token, skipping nothing: names are contiguous words.
-        window = tokens[index : index + len(wanted)]
-        if (
-            len(window) == len(wanted)
-            and window[:-1] == head
-            and any(window[-1] == last + ending for ending in _PLURAL_ENDINGS)
-        ):
-            out.append(placeholder)
-            index += len(wanted)
+    # Positions of the word tokens; a mention is a run of consecutive words, whatever punctuation is between.
+    positions = [i for i, token in enumerate(tokens) if _WORD.fullmatch(token)]
+    words = [tokens[i] for i in positions]
+    head, last, width = wanted[:-1], wanted[-1], len(wanted)
+    spans = []
+    start = 0
+    while start <= len(words) - width:
+        window = words[start : start + width]
+        if window[:-1] == head and any(window[-1] == last + ending for ending in _PLURAL_ENDINGS):
+            spans.append((positions[start], positions[start + width - 1]))
+            start += width
         else:
-            out.append(tokens[index])
-            index += 1
+            start += 1
+    out, index = [], 0
+    for first, final in spans:
+        out += tokens[index:first]
+        out.append(placeholder)
+        index = final + 1
+    out += tokens[index:]
     return " ".join(out)
 
 

@@ -1010,7 +1010,7 @@ class _World:
         for _ in range(100):
             position = rng.choice(editable)
             token = tokens[position]
-            if rng.random() < 0.2:
+            if rng.random() < 0.35:
                 # A longer name that contains this one ("Gran Turismo 6", "Gaelic football"): another entity.
                 extra = str(rng.randint(2, 9)) if rng.random() < 0.5 else self._word(2)
                 candidate = f"{name} {extra}" if rng.random() < 0.5 else f"{extra} {name}"
