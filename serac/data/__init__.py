@@ -41,6 +41,7 @@ from serac.data.schema import (
     OutOfScopeQuery,
     PortabilityQuestion,
 )
+from serac.data.splits import held_out_subject, split_by_subject
 from serac.data.synthetic import RELATIONS, Relation, SyntheticDataConfig, generate_synthetic_examples
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "edits_from_column",
     "examples_to_dataset",
     "generate_synthetic_examples",
+    "held_out_subject",
     "load_counterfact",
     "load_examples",
     "load_examples_jsonl",
@@ -68,4 +70,5 @@ __all__ = [
     "mine_hard_negatives",
     "save_examples_jsonl",
     "scope_pairs",
+    "split_by_subject",
 ]
