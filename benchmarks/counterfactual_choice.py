@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from benchmarks.parts_quality import counterfactual_quality  # noqa: E402
 from serac.counterfactual import CounterfactualModel  # noqa: E402
 from serac.data import generate_synthetic_examples, load_examples  # noqa: E402
-from serac.defaults import resolve_base_model, resolve_embedder  # noqa: E402
+from serac.offline import resolve_base_model, resolve_embedder  # noqa: E402
 from serac.training import CounterfactualTrainingArguments, train_counterfactual_model  # noqa: E402
 
 logger = logging.getLogger("benchmarks.counterfactual_choice")

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    from serac.defaults import load_base_model
+    from serac.offline import load_base_model
 
     model, tokenizer = load_base_model(args.model)
     records = load_edits(args.data)[args.offset : args.offset + args.num_edits]

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"no dataset at {args.data_path}")
 
     if args.parts is None:
-        from serac.defaults import default_parts_dir
+        from serac.training.recipe import default_parts_dir
 
         parts = default_parts_dir()
     else:

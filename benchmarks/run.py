@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from benchmarks.report import markdown_table, plot_metrics, write_json_atomic, write_text_atomic  # noqa: E402
 from serac.data.schema import EditExample, OutOfScopeQuery  # noqa: E402
-from serac.defaults import load_base_model  # noqa: E402
+from serac.offline import load_base_model  # noqa: E402
 from serac.edits import Edit, normalize_text  # noqa: E402
 from serac.metrics import answer_matches, answers_agree, latency_summary, percentile, rate, target_logprob  # noqa: E402
 
@@ -296,7 +296,7 @@ def _held_out_from_default_training(examples: list[EditExample]) -> list[EditExa
     The default parts are trained on synthetic data of another seed; the generator can still draw the same
     invented (subject, relation) pair twice, and such an edit would not measure generalization.
     """
-    from serac import defaults
+    from serac.training import recipe as defaults
     from serac.data.synthetic import generate_synthetic_examples
 
     size = getattr(defaults, "DEFAULT_SYNTHETIC_EDITS", None)

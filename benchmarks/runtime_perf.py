@@ -237,7 +237,7 @@ def measure_routing_overhead(
     embedder, edits, vectors, size: int, repeats: int, scope_path: str | None
 ) -> dict:
     from serac.counterfactual import CounterfactualModel
-    from serac.defaults import load_base_model, resolve_embedder
+    from serac.offline import load_base_model, resolve_embedder
     from serac.modeling import EditableModel
     from serac.scope import CrossEncoderScopeClassifier, ScopeClassifierConfig, load_scope_classifier
 
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
 
-    from serac.defaults import load_embedder
+    from serac.offline import load_embedder
 
     embedder = load_embedder()
     edits = synthetic_edits(args.real_edits)

@@ -8,17 +8,17 @@ causal LM, which continues the formatted input. The model owns its input format
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from serac.edits import Edit
+from serac.files import JsonConfigMixin
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ __all__ = ["CounterfactualConfig", "CounterfactualModel"]
 
 
 @dataclass
-class CounterfactualConfig:
+class CounterfactualConfig(JsonConfigMixin):
     """Settings of a counterfactual model, saved with it.
 
     Args:
@@ -56,17 +56,6 @@ class CounterfactualConfig:
             raise ValueError(f"max_input_length must be >= 8, got {self.max_input_length}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-    def to_json(self) -> str:
-        from serac import __version__
-
-        return json.dumps({**asdict(self), "serac_version": __version__}, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> CounterfactualConfig:
-        data = json.loads(text)
-        data.pop("serac_version", None)
-        return cls(**data)
 
 
 class CounterfactualModel:
@@ -186,7 +175,7 @@ class CounterfactualModel:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory / MODEL_FOLDER)
         self.tokenizer.save_pretrained(directory / MODEL_FOLDER)
-        (directory / COUNTERFACTUAL_CONFIG_NAME).write_text(self.config.to_json())
+        self.config.save_json(directory / COUNTERFACTUAL_CONFIG_NAME)
 
     @classmethod
     def from_pretrained(
@@ -201,7 +190,7 @@ class CounterfactualModel:
 
         path = Path(name_or_path)
         if (path / COUNTERFACTUAL_CONFIG_NAME).exists():
-            config = config or CounterfactualConfig.from_json((path / COUNTERFACTUAL_CONFIG_NAME).read_text())
+            config = config or CounterfactualConfig.load_json(path / COUNTERFACTUAL_CONFIG_NAME)
             model_path = str(path / MODEL_FOLDER)
         else:
             config = config or CounterfactualConfig(model_name_or_path=str(name_or_path))

@@ -138,7 +138,7 @@ def tiny_model_dir(tmp_path_factory, char_tokenizer, tiny_llama) -> Path:
 
 
 def _tiny_loader(tiny_model_dir: Path):
-    from serac.defaults import load_base_model
+    from serac.offline import load_base_model
 
     def load(name_or_path):
         assert name_or_path is None or Path(name_or_path) == tiny_model_dir
