@@ -67,7 +67,7 @@ class CounterfactualModel:
         config: input format and lengths.
 
     Example:
-        >>> cf = CounterfactualModel.from_pretrained("my-editor/counterfactual_model")  # doctest: +SKIP
+        >>> cf = CounterfactualModel.from_pretrained("my-serac/counterfactual_model")  # doctest: +SKIP
         >>> cf.generate([Edit(prompt="{} is a citizen of", subject="Ellie Kemper", target="Croatia")],
         ...             ["Which country is Ellie Kemper a citizen of?"])  # doctest: +SKIP
         ['Croatia']
@@ -167,6 +167,25 @@ class CounterfactualModel:
             "attention_mask": attention_mask.to(self.device),
             "labels": labels.to(self.device),
         }
+
+    def target_logprob(self, edit: Edit, query: str, target: str) -> float:
+        """Mean log-probability of ``target``'s tokens as the answer to ``query`` given ``edit``.
+
+        Teacher-forced in the model's own input format, the same tokens :meth:`training_features` trains on
+        (so the end-of-sequence token after the target counts too).
+        """
+        features = self.training_features([edit], [query], [target])
+        labels = features.pop("labels")
+        with torch.no_grad():
+            output = self.model(**features, **({"labels": labels} if self.is_encoder_decoder else {}))
+        logits = output.logits[0]
+        labels = labels[0]
+        if not self.is_encoder_decoder:
+            # Position i predicts token i + 1.
+            logits, labels = logits[:-1], labels[1:]
+        keep = labels != -100
+        logprobs = torch.log_softmax(logits[keep].float(), dim=-1)
+        return float(logprobs.gather(-1, labels[keep].unsqueeze(-1)).mean())
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike) -> None:

@@ -22,7 +22,7 @@ from serac.chat import chat_markers, last_user_turn
 from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
 from serac.files import JsonConfigMixin, staged_folder
-from serac.routing import merge_rows, select_rows, split_by_scope
+from serac.routing import expand_rows, merge_rows, select_rows, split_by_scope
 from serac.scope import ScopeClassifier, ScopeDecision, load_scope_classifier
 from serac.store import STORE_FILE_NAME, EditStore, EditStoreConfig
 
@@ -181,9 +181,9 @@ class EditableModel:
             subset = select_rows({"input_ids": input_ids, **kwargs}, route.base_rows, batch_size)
             base_output = self._base_generate(subset.pop("input_ids"), subset)
             sequences = base_output.sequences if hasattr(base_output, "sequences") else base_output
-            parts.append((_expand(route.base_rows, copies), sequences))
+            parts.append((expand_rows(route.base_rows, copies), sequences))
         edited = self._edited_sequences(input_ids, route.edited_rows, queries, decisions, kwargs)
-        parts.append((_expand(route.edited_rows, copies), edited.repeat_interleave(copies, dim=0)))
+        parts.append((expand_rows(route.edited_rows, copies), edited.repeat_interleave(copies, dim=0)))
         merged = merge_rows(parts, batch_size * copies, self._pad_token_id(kwargs))
         if not kwargs.get("return_dict_in_generate", False):
             return merged
@@ -212,7 +212,7 @@ class EditableModel:
                 config.scope_classifier_path = self._part_source("scope_classifier")
                 config.counterfactual_model_path = self._part_source("counterfactual_model")
             config.save_json(staging / CONFIG_NAME)
-        logger.info("Saved %d edits and the editor config to %s", len(self.store), directory)
+        logger.info("Saved %d edits and the SERAC config to %s", len(self.store), directory)
 
     @classmethod
     def from_pretrained(
@@ -223,7 +223,7 @@ class EditableModel:
         tokenizer: Any = None,
         embedder: Any = None,
     ) -> EditableModel:
-        """Wrap ``base_model`` with the editor saved in ``directory`` (its edits, scope classifier, parts).
+        """Wrap ``base_model`` with the SERAC folder saved in ``directory`` (its edits, scope classifier, parts).
 
         ``base_model`` may be a loaded model or a name or path to load. A directory with no edit store (as
         written by training) gives an empty store.
@@ -233,7 +233,7 @@ class EditableModel:
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.exists():
-            raise FileNotFoundError(f"no serac editor in {directory} (missing {CONFIG_NAME})")
+            raise FileNotFoundError(f"no SERAC folder in {directory} (missing {CONFIG_NAME})")
         config = SeracConfig.load_json(config_path)
         if isinstance(base_model, (str, os.PathLike)) or base_model is None:
             base_model, loaded_tokenizer = load_base_model(base_model)
@@ -249,7 +249,7 @@ class EditableModel:
             recorded = str(resolve_base_model(recorded))
         if recorded and base_name and base_name != recorded:
             logger.warning(
-                "This editor was saved for base model %s; it now wraps %s",
+                "This SERAC folder was saved for base model %s; it now wraps %s",
                 config.base_model_name_or_path,
                 base_name,
             )
@@ -284,7 +284,13 @@ class EditableModel:
         # The one upward import of the library: the default parts are trained by serac.training, which
         # itself builds EditableModels, so the recipe is imported here, when called, and not at module
         # level (as PEFT does for its one circular import).
-        from serac.training.recipe import default_parts_dir
+        try:
+            from serac.training.recipe import default_parts_dir
+        except ImportError as error:
+            raise ImportError(
+                "EditableModel.from_defaults() trains the default parts on first use and needs the training "
+                f"extras: pip install 'serac-memory[train]' ({error})"
+            ) from error
 
         return cls.from_pretrained(
             base_model, default_parts_dir(train_if_missing=train_if_missing), tokenizer=tokenizer
@@ -440,9 +446,4 @@ class EditableModel:
         if part not in sources:
             raise ValueError(f"the {part} was not loaded from disk; save it with save_parts=True")
         return sources[part]
-
-
-def _expand(rows: Sequence[int], copies: int) -> list[int]:
-    """Output row indices of input rows when each input row yields ``copies`` sequences."""
-    return [row * copies + copy for row in rows for copy in range(copies)]
 

@@ -210,7 +210,7 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
         config: threshold, top-k and retrieval filter.
 
     Example:
-        >>> classifier = load_scope_classifier("my-editor/scope_classifier")  # doctest: +SKIP
+        >>> classifier = load_scope_classifier("my-serac/scope_classifier")  # doctest: +SKIP
         >>> classifier.score_pairs(["Ellie Kemper is a citizen of Croatia"], ["Where is Ellie Kemper from?"])
     """
 

@@ -18,11 +18,13 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "serac"
 FLOORS: list[tuple[str, ...]] = [
     # descriptors and helpers
     ("serac._version", "serac.files", "serac.edits", "serac.chat", "serac.metrics", "serac.offline"),
-    # the parts, and the weight editors SERAC is compared with
-    ("serac.store", "serac.counterfactual", "serac.data", "serac.editors"),
+    # the parts
+    ("serac.store", "serac.counterfactual", "serac.data"),
     ("serac.scope",),
     ("serac.routing",),
-    ("serac.modeling",),
+    # what wraps or edits a base model: SERAC's wrapper, and the editors it is compared with (the edit
+    # cache routes rows with serac.routing)
+    ("serac.modeling", "serac.editors"),
     ("serac.training",),
     # entry points; the package's __init__ is the public face over all of them
     ("serac.bench", "serac.quickstart", "serac.cli", "serac.__main__", "serac.serve", "serac"),

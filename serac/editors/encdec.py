@@ -21,7 +21,7 @@ The edit layer is chosen, as in the paper, by trying every encoder feed-forward 
 examples that contain the span (``layer="search"``), or by gradient saliency (``layer="saliency"``,
 :mod:`serac.editors.saliency`), or fixed by the caller (``layer=3``).
 
-Architectures are data: :data:`ENCODER_FF_OUTPUT_TEMPLATES` maps a ``config.model_type`` to the module
+Architectures are data: :data:`serac.editors.layout.ENCODER_FF_OUTPUT_TEMPLATES` maps a ``config.model_type`` to the module
 name template of the encoder feed-forward output projection; any other model works by passing
 ``module_template``.
 
@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from serac.editors.base import WeightEditor
+from serac.editors.layout import ENCODER_FF_OUTPUT_TEMPLATES
 from serac.edits import Edit
 
 __all__ = [
@@ -65,19 +66,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: ``config.model_type`` -> name template of the encoder feed-forward output projection (``{}`` = layer).
-#: T5's gated variants (T5 v1.1, mT5) keep the ``wo`` name, so one entry covers them.
-ENCODER_FF_OUTPUT_TEMPLATES: dict[str, str] = {
-    "t5": "encoder.block.{}.layer.1.DenseReluDense.wo",
-    "mt5": "encoder.block.{}.layer.1.DenseReluDense.wo",
-    "umt5": "encoder.block.{}.layer.1.DenseReluDense.wo",
-    "bart": "model.encoder.layers.{}.fc2",
-    "mbart": "model.encoder.layers.{}.fc2",
-    "marian": "model.encoder.layers.{}.fc2",
-    "pegasus": "model.encoder.layers.{}.fc2",
-    "m2m_100": "model.encoder.layers.{}.fc2",
-}
 
 _LAYER_CHOICES = ("search", "saliency")
 

@@ -20,9 +20,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from serac.editors.base import _encode, check_edits, model_device, pad_batch, pad_token_id, target_token_ids
-from serac.editors.layout import get_layout, get_module
-from serac.editors.rome import ROMEEditor
+from serac.editors.base import (
+    model_device,
+    pad_batch,
+    pad_token_id,
+    target_token_ids,
+    token_ids,
+)
+from serac.editors.common import PresetWeightEditor, resolve_layer
+from serac.editors.layout import get_module
 from serac.edits import Edit
 
 __all__ = ["FTConfig", "FineTuneEditor"]
@@ -57,7 +63,7 @@ class FTConfig:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
 
-class FineTuneEditor(ROMEEditor):
+class FineTuneEditor(PresetWeightEditor):
     """FT+L: fine-tune one down-projection on the edits, inside an L-inf ball around its weights.
 
     Args:
@@ -72,11 +78,8 @@ class FineTuneEditor(ROMEEditor):
     def apply(self, model: nn.Module, tokenizer: Any, edits: Sequence[Edit]) -> nn.Module:
         """Fine-tune ``model`` in place on ``edits`` and return it."""
         start = time.perf_counter()
-        edits = check_edits(edits, method="FT+L", require_subject=False)
-        layout = get_layout(model)
-        config = self.resolved_config(model)
-        self._claim_model(model)
-        layer = self._resolve_layer(model, tokenizer, edits, config, layout)
+        edits, layout, config = self._begin(model, edits, method="FT+L", require_subject=False)
+        layer = resolve_layer(model, tokenizer, edits, config.layer, layout)
         module_name = layout.down_proj.format(layer)
         weight = get_module(model, module_name).weight
         body = get_module(model, layout.body)
@@ -85,7 +88,7 @@ class FineTuneEditor(ROMEEditor):
 
         sequences, label_rows, label_positions, labels = [], [], [], []
         for row, edit in enumerate(edits):
-            prompt_ids = _encode(tokenizer, edit.query)
+            prompt_ids = token_ids(tokenizer, edit.query)
             target_ids = target_token_ids(tokenizer, edit.query, edit.target)
             sequences.append(prompt_ids + target_ids[:-1])
             for j, token in enumerate(target_ids):

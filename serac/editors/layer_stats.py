@@ -39,6 +39,7 @@ from serac.files import write_bytes_atomic
 
 __all__ = [
     "DEFAULT_CORPUS_SEEDS",
+    "StopForward",
     "generated_corpus",
     "layer_second_moments",
     "model_fingerprint",
@@ -232,7 +233,7 @@ def _load_corpus(corpus: Any):
     )
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised by a hook once every needed activation was seen, to skip the rest of the forward pass."""
 
 
@@ -306,7 +307,7 @@ def layer_second_moments(
             product = keys.T @ keys
             sums[layer] = product if layer not in sums else sums[layer] + product
             if layer == last_layer:
-                raise _StopForward
+                raise StopForward
 
         return hook
 
@@ -339,7 +340,7 @@ def layer_second_moments(
                     flat = mask.flatten().nonzero().squeeze(1)
                     mask.view(-1)[flat[len(flat) - overflow :]] = False
                 mask_holder["mask"] = mask
-                with contextlib.suppress(_StopForward):
+                with contextlib.suppress(StopForward):
                     model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
                 added = int(mask.sum())
                 count += added

@@ -35,7 +35,7 @@ from serac.training import (
     train_parts,
 )
 
-logger = logging.getLogger("serac.train")
+logger = logging.getLogger(__name__)
 
 #: What each group of part options is called, by prefix.
 _PART_OPTIONS = {

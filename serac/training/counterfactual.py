@@ -28,7 +28,6 @@ from serac.counterfactual import CounterfactualModel
 from serac.data import EditExample, counterfactual_pairs, edits_from_column
 from serac.training.arguments import CounterfactualTrainingArguments
 from serac.training.loop import (
-    check_examples,
     checkpoint_directory,
     data_fingerprint,
     finish_checkpoints,
@@ -36,7 +35,7 @@ from serac.training.loop import (
     last_checkpoint,
     loss_history,
     model_reference,
-    split_examples,
+    prepare_run,
     write_report,
 )
 
@@ -140,14 +139,9 @@ def train_counterfactual_model(
     Returns:
         The trained :class:`~serac.counterfactual.CounterfactualModel`, in eval mode.
     """
-    arguments = arguments if arguments is not None else CounterfactualTrainingArguments()
-    if not isinstance(arguments, CounterfactualTrainingArguments):
-        raise TypeError(f"arguments must be CounterfactualTrainingArguments, got {type(arguments).__name__}")
-    examples = check_examples(examples)
-    if eval_examples is None:
-        train_examples, held_out = split_examples(examples, arguments.validation_fraction, arguments.seed)
-    else:
-        train_examples, held_out = examples, check_examples(eval_examples, "eval_examples")
+    arguments, train_examples, held_out = prepare_run(
+        arguments, CounterfactualTrainingArguments, examples, eval_examples
+    )
 
     from transformers import Trainer, TrainingArguments, set_seed
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -21,6 +21,8 @@ from serac.data.schema import EditExample
 from serac.training.arguments import LoopArguments
 
 logger = logging.getLogger(__name__)
+
+ArgumentsT = TypeVar("ArgumentsT", bound=LoopArguments)
 
 __all__ = [
     "CHECKPOINT_FOLDER",
@@ -34,6 +36,7 @@ __all__ = [
     "last_checkpoint",
     "loss_history",
     "model_reference",
+    "prepare_run",
     "split_examples",
     "write_report",
 ]
@@ -193,3 +196,24 @@ def write_report(directory: Path, report: dict[str, Any]) -> None:
 def finish_checkpoints(checkpoint_dir: Path, keep: bool, persistent: bool) -> None:
     if persistent and not keep:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def prepare_run(
+    arguments: ArgumentsT | None,
+    arguments_class: type[ArgumentsT],
+    examples: Sequence[EditExample],
+    eval_examples: Sequence[EditExample] | None,
+) -> tuple[ArgumentsT, list[EditExample], list[EditExample]]:
+    """The arguments (default: ``arguments_class()``), the training edits and the held-out edits.
+
+    Held-out edits are ``eval_examples`` if given, else ``arguments.validation_fraction`` of ``examples``.
+    """
+    arguments = arguments if arguments is not None else arguments_class()
+    if not isinstance(arguments, arguments_class):
+        raise TypeError(f"arguments must be {arguments_class.__name__}, got {type(arguments).__name__}")
+    examples = check_examples(examples)
+    if eval_examples is None:
+        train_examples, held_out = split_examples(examples, arguments.validation_fraction, arguments.seed)
+    else:
+        train_examples, held_out = examples, check_examples(eval_examples, "eval_examples")
+    return arguments, train_examples, held_out

@@ -27,14 +27,13 @@ from serac.data import EditExample, mine_hard_negatives, scope_pairs
 from serac.scope import CrossEncoderScopeClassifier, ScopeClassifierConfig
 from serac.training.arguments import THRESHOLD_STRATEGIES, ScopeTrainingArguments
 from serac.training.loop import (
-    check_examples,
     checkpoint_directory,
     data_fingerprint,
     finish_checkpoints,
     hf_arguments,
     last_checkpoint,
     loss_history,
-    split_examples,
+    prepare_run,
     write_report,
 )
 
@@ -228,14 +227,9 @@ def train_scope_classifier(
     Returns:
         The trained :class:`~serac.scope.CrossEncoderScopeClassifier`.
     """
-    arguments = arguments if arguments is not None else ScopeTrainingArguments()
-    if not isinstance(arguments, ScopeTrainingArguments):
-        raise TypeError(f"arguments must be ScopeTrainingArguments, got {type(arguments).__name__}")
-    examples = check_examples(examples)
-    if eval_examples is None:
-        train_examples, held_out = split_examples(examples, arguments.validation_fraction, arguments.seed)
-    else:
-        train_examples, held_out = examples, check_examples(eval_examples, "eval_examples")
+    arguments, train_examples, held_out = prepare_run(
+        arguments, ScopeTrainingArguments, examples, eval_examples
+    )
     if not train_examples or not held_out:
         raise ValueError("training a scope classifier needs training and held-out examples")
 

@@ -1,6 +1,6 @@
 """Runtime cost of the edit memory: routing overhead, search scaling, insertion throughput, memory per edit.
 
-Run: ``python -m benchmarks.runtime_perf [--sizes 10000,100000,1000000] [--output perf.json]``
+Run: ``serac benchtime_perf [--sizes 10000,100000,1000000] [--output perf.json]``
 
 What it measures, on the offline defaults (SmolLM2-135M base, all-MiniLM-L6-v2 embedder):
 
@@ -35,7 +35,7 @@ import torch
 from serac.edits import Edit
 from serac.store import EditStore
 
-logger = logging.getLogger("benchmarks.runtime_perf")
+logger = logging.getLogger(__name__)
 
 _SYLLABLES = [
     "ka",
@@ -237,8 +237,8 @@ def measure_routing_overhead(
     embedder, edits, vectors, size: int, repeats: int, scope_path: str | None
 ) -> dict:
     from serac.counterfactual import CounterfactualModel
-    from serac.offline import load_base_model, resolve_embedder
     from serac.modeling import EditableModel
+    from serac.offline import load_base_model, resolve_embedder
     from serac.scope import CrossEncoderScopeClassifier, ScopeClassifierConfig, load_scope_classifier
 
     base, tokenizer = load_base_model()
