@@ -30,6 +30,7 @@ __all__ = [
     "ContextTemplates",
     "PresetWeightEditor",
     "SecondMoments",
+    "check_layer_field",
     "check_optimization_fields",
     "early_middle_layer",
     "resolve_config",
@@ -67,6 +68,12 @@ def check_optimization_fields(config: Any) -> None:
             raise ValueError(
                 f"context_templates must be (tokens, count) pairs of positive ints, got {pair!r}"
             )
+
+
+def check_layer_field(layer: Any) -> None:
+    """A config's ``layer``: a block index, ``"saliency"`` or ``None`` (the preset or the heuristic)."""
+    if layer is not None and layer != "saliency" and (isinstance(layer, bool) or not isinstance(layer, int)):
+        raise TypeError(f"layer must be an int, 'saliency' or None, got {layer!r}")
 
 
 def early_middle_layer(model: nn.Module, layout: ModelLayout) -> int:

@@ -27,7 +27,7 @@ from serac.editors.base import (
     target_token_ids,
     token_ids,
 )
-from serac.editors.common import PresetWeightEditor, resolve_layer
+from serac.editors.common import PresetWeightEditor, check_layer_field, resolve_layer
 from serac.editors.layout import get_module
 from serac.edits import Edit
 
@@ -49,12 +49,7 @@ class FTConfig:
     )
 
     def __post_init__(self) -> None:
-        if (
-            self.layer is not None
-            and self.layer != "saliency"
-            and (isinstance(self.layer, bool) or not isinstance(self.layer, int))
-        ):
-            raise TypeError(f"layer must be an int, 'saliency' or None, got {self.layer!r}")
+        check_layer_field(self.layer)
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {self.num_steps!r}")
         for name in ("lr", "norm_constraint", "early_stop_loss"):

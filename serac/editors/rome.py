@@ -47,6 +47,7 @@ from serac.editors.common import (
     ContextTemplates,
     PresetWeightEditor,
     SecondMoments,
+    check_layer_field,
     check_optimization_fields,
     resolve_layer,
 )
@@ -91,12 +92,7 @@ class ROMEConfig:
     stats_cache: bool = field(default=True, metadata={"help": "cache statistics on disk"})
 
     def __post_init__(self) -> None:
-        if (
-            self.layer is not None
-            and self.layer != "saliency"
-            and (isinstance(self.layer, bool) or not isinstance(self.layer, int))
-        ):
-            raise TypeError(f"layer must be an int, 'saliency' or None, got {self.layer!r}")
+        check_layer_field(self.layer)
         if self.insertion_key not in ("prompt", "average"):
             raise ValueError(f"insertion_key must be 'prompt' or 'average', got {self.insertion_key!r}")
         check_optimization_fields(self)

@@ -29,13 +29,13 @@ from serac.data import EditExample, counterfactual_pairs, edits_from_column
 from serac.training.arguments import CounterfactualTrainingArguments
 from serac.training.loop import (
     checkpoint_directory,
-    data_fingerprint,
     finish_checkpoints,
     hf_arguments,
     last_checkpoint,
     loss_history,
     model_reference,
     prepare_run,
+    run_summary,
     write_report,
 )
 
@@ -192,11 +192,8 @@ def train_counterfactual_model(
                 {
                     "part": "counterfactual_model",
                     "model": type(model).__name__,
-                    "arguments": arguments.to_dict(),
-                    "data_fingerprint": data_fingerprint(examples, eval_examples),
                     "starting_model": model_reference(model_name_or_path),
-                    "train_edits": len(train_examples),
-                    "held_out_edits": len(held_out),
+                    **run_summary(arguments, examples, eval_examples, train_examples, held_out),
                     "train_rows": len(train_pairs),
                     "held_out_rows": len(eval_pairs),
                     "held_out_metrics": metrics,

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 
 from serac.data.schema import EditExample
+from serac.files import write_text_atomic
 from serac.training.arguments import LoopArguments
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ __all__ = [
     "loss_history",
     "model_reference",
     "prepare_run",
+    "run_summary",
     "split_examples",
     "write_report",
 ]
@@ -189,8 +191,30 @@ def finished_part(
     )
 
 
+def run_summary(
+    arguments: LoopArguments,
+    examples: Sequence[EditExample],
+    eval_examples: Sequence[EditExample] | None,
+    train_examples: Sequence[EditExample],
+    held_out: Sequence[EditExample],
+) -> dict[str, Any]:
+    """What every training report records: the arguments, the data's fingerprint and the split's sizes.
+
+    :func:`finished_part` compares the first two to tell whether a saved part can be kept.
+    """
+    return {
+        "arguments": arguments.to_dict(),
+        "data_fingerprint": data_fingerprint(examples, eval_examples),
+        "train_edits": len(train_examples),
+        "held_out_edits": len(held_out),
+    }
+
+
 def write_report(directory: Path, report: dict[str, Any]) -> None:
-    (directory / TRAINING_REPORT_NAME).write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+    """Write ``report`` as the part's ``training_report.json``, atomically."""
+    write_text_atomic(
+        directory / TRAINING_REPORT_NAME, json.dumps(report, indent=2, sort_keys=True, default=str)
+    )
 
 
 def finish_checkpoints(checkpoint_dir: Path, keep: bool, persistent: bool) -> None:

@@ -28,12 +28,12 @@ from serac.scope import CrossEncoderScopeClassifier, ScopeClassifierConfig
 from serac.training.arguments import THRESHOLD_STRATEGIES, ScopeTrainingArguments
 from serac.training.loop import (
     checkpoint_directory,
-    data_fingerprint,
     finish_checkpoints,
     hf_arguments,
     last_checkpoint,
     loss_history,
     prepare_run,
+    run_summary,
     write_report,
 )
 
@@ -323,11 +323,8 @@ def train_scope_classifier(
                 directory,
                 {
                     "part": "scope_classifier",
-                    "arguments": arguments.to_dict(),
-                    "data_fingerprint": data_fingerprint(examples, eval_examples),
                     "starting_model": str(start),
-                    "train_edits": len(train_examples),
-                    "held_out_edits": len(held_out),
+                    **run_summary(arguments, examples, eval_examples, train_examples, held_out),
                     "train_pairs": len(train_pairs),
                     "held_out_pairs": len(eval_pairs),
                     "threshold_choice": asdict(choice),
