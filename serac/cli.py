@@ -6,7 +6,8 @@
 
 Each subcommand is a ``main(argv) -> int | None`` function named in :data:`COMMANDS` and imported only
 when it runs, so ``serac --help`` is quick and a subcommand's dependencies (training, plotting, serving)
-are needed only by that subcommand. Adding one is one line in :data:`COMMANDS`.
+are needed only by that subcommand. Adding one is one line in :data:`COMMANDS`; the HTTP server, for one,
+takes ``"serve": ("serac.serve.cli:main", "serve edits over HTTP")``.
 """
 
 from __future__ import annotations
