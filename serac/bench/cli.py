@@ -14,7 +14,6 @@ option fails at once. Outputs: a JSON file, a Markdown table and one PNG plot pe
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
@@ -276,6 +275,14 @@ def write_outputs(
     return written
 
 
+def _can_plot() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``serac bench`` / ``python -m serac.bench``: run the comparison, write and print the results."""
     parser = build_parser()
@@ -293,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # malformed data file
         parser.error(f"cannot read the {args.dataset} data: {error}")
 
-    if config.plots and importlib.util.find_spec("matplotlib") is None:
+    if config.plots and not _can_plot():
         # Found out now, not after a run of hours: the results are written, the plots left out.
         logger.warning("matplotlib is not installed: no plots (pip install 'serac-memory[bench]')")
         config.plots = False
