@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from serac.data import generate_synthetic_examples
+from serac.files import replace_folder
 from serac.modeling import CONFIG_NAME, SeracConfig
 from serac.offline import DEFAULT_BASE_MODEL, MissingDefaultModelError, cache_dir
 from serac.training.arguments import CounterfactualTrainingArguments, ScopeTrainingArguments
@@ -90,7 +90,5 @@ def train_default_parts(
     )
     # Record the base model by its default name, not by the cache path it was converted to.
     SeracConfig(base_model_name_or_path=DEFAULT_BASE_MODEL).save_json(staging / CONFIG_NAME)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(staging, output_dir)
+    replace_folder(staging, output_dir)
     return output_dir
