@@ -255,7 +255,9 @@ class EditableModel:
             )
         store_path = directory / STORE_FILE_NAME
         store = (
-            EditStore.from_pretrained(store_path, embedder) if store_path.exists() else EditStore(embedder, config.store)
+            EditStore.from_pretrained(store_path, embedder)
+            if store_path.exists()
+            else EditStore(embedder, config.store)
         )
         scope_classifier = load_scope_classifier(directory / config.scope_classifier_path)
         counterfactual_model = CounterfactualModel.from_pretrained(
@@ -446,4 +448,3 @@ class EditableModel:
         if part not in sources:
             raise ValueError(f"the {part} was not loaded from disk; save it with save_parts=True")
         return sources[part]
-

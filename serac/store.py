@@ -387,7 +387,9 @@ class EditStore:
         return edits
 
     def _encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
-        return embed(self.embedder, texts, batch_size=self.config.encode_batch_size, show_progress=show_progress)
+        return embed(
+            self.embedder, texts, batch_size=self.config.encode_batch_size, show_progress=show_progress
+        )
 
     def _new_exact_index(self) -> faiss.Index:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))
@@ -439,4 +441,3 @@ def _read_metadata(raw: bytes) -> dict[str, str]:
     if 8 + header_length > len(raw):
         raise ValueError("header runs past the end of the file")
     return json.loads(raw[8 : 8 + header_length]).get("__metadata__", {})
-
