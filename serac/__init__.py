@@ -7,6 +7,7 @@ Example:
     [0]
 """
 
+from serac._version import __version__
 from serac.counterfactual import CounterfactualConfig, CounterfactualModel
 from serac.edits import Edit
 from serac.modeling import EditableModel, SeracConfig
@@ -19,8 +20,6 @@ from serac.scope import (
     load_scope_classifier,
 )
 from serac.store import EditStore, EditStoreConfig, EditStoreError, UnknownEditError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CounterfactualConfig",

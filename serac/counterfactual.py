@@ -8,17 +8,17 @@ causal LM, which continues the formatted input. The model owns its input format
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from serac.edits import Edit
+from serac.files import JsonConfigMixin
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ __all__ = ["CounterfactualConfig", "CounterfactualModel"]
 
 
 @dataclass
-class CounterfactualConfig:
+class CounterfactualConfig(JsonConfigMixin):
     """Settings of a counterfactual model, saved with it.
 
     Args:
@@ -57,17 +57,6 @@ class CounterfactualConfig:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
-    def to_json(self) -> str:
-        from serac import __version__
-
-        return json.dumps({**asdict(self), "serac_version": __version__}, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> CounterfactualConfig:
-        data = json.loads(text)
-        data.pop("serac_version", None)
-        return cls(**data)
-
 
 class CounterfactualModel:
     """A seq2seq or causal LM that answers a query conditioned on an edit.
@@ -78,7 +67,7 @@ class CounterfactualModel:
         config: input format and lengths.
 
     Example:
-        >>> cf = CounterfactualModel.from_pretrained("my-editor/counterfactual_model")  # doctest: +SKIP
+        >>> cf = CounterfactualModel.from_pretrained("my-serac/counterfactual_model")  # doctest: +SKIP
         >>> cf.generate([Edit(prompt="{} is a citizen of", subject="Ellie Kemper", target="Croatia")],
         ...             ["Which country is Ellie Kemper a citizen of?"])  # doctest: +SKIP
         ['Croatia']
@@ -179,6 +168,25 @@ class CounterfactualModel:
             "labels": labels.to(self.device),
         }
 
+    def target_logprob(self, edit: Edit, query: str, target: str) -> float:
+        """Mean log-probability of ``target``'s tokens as the answer to ``query`` given ``edit``.
+
+        Teacher-forced in the model's own input format, the same tokens :meth:`training_features` trains on
+        (so the end-of-sequence token after the target counts too).
+        """
+        features = self.training_features([edit], [query], [target])
+        labels = features.pop("labels")
+        with torch.no_grad():
+            output = self.model(**features, **({"labels": labels} if self.is_encoder_decoder else {}))
+        logits = output.logits[0]
+        labels = labels[0]
+        if not self.is_encoder_decoder:
+            # Position i predicts token i + 1.
+            logits, labels = logits[:-1], labels[1:]
+        keep = labels != -100
+        logprobs = torch.log_softmax(logits[keep].float(), dim=-1)
+        return float(logprobs.gather(-1, labels[keep].unsqueeze(-1)).mean())
+
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the model, its tokenizer and the config to ``directory``."""
@@ -186,7 +194,7 @@ class CounterfactualModel:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory / MODEL_FOLDER)
         self.tokenizer.save_pretrained(directory / MODEL_FOLDER)
-        (directory / COUNTERFACTUAL_CONFIG_NAME).write_text(self.config.to_json())
+        self.config.save_json(directory / COUNTERFACTUAL_CONFIG_NAME)
 
     @classmethod
     def from_pretrained(
@@ -201,7 +209,7 @@ class CounterfactualModel:
 
         path = Path(name_or_path)
         if (path / COUNTERFACTUAL_CONFIG_NAME).exists():
-            config = config or CounterfactualConfig.from_json((path / COUNTERFACTUAL_CONFIG_NAME).read_text())
+            config = config or CounterfactualConfig.load_json(path / COUNTERFACTUAL_CONFIG_NAME)
             model_path = str(path / MODEL_FOLDER)
         else:
             config = config or CounterfactualConfig(model_name_or_path=str(name_or_path))

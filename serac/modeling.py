@@ -8,14 +8,11 @@ edit; every other row goes to the base model, unchanged. The base model's weight
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,8 @@ import torch
 from serac.chat import chat_markers, last_user_turn
 from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
-from serac.routing import merge_rows, select_rows, split_by_scope
+from serac.files import JsonConfigMixin, staged_folder
+from serac.routing import expand_rows, merge_rows, select_rows, split_by_scope
 from serac.scope import ScopeClassifier, ScopeDecision, load_scope_classifier
 from serac.store import STORE_FILE_NAME, EditStore, EditStoreConfig
 
@@ -38,7 +36,7 @@ __all__ = ["EditableModel", "SeracConfig"]
 
 
 @dataclass
-class SeracConfig:
+class SeracConfig(JsonConfigMixin):
     """What an :class:`EditableModel` directory records besides its parts.
 
     Args:
@@ -54,15 +52,8 @@ class SeracConfig:
     counterfactual_model_path: str = COUNTERFACTUAL_FOLDER
     store: EditStoreConfig = field(default_factory=EditStoreConfig)
 
-    def to_json(self) -> str:
-        from serac import __version__
-
-        return json.dumps({**asdict(self), "serac_version": __version__}, indent=2, sort_keys=True)
-
     @classmethod
-    def from_json(cls, text: str) -> SeracConfig:
-        data = json.loads(text)
-        data.pop("serac_version", None)
+    def from_dict(cls, data: dict[str, Any]) -> SeracConfig:
         store = EditStoreConfig(**data.pop("store", {}))
         return cls(**data, store=store)
 
@@ -209,9 +200,9 @@ class EditableModel:
             subset = select_rows({"input_ids": input_ids, **kwargs}, route.base_rows, batch_size)
             base_output = self._base_generate(subset.pop("input_ids"), subset)
             sequences = base_output.sequences if hasattr(base_output, "sequences") else base_output
-            parts.append((_expand(route.base_rows, copies), sequences))
+            parts.append((expand_rows(route.base_rows, copies), sequences))
         edited = self._edited_sequences(input_ids, route.edited_rows, queries, decisions, kwargs)
-        parts.append((_expand(route.edited_rows, copies), edited.repeat_interleave(copies, dim=0)))
+        parts.append((expand_rows(route.edited_rows, copies), edited.repeat_interleave(copies, dim=0)))
         merged = merge_rows(parts, batch_size * copies, self._pad_token_id(kwargs))
         if not kwargs.get("return_dict_in_generate", False):
             return merged
@@ -231,22 +222,16 @@ class EditableModel:
             base_model_name_or_path=getattr(self.base_model, "name_or_path", None) or None,
             store=self.store.config,
         )
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            self.store.save(staging / STORE_FILE_NAME)
+        with staged_folder(directory) as staging:
+            self.store.save_pretrained(staging / STORE_FILE_NAME)
             if save_parts:
                 self.scope_classifier.save_pretrained(staging / SCOPE_FOLDER)
                 self.counterfactual_model.save_pretrained(staging / COUNTERFACTUAL_FOLDER)
             else:
                 config.scope_classifier_path = self._part_source("scope_classifier")
                 config.counterfactual_model_path = self._part_source("counterfactual_model")
-            (staging / CONFIG_NAME).write_text(config.to_json())
-            staging.chmod(0o755)
-            _swap_directory(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        logger.info("Saved %d edits and the editor config to %s", len(self.store), directory)
+            config.save_json(staging / CONFIG_NAME)
+        logger.info("Saved %d edits and the SERAC config to %s", len(self.store), directory)
 
     @classmethod
     def from_pretrained(
@@ -257,18 +242,18 @@ class EditableModel:
         tokenizer: Any = None,
         embedder: Any = None,
     ) -> EditableModel:
-        """Wrap ``base_model`` with the editor saved in ``directory`` (its edits, scope classifier, parts).
+        """Wrap ``base_model`` with the SERAC folder saved in ``directory`` (its edits, scope classifier, parts).
 
         ``base_model`` may be a loaded model or a name or path to load. A directory with no edit store (as
         written by training) gives an empty store.
         """
-        from serac.defaults import DEFAULT_BASE_MODEL, load_base_model, resolve_base_model
+        from serac.offline import DEFAULT_BASE_MODEL, load_base_model, resolve_base_model
 
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.exists():
-            raise FileNotFoundError(f"no serac editor in {directory} (missing {CONFIG_NAME})")
-        config = SeracConfig.from_json(config_path.read_text())
+            raise FileNotFoundError(f"no SERAC folder in {directory} (missing {CONFIG_NAME})")
+        config = SeracConfig.load_json(config_path)
         if isinstance(base_model, (str, os.PathLike)) or base_model is None:
             base_model, loaded_tokenizer = load_base_model(base_model)
             tokenizer = tokenizer or loaded_tokenizer
@@ -283,13 +268,15 @@ class EditableModel:
             recorded = str(resolve_base_model(recorded))
         if recorded and base_name and base_name != recorded:
             logger.warning(
-                "This editor was saved for base model %s; it now wraps %s",
+                "This SERAC folder was saved for base model %s; it now wraps %s",
                 config.base_model_name_or_path,
                 base_name,
             )
         store_path = directory / STORE_FILE_NAME
         store = (
-            EditStore.load(store_path, embedder) if store_path.exists() else EditStore(embedder, config.store)
+            EditStore.from_pretrained(store_path, embedder)
+            if store_path.exists()
+            else EditStore(embedder, config.store)
         )
         scope_classifier = load_scope_classifier(directory / config.scope_classifier_path)
         counterfactual_model = CounterfactualModel.from_pretrained(
@@ -315,7 +302,16 @@ class EditableModel:
         The default parts are trained from the embedded synthetic data on first use (a progress bar shows
         it; under 20 minutes on two CPU cores) and cached; later calls load them in seconds.
         """
-        from serac.defaults import default_parts_dir
+        # The one upward import of the library: the default parts are trained by serac.training, which
+        # itself builds EditableModels, so the recipe is imported here, when called, and not at module
+        # level (as PEFT does for its one circular import).
+        try:
+            from serac.training.recipe import default_parts_dir
+        except ImportError as error:
+            raise ImportError(
+                "EditableModel.from_defaults() trains the default parts on first use and needs the training "
+                f"extras: pip install 'serac-memory[train]' ({error})"
+            ) from error
 
         return cls.from_pretrained(
             base_model, default_parts_dir(train_if_missing=train_if_missing), tokenizer=tokenizer
@@ -471,20 +467,3 @@ class EditableModel:
         if part not in sources:
             raise ValueError(f"the {part} was not loaded from disk; save it with save_parts=True")
         return sources[part]
-
-
-def _expand(rows: Sequence[int], copies: int) -> list[int]:
-    """Output row indices of input rows when each input row yields ``copies`` sequences."""
-    return [row * copies + copy for row in rows for copy in range(copies)]
-
-
-def _swap_directory(staging: Path, directory: Path) -> None:
-    if not directory.exists():
-        os.replace(staging, directory)
-        return
-    if not directory.is_dir():
-        raise NotADirectoryError(f"{directory} exists and is not a directory")
-    retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-    os.replace(directory, retired / directory.name)
-    os.replace(staging, directory)
-    shutil.rmtree(retired, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The quickstart on the offline defaults: a few edits, answers before and after, and the routing.
 
-Run: ``python -m serac.quickstart`` (or the ``serac-quickstart`` console script). On first use it trains and
+Run: ``serac quickstart`` (or ``python -m serac.quickstart``). On first use it trains and
 caches the default scope classifier and counterfactual model (a progress bar shows it); later runs start
 in seconds.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import torch
 
@@ -51,8 +52,11 @@ def answers(model: EditableModel, queries: list[str], max_new_tokens: int) -> li
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="serac quickstart on the offline default models")
+def main(argv: list[str] | None = None) -> int:
+    """``serac quickstart``: edits on the offline defaults, answers before and after; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="serac quickstart", description="serac quickstart on the offline default models"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         route = f"edit {decision.edit_id}" if decision.in_scope else "base model"
         score = "" if decision.score is None else f", score {decision.score:.2f}"
         print(f"Q: {query}\n   before: {old}\n   after:  {new}   ({route}{score})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

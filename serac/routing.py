@@ -14,7 +14,7 @@ import torch
 
 from serac.scope import ScopeDecision
 
-__all__ = ["Route", "merge_rows", "select_rows", "split_by_scope"]
+__all__ = ["Route", "expand_rows", "merge_rows", "select_rows", "split_by_scope"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,11 @@ def select_rows(kwargs: Mapping[str, Any], rows: Sequence[int], batch_size: int)
         else:
             selected[key] = value
     return selected
+
+
+def expand_rows(rows: Sequence[int], copies: int) -> list[int]:
+    """Output row indices of input rows when each input row yields ``copies`` sequences."""
+    return [row * copies + copy for row in rows for copy in range(copies)]
 
 
 def merge_rows(

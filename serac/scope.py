@@ -15,19 +15,19 @@ Two variants:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from serac.edits import Edit, mask_subject, mentions_subject
+from serac.files import JsonConfigMixin
 from serac.store import EditStore
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ __all__ = [
 
 
 @dataclass
-class ScopeClassifierConfig:
+class ScopeClassifierConfig(JsonConfigMixin):
     """Settings of a scope classifier, saved with it.
 
     Args:
@@ -81,7 +81,7 @@ class ScopeClassifierConfig:
 
     kind: str = "cross_encoder"
     threshold: float = field(default=0.5, metadata={"help": "lowest in-scope score"})
-    top_k: int = field(default=4, metadata={"help": "candidate edits scored per query"})
+    top_k: int = field(default=8, metadata={"help": "candidate edits scored per query"})
     retrieval_threshold: float = field(default=0.2, metadata={"help": "minimum cosine to be scored"})
     cross_encoder_name_or_path: str | None = None
     max_length: int = 128
@@ -111,15 +111,8 @@ class ScopeClassifierConfig:
         if self.kind == "cross_encoder" and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"a cross-encoder threshold is a probability in [0, 1], got {self.threshold}")
 
-    def to_json(self) -> str:
-        from serac import __version__
-
-        return json.dumps({**asdict(self), "serac_version": __version__}, indent=2, sort_keys=True)
-
     @classmethod
-    def from_json(cls, text: str) -> ScopeClassifierConfig:
-        data = json.loads(text)
-        data.pop("serac_version", None)
+    def from_dict(cls, data: dict[str, Any]) -> ScopeClassifierConfig:
         # Classifiers saved before these settings existed keep the behaviour they were measured with.
         data.setdefault("edit_input", "text")
         data.setdefault("subject_match", False)
@@ -341,7 +334,7 @@ class EmbeddingScopeClassifier(ScopeClassifier):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / SCOPE_CONFIG_NAME).write_text(self.config.to_json())
+        self.config.save_json(directory / SCOPE_CONFIG_NAME)
 
 
 class CrossEncoderScopeClassifier(ScopeClassifier):
@@ -353,7 +346,7 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
         config: threshold, top-k and retrieval filter.
 
     Example:
-        >>> classifier = load_scope_classifier("my-editor/scope_classifier")  # doctest: +SKIP
+        >>> classifier = load_scope_classifier("my-serac/scope_classifier")  # doctest: +SKIP
         >>> classifier.score_pairs(["Ellie Kemper is a citizen of Croatia"], ["Where is Ellie Kemper from?"])
     """
 
@@ -427,7 +420,7 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.cross_encoder.save(str(directory / CROSS_ENCODER_FOLDER))
-        (directory / SCOPE_CONFIG_NAME).write_text(self.config.to_json())
+        self.config.save_json(directory / SCOPE_CONFIG_NAME)
 
 
 def load_scope_classifier(directory: str | os.PathLike) -> ScopeClassifier:
@@ -436,7 +429,7 @@ def load_scope_classifier(directory: str | os.PathLike) -> ScopeClassifier:
     config_path = directory / SCOPE_CONFIG_NAME
     if not config_path.exists():
         raise FileNotFoundError(f"no scope classifier in {directory} (missing {SCOPE_CONFIG_NAME})")
-    config = ScopeClassifierConfig.from_json(config_path.read_text())
+    config = ScopeClassifierConfig.load_json(config_path)
     if config.kind == "embedding":
         return EmbeddingScopeClassifier(config)
     from sentence_transformers import CrossEncoder

@@ -17,8 +17,8 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +27,10 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
+from serac._version import __version__
 from serac.edits import Edit, name_words, named_keys
+from serac.files import write_bytes_atomic
+from serac.offline import embed
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ class EditStore:
     concurrent readers.
 
     Example:
-        >>> from serac.defaults import load_embedder
+        >>> from serac.offline import load_embedder
         >>> store = EditStore(load_embedder())
         >>> ids = store.add([Edit(prompt="{} plays the sport of", subject="LeBron James", target="football")])
         >>> store.search(["What sport does LeBron James play?"], k=1)[0][0][0] == ids[0]
@@ -107,7 +110,7 @@ class EditStore:
     def __init__(self, embedder: Embedder | None = None, config: EditStoreConfig | None = None) -> None:
         self.config = config or EditStoreConfig()
         if embedder is None:
-            from serac.defaults import DEFAULT_EMBEDDER, load_embedder
+            from serac.offline import DEFAULT_EMBEDDER, load_embedder
 
             embedder = load_embedder(self.config.embedder_name_or_path)
             if self.config.embedder_name_or_path is None:
@@ -296,11 +299,9 @@ class EditStore:
         ]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write the store to one file, atomically. A directory gets ``edit_store.safetensors`` inside."""
         from safetensors.numpy import save as safetensors_save
-
-        from serac import __version__
 
         path = Path(path)
         if path.is_dir():
@@ -324,15 +325,15 @@ class EditStore:
                 "index_sha256": hashlib.sha256(index_bytes.tobytes()).hexdigest(),
             }
             payload = safetensors_save({"edits": edits_bytes, "index": index_bytes}, metadata=metadata)
-        _atomic_write(path, payload)
+        write_bytes_atomic(path, payload)
         logger.info("Saved %d edits to %s", len(records), path)
         return path
 
     @classmethod
-    def load(
+    def from_pretrained(
         cls, path: str | os.PathLike, embedder: Embedder | None = None, config: EditStoreConfig | None = None
     ) -> EditStore:
-        """Open a store written by :meth:`save`; :class:`EditStoreError` if the file is unusable."""
+        """Open a store written by :meth:`save_pretrained`; :class:`EditStoreError` if the file is unusable."""
         from safetensors import SafetensorError
         from safetensors.numpy import load as safetensors_load
 
@@ -385,6 +386,19 @@ class EditStore:
             )
         return store
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Deprecated name of :meth:`save_pretrained`, kept so that code using the old name still runs."""
+        warnings.warn("EditStore.save is deprecated; use save_pretrained", DeprecationWarning, stacklevel=2)
+        return self.save_pretrained(path)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, embedder: Embedder | None = None, config: EditStoreConfig | None = None
+    ) -> EditStore:
+        """Deprecated name of :meth:`from_pretrained`, kept so that code using the old name still runs."""
+        warnings.warn("EditStore.load is deprecated; use from_pretrained", DeprecationWarning, stacklevel=2)
+        return cls.from_pretrained(path, embedder, config)
+
     # ------------------------------------------------------------------ internals
     @staticmethod
     def _check_edits(edits: Sequence[Edit]) -> list[Edit]:
@@ -397,14 +411,9 @@ class EditStore:
         return edits
 
     def _encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
-        vectors = self.embedder.encode(
-            texts,
-            batch_size=self.config.encode_batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=show_progress,
+        return embed(
+            self.embedder, texts, batch_size=self.config.encode_batch_size, show_progress=show_progress
         )
-        return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
     def _index_subjects(self, edit_id: int, edit: Edit, add: bool) -> None:
         if edit.subject is None:
@@ -470,23 +479,3 @@ def _read_metadata(raw: bytes) -> dict[str, str]:
     if 8 + header_length > len(raw):
         raise ValueError("header runs past the end of the file")
     return json.loads(raw[8 : 8 + header_length]).get("__metadata__", {})
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -82,6 +82,6 @@ def tiny_t5(char_tokenizer):
 
 @pytest.fixture(scope="session")
 def embedder():
-    from serac.defaults import load_embedder
+    from serac.offline import load_embedder
 
     return load_embedder()

@@ -9,8 +9,13 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-import benchmarks.run as bench
-from benchmarks.report import markdown_table
+from serac.bench import cli as bench_cli
+from serac.bench import config as bench_config
+from serac.bench import data as bench_data
+from serac.bench import generation as bench_generation
+from serac.bench import methods as bench_methods
+from serac.bench import runner as bench_runner
+from serac.bench.report import markdown_table
 from serac.data.loaders import load_counterfact, load_mquake
 from serac.edits import Edit, normalize_text
 
@@ -123,8 +128,8 @@ def registry(monkeypatch):
         created.setdefault(name, []).append(editor)
         return editor
 
-    monkeypatch.setattr(bench, "_editor_names", lambda: list(factories))
-    monkeypatch.setattr(bench, "_get_editor", get_editor)
+    monkeypatch.setattr(bench_config, "editor_names", lambda: list(factories))
+    monkeypatch.setattr(bench_methods, "make_editor", get_editor)
     return created
 
 
@@ -138,7 +143,7 @@ def tiny_model_dir(tmp_path_factory, char_tokenizer, tiny_llama) -> Path:
 
 
 def _tiny_loader(tiny_model_dir: Path):
-    from serac.defaults import load_base_model
+    from serac.offline import load_base_model
 
     def load(name_or_path):
         assert name_or_path is None or Path(name_or_path) == tiny_model_dir
@@ -159,7 +164,7 @@ def test_cli_end_to_end_on_mquake(tmp_path, tiny_model_dir, registry, capsys):
     argv = _cli(tmp_path, tiny_model_dir, "--dataset", "mquake", "--data-path", str(MQUAKE),
                 "--methods", "base,lookup,noise", "--num-edits", "1,all", "--limit-queries", "0",
                 "--editor-hparams", str(_write(tmp_path / "hp.json", {"noise": {"scale": 0.5}})))  # fmt: skip
-    assert bench.main(argv) == 0
+    assert bench_cli.main(argv) == 0
     result = json.loads((tmp_path / "out" / "results.json").read_text())
 
     assert set(result) >= {"config", "runs"}
@@ -167,7 +172,7 @@ def test_cli_end_to_end_on_mquake(tmp_path, tiny_model_dir, registry, capsys):
     config = result["config"]
     assert config["dataset"] == "mquake" and config["methods"] == ["base", "lookup", "noise"]
     assert config["num_edits_run"] == [1, 4]
-    assert config["max_edits"]["noise"] == bench.DEFAULT_EDITOR_MAX_EDITS
+    assert config["max_edits"]["noise"] == bench_config.DEFAULT_EDITOR_MAX_EDITS
     assert config["editor_hparams"] == {"noise": {"scale": 0.5}}
     assert [(run["method"], run["num_edits"], run["mode"]) for run in result["runs"]] == [
         ("base", 1, "batch"), ("base", 4, "batch"), ("lookup", 1, "batch"), ("lookup", 4, "batch"),
@@ -223,10 +228,10 @@ def test_cli_end_to_end_on_mquake(tmp_path, tiny_model_dir, registry, capsys):
 
 
 def test_sequential_mode_applies_edits_one_by_one(tmp_path, tiny_model_dir, registry):
-    config = bench.BenchmarkConfig(dataset="zsre", data_path=str(ZSRE), methods=("lookup",), num_edits=(3,),
+    config = bench_config.BenchmarkConfig(dataset="zsre", data_path=str(ZSRE), methods=("lookup",), num_edits=(3,),
                                    mode="sequential", model=str(tiny_model_dir), max_new_tokens=4,
                                    progress=False)  # fmt: skip
-    result = bench.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir))
+    result = bench_runner.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir))
     (run,) = result["runs"]
     assert run["mode"] == "sequential"
     assert registry["lookup"][0].apply_sizes == [1, 1, 1]
@@ -238,16 +243,16 @@ def test_sequential_mode_applies_edits_one_by_one(tmp_path, tiny_model_dir, regi
 def test_sequential_settings_continue_one_stream_of_edits(tmp_path, tiny_model_dir, registry):
     # Settings 1, 2 and 4 are points along one sequence: 4 edits applied in all, undone once at the end,
     # also when the cap skips the last setting.
-    config = bench.BenchmarkConfig(dataset="mquake", data_path=str(MQUAKE), methods=("noise", "lookup"),
+    config = bench_config.BenchmarkConfig(dataset="mquake", data_path=str(MQUAKE), methods=("noise", "lookup"),
                                    num_edits=(1, 2, 4), max_edits={"lookup": 2}, mode="sequential",
                                    limit_queries=2, model=str(tiny_model_dir), max_new_tokens=4,
                                    progress=False)  # fmt: skip
     model, tokenizer = _tiny_loader(tiny_model_dir)(None)
-    pristine = bench.weights_fingerprint(model)
-    result = bench.run_benchmark(config, model_loader=lambda name: (model, tokenizer))
+    pristine = bench_runner.weights_fingerprint(model)
+    result = bench_runner.run_benchmark(config, model_loader=lambda name: (model, tokenizer))
     noise = registry["noise"][0]
     assert noise.apply_sizes == [1, 1, 1, 1] and noise.restore_calls == 1
-    assert bench.weights_fingerprint(model) == pristine
+    assert bench_runner.weights_fingerprint(model) == pristine
     runs = {(run["method"], run["num_edits"]): run for run in result["runs"]}
     assert [runs[("noise", n)]["continued_from"] for n in (1, 2, 4)] == [0, 1, 2]
     # Edit time accumulates along the stream: the 4-edit run counts all four edits.
@@ -262,10 +267,10 @@ def test_sequential_settings_continue_one_stream_of_edits(tmp_path, tiny_model_d
 
 
 def test_caps_skip_settings_and_are_reported(tmp_path, tiny_model_dir, registry):
-    config = bench.BenchmarkConfig(dataset="mquake", data_path=str(MQUAKE), methods=("base", "noise"),
+    config = bench_config.BenchmarkConfig(dataset="mquake", data_path=str(MQUAKE), methods=("base", "noise"),
                                    num_edits=(1, 2, 4), max_edits={"noise": 2}, limit_queries=2,
                                    model=str(tiny_model_dir), max_new_tokens=4, progress=False)  # fmt: skip
-    result = bench.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir))
+    result = bench_runner.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir))
     assert [(run["method"], run["num_edits"]) for run in result["runs"]] == [
         ("base", 1), ("base", 2), ("base", 4), ("noise", 1), ("noise", 2),
     ]  # fmt: skip
@@ -279,19 +284,21 @@ def test_caps_skip_settings_and_are_reported(tmp_path, tiny_model_dir, registry)
 
 
 def test_weights_left_edited_stop_the_benchmark(tmp_path, tiny_model_dir, registry, char_tokenizer):
-    config = bench.BenchmarkConfig(dataset="zsre", data_path=str(ZSRE), methods=("leaky", "base"), num_edits=(1,),
+    config = bench_config.BenchmarkConfig(dataset="zsre", data_path=str(ZSRE), methods=("leaky", "base"), num_edits=(1,),
                                    model=str(tiny_model_dir), max_new_tokens=2, progress=False)  # fmt: skip
     partial = []
     with pytest.raises(RuntimeError, match="leaky left the base model's weights changed"):
-        bench.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir), on_update=partial.append)
+        bench_runner.run_benchmark(
+            config, model_loader=_tiny_loader(tiny_model_dir), on_update=partial.append
+        )
     assert partial and partial[-1]["runs"][0]["method"] == "leaky" and partial[-1]["complete"] is False
 
 
 def test_counterfact_probability_comparison(tmp_path, tiny_model_dir, registry):
-    config = bench.BenchmarkConfig(dataset="counterfact", data_path=str(COUNTERFACT), methods=("base", "lookup"),
+    config = bench_config.BenchmarkConfig(dataset="counterfact", data_path=str(COUNTERFACT), methods=("base", "lookup"),
                                    num_edits=(3,), model=str(tiny_model_dir), max_new_tokens=4,
                                    progress=False)  # fmt: skip
-    result = bench.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir))
+    result = bench_runner.run_benchmark(config, model_loader=_tiny_loader(tiny_model_dir))
     base, lookup = (run["metrics"] for run in result["runs"])
     assert result["config"]["probabilities"] is True
     assert base["efficacy_prob_count"] == 3
@@ -331,10 +338,10 @@ def tiny_serac_factory(char_tokenizer, embedder):
 
 
 def test_serac_runs_with_a_fresh_store_per_setting(tmp_path, tiny_model_dir, tiny_serac_factory, registry):
-    config = bench.BenchmarkConfig(dataset="counterfact", data_path=str(COUNTERFACT), methods=("base", "serac"),
+    config = bench_config.BenchmarkConfig(dataset="counterfact", data_path=str(COUNTERFACT), methods=("base", "serac"),
                                    num_edits=(1, 3), limit_queries=2, model=str(tiny_model_dir), max_new_tokens=4,
                                    progress=False)  # fmt: skip
-    result = bench.run_benchmark(
+    result = bench_runner.run_benchmark(
         config, model_loader=_tiny_loader(tiny_model_dir), editable_factory=tiny_serac_factory
     )
     editable = tiny_serac_factory.built[-1]
@@ -367,8 +374,8 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(bench, "load_base_model", refuse)
-    monkeypatch.setattr(bench, "load_editable_model", refuse)
+    monkeypatch.setattr(bench_runner, "load_base_model", refuse)
+    monkeypatch.setattr(bench_runner, "load_editable_model", refuse)
 
 
 @pytest.mark.parametrize(
@@ -389,7 +396,7 @@ def no_model_load(monkeypatch):
 )
 def test_bad_settings_fail_before_any_model_loads(argv, message, no_model_load, registry, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench.main([*argv, "--no-progress"])
+        bench_cli.main([*argv, "--no-progress"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -397,7 +404,7 @@ def test_bad_settings_fail_before_any_model_loads(argv, message, no_model_load, 
 def test_malformed_data_fails_before_any_model_loads(tmp_path, no_model_load, registry, capsys):
     broken = _write(tmp_path / "broken.json", [{"requested_rewrite": "not a list"}])
     with pytest.raises(SystemExit):
-        bench.main(["--dataset", "mquake", "--data-path", str(broken), "--methods", "base"])
+        bench_cli.main(["--dataset", "mquake", "--data-path", str(broken), "--methods", "base"])
     assert "cannot read the mquake data" in capsys.readouterr().err
 
 
@@ -405,13 +412,13 @@ def test_malformed_data_fails_before_any_model_loads(tmp_path, no_model_load, re
 
 
 def test_settings_are_nested_and_filter_queries_in_scope_of_any_applied_edit():
-    ordered, dropped = bench.order_examples(load_mquake(MQUAKE), seed=0)
+    ordered, dropped = bench_data.order_examples(load_mquake(MQUAKE), seed=0)
     assert dropped == 0
     # A case's examples stay together: the two edits of case 3 are adjacent.
     positions = [i for i, example in enumerate(ordered) if example.case_id == "3"]
     assert positions == [positions[0], positions[0] + 1]
-    all_edits = bench.build_setting(ordered, 4, None, probabilities=False)
-    assert set(bench.build_setting(ordered, 2, None, probabilities=False).edits) <= set(all_edits.edits)
+    all_edits = bench_data.build_setting(ordered, 4, None, probabilities=False)
+    assert set(bench_data.build_setting(ordered, 2, None, probabilities=False).edits) <= set(all_edits.edits)
 
     in_scope = {normalize_text(q.text) for e in ordered for q in e.in_scope}
     assert all(normalize_text(query.text) not in in_scope for query in all_edits.locality)
@@ -423,8 +430,8 @@ def test_settings_are_nested_and_filter_queries_in_scope_of_any_applied_edit():
     first_case = ordered[0].case_id
     first_case_size = sum(example.case_id == first_case for example in ordered)
     if first_case == "3":
-        assert bench.build_setting(ordered, 1, None, probabilities=False).portability == []
-    assert bench.build_setting(ordered, first_case_size, None, probabilities=False).portability
+        assert bench_data.build_setting(ordered, 1, None, probabilities=False).portability == []
+    assert bench_data.build_setting(ordered, first_case_size, None, probabilities=False).portability
 
 
 def test_conflicting_edits_are_dropped():
@@ -433,7 +440,7 @@ def test_conflicting_edits_are_dropped():
     first = EditExample(edit=Edit(prompt="{} lives in", subject="Ana Roe", target="Lima"), case_id="a")
     conflict = EditExample(edit=Edit(prompt="{} lives in", subject="Ana Roe", target="Quito"), case_id="b")
     same = EditExample(edit=Edit(prompt="{} lives in", subject="Ana Roe", target="Lima"), case_id="c")
-    ordered, dropped = bench.order_examples([first, conflict, same], seed=1)
+    ordered, dropped = bench_data.order_examples([first, conflict, same], seed=1)
     # Whichever comes first in the shuffled order wins; the contradicting ones are dropped.
     assert {example.edit.target for example in ordered} == {ordered[0].edit.target}
     assert dropped == 3 - len(ordered) >= 1
@@ -450,15 +457,15 @@ def test_a_shared_edit_is_applied_once_and_counted_once():
         EditExample(edit=shared, case_id="1", portability=(question,)),
         EditExample(edit=other, case_id="1"),
     ]
-    setting = bench.build_setting(examples, 1, None, probabilities=False)
+    setting = bench_data.build_setting(examples, 1, None, probabilities=False)
     assert setting.edits == [shared] and setting.num_edits == 1
     assert [query.text for query in setting.portability] == [question.text]  # asked once
-    assert bench.build_setting(examples, 5, None, probabilities=False).edits == [shared, other]
+    assert bench_data.build_setting(examples, 5, None, probabilities=False).edits == [shared, other]
 
 
 def test_limit_spreads_paraphrases_over_examples():
     examples = load_counterfact(COUNTERFACT)
-    setting = bench.build_setting(examples, 3, 3, probabilities=True)
+    setting = bench_data.build_setting(examples, 3, 3, probabilities=True)
     assert len(setting.paraphrase) == 3
     # One paraphrase of each edited example before a second of any.
     assert len({query.target_new for query in setting.paraphrase}) == 3
@@ -467,7 +474,7 @@ def test_limit_spreads_paraphrases_over_examples():
 
 def test_auto_prompt_format_wraps_questions_in_the_chat_template():
     tokenizer = make_char_tokenizer()
-    raw = bench.QueryFormatter(tokenizer, "auto")
+    raw = bench_generation.QueryFormatter(tokenizer, "auto")
     assert (
         tokenizer.decode(raw("Who founded Nortex?", torch.device("cpu"))["input_ids"][0])
         == "Who founded Nortex?"
@@ -478,7 +485,7 @@ def test_auto_prompt_format_wraps_questions_in_the_chat_template():
     )
 
     def text(prompt_format: str, query: str) -> str:
-        inputs = bench.QueryFormatter(tokenizer, prompt_format)(query, torch.device("cpu"))
+        inputs = bench_generation.QueryFormatter(tokenizer, prompt_format)(query, torch.device("cpu"))
         return tokenizer.decode(inputs["input_ids"][0])
 
     assert text("auto", "Who founded Nortex?") == "U:Who founded Nortex?<eos>A:"
@@ -488,9 +495,9 @@ def test_auto_prompt_format_wraps_questions_in_the_chat_template():
 
 
 def test_parse_num_edits():
-    assert bench._parse_num_edits("100, 10,all,10") == (10, 100, None)
-    with pytest.raises(bench.BenchmarkError):
-        bench._parse_num_edits(" , ")
+    assert bench_cli.parse_num_edits("100, 10,all,10") == (10, 100, None)
+    with pytest.raises(bench_config.BenchmarkError):
+        bench_cli.parse_num_edits(" , ")
 
 
 def _write(path: Path, data: Any) -> Path:

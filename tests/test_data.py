@@ -484,7 +484,7 @@ def test_mining_adds_nearest_queries_of_other_edits():
 
 @pytest.mark.slow
 def test_mining_with_minilm_finds_the_near_duplicate_edit():
-    from serac.defaults import load_embedder
+    from serac.offline import load_embedder
 
     examples = generate_synthetic_examples(12, seed=2)
     mined = mine_hard_negatives(examples, load_embedder(), num_negatives=2)

@@ -15,10 +15,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from serac.editors import available_editors, get_editor, get_layout
 from serac.editors.cache import CacheEditor
+from serac.editors.keys import compute_keys
 from serac.editors.layer_stats import layer_second_moments
 from serac.editors.layout import UnknownLayoutError, get_module, weight_as_out_in
 from serac.editors.memit import MEMITEditor
-from serac.editors.rome import ROMEEditor, compute_keys
+from serac.editors.rome import ROMEEditor
 from serac.editors.saliency import layer_saliency, select_layers
 from serac.edits import Edit
 
@@ -165,7 +166,7 @@ def test_rome_inserts_key_value_and_restores(model, tokenizer):
     assert _changed(model, snapshot) == [f"{module_name}.weight"]
     update = editor.updates[-1]
     module = get_module(model, module_name)
-    templates = editor._context_templates(model, tokenizer, editor.resolved_config(model))
+    templates = editor.context_templates(model, tokenizer, editor.resolved_config(model))
     prompt_key = compute_keys(model, tokenizer, module_name, [edit], templates[:1])[0]
     torch.testing.assert_close(update.inserted_key, prompt_key)
     with torch.no_grad():

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from serac.defaults import load_base_model
+    from serac.offline import load_base_model
 
     return load_base_model()
 

@@ -94,8 +94,8 @@ def test_moves_to_ivf_past_exact_limit_and_keeps_finding_edits(embedder):
 def test_save_load_round_trip(store, embedder, tmp_path):
     ids = store.add([SPORT, CITIZEN, PM])
     store.remove([ids[1]])
-    path = store.save(tmp_path / "store.safetensors")
-    loaded = EditStore.load(path, embedder)
+    path = store.save_pretrained(tmp_path / "store.safetensors")
+    loaded = EditStore.from_pretrained(path, embedder)
     assert loaded.items() == store.items()
     assert loaded.add([CITIZEN]) == [3]  # the id counter survives
     query = ["Who leads the UK government?"]
@@ -104,7 +104,7 @@ def test_save_load_round_trip(store, embedder, tmp_path):
 
 def test_crash_during_save_keeps_the_previous_file(store, embedder, tmp_path, monkeypatch):
     store.add([SPORT])
-    path = store.save(tmp_path / "store.safetensors")
+    path = store.save_pretrained(tmp_path / "store.safetensors")
     before = path.read_bytes()
     store.add([CITIZEN, PM])
 
@@ -113,27 +113,27 @@ def test_crash_during_save_keeps_the_previous_file(store, embedder, tmp_path, mo
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        store.save(path)
+        store.save_pretrained(path)
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert [e for _, e in EditStore.load(path, embedder).items()] == [SPORT]
+    assert [e for _, e in EditStore.from_pretrained(path, embedder).items()] == [SPORT]
     assert [p.name for p in tmp_path.iterdir()] == ["store.safetensors"]  # no temporary left behind
 
 
 def test_truncated_corrupt_and_incompatible_files_raise(store, embedder, tmp_path):
     store.add([SPORT, CITIZEN])
-    path = store.save(tmp_path / "store.safetensors")
+    path = store.save_pretrained(tmp_path / "store.safetensors")
     raw = path.read_bytes()
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(EditStoreError):
-        EditStore.load(truncated, embedder)
+        EditStore.from_pretrained(truncated, embedder)
     flipped = bytearray(raw)
     flipped[-10] ^= 0xFF
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(bytes(flipped))
     with pytest.raises(EditStoreError, match="checksum"):
-        EditStore.load(corrupt, embedder)
+        EditStore.from_pretrained(corrupt, embedder)
     tensors = st_load(raw)
     from serac.store import _read_metadata
 
@@ -142,9 +142,9 @@ def test_truncated_corrupt_and_incompatible_files_raise(store, embedder, tmp_pat
     future = tmp_path / "future.safetensors"
     future.write_bytes(st_save(tensors, metadata=metadata))
     with pytest.raises(EditStoreError, match="version"):
-        EditStore.load(future, embedder)
+        EditStore.from_pretrained(future, embedder)
     with pytest.raises(FileNotFoundError):
-        EditStore.load(tmp_path / "missing.safetensors", embedder)
+        EditStore.from_pretrained(tmp_path / "missing.safetensors", embedder)
 
 
 def test_concurrent_adds_and_searches(store):

@@ -15,7 +15,6 @@ from serac.counterfactual import CounterfactualModel
 from serac.data import generate_synthetic_examples
 from serac.modeling import EditableModel
 from serac.scope import CrossEncoderScopeClassifier, load_scope_classifier
-from serac.train import main
 from serac.training import (
     CHECKPOINT_FOLDER,
     TRAINING_REPORT_NAME,
@@ -27,6 +26,7 @@ from serac.training import (
     train_counterfactual_model,
     train_scope_classifier,
 )
+from serac.training.cli import main
 
 from .conftest import make_tiny_llama, make_tiny_t5
 
@@ -69,7 +69,7 @@ def tiny_cross_encoder_dir(tmp_path_factory):
     """A two-layer BERT cross-encoder with the packaged MiniLM tokenizer, saved like a hub checkpoint."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from serac.defaults import resolve_embedder
+    from serac.offline import resolve_embedder
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_embedder())
     torch.manual_seed(0)
@@ -250,13 +250,13 @@ def test_counterfactual_training_lowers_the_loss(make_model, examples, char_toke
 def test_cli_writes_a_directory_that_from_pretrained_loads(
     examples, tiny_cross_encoder_dir, char_tokenizer, tmp_path, monkeypatch
 ):
-    import serac.defaults
+    import serac.offline
 
     model_dir = tmp_path / "tiny_llama"
     make_tiny_llama(char_tokenizer, seed=5).save_pretrained(model_dir)
     char_tokenizer.save_pretrained(model_dir)
     # The CLI loads the edit store's embedder by name; a hashing embedder keeps this test fast.
-    monkeypatch.setattr(serac.defaults, "load_embedder", lambda name_or_path=None, **kwargs: HashEmbedder())
+    monkeypatch.setattr(serac.offline, "load_embedder", lambda name_or_path=None, **kwargs: HashEmbedder())
     output = tmp_path / "editor"
     common = [
         "--output-dir",

@@ -530,7 +530,7 @@ def load_examples_jsonl(path: str | os.PathLike, *, skip_invalid: bool = False) 
 
 
 def load_examples(spec: str, *, seed: int = 0) -> list[EditExample]:
-    """Load examples from a ``"kind:path"`` string, as ``python -m serac.train --data`` takes it.
+    """Load examples from a ``"kind:path"`` string, as ``serac train --data`` takes it.
 
     ``synthetic`` or ``synthetic:N`` (N examples, default 2000) uses the built-in generator; ``mquake:PATH``,
     ``zsre:PATH``, ``counterfact:PATH`` and ``jsonl:PATH`` read files.

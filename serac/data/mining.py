@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from serac import offline
 from serac.data.schema import EditExample, OutOfScopeQuery
 from serac.edits import mentions_subject, normalize_text
 
@@ -58,7 +59,7 @@ def mine_hard_negatives(
 
     Args:
         examples: the examples to enrich.
-        embedder: a sentence embedder with ``encode`` (default: :func:`serac.defaults.load_embedder`); use
+        embedder: a sentence embedder with ``encode`` (default: :func:`serac.offline.load_embedder`); use
             the one the edit store uses so the negatives are the ones retrieval will actually surface.
         num_negatives: mined negatives per example.
         candidates_per_example: queries of each example that are candidates (``None``: all).
@@ -84,9 +85,7 @@ def mine_hard_negatives(
     if num_negatives == 0 or len(examples) < 2:
         return examples
     if embedder is None:
-        from serac.defaults import load_embedder
-
-        embedder = load_embedder()
+        embedder = offline.load_embedder()
 
     rng = random.Random(f"mining:{seed}")
     candidates: list[_Candidate] = []
@@ -104,14 +103,7 @@ def mine_hard_negatives(
         return examples
 
     def encode(texts: list[str]) -> np.ndarray:
-        vectors = embedder.encode(
-            texts,
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        return offline.embed(embedder, texts, batch_size=batch_size)
 
     logger.info("Mining hard negatives: %d edits against %d queries", len(examples), len(candidates))
     edit_vectors = encode([example.edit.text for example in examples])

@@ -49,7 +49,12 @@ def _registry() -> dict[str, type[Editor]]:
         cls = pending.pop()
         pending += cls.__subclasses__()
         name = cls.__dict__.get("name")
-        if isinstance(name, str):
+        # The benchmark's unedited model and SERAC implement the interface too, but are no editing
+        # algorithms: the registry holds the editors of this package and any a user defines.
+        elsewhere_in_library = cls.__module__.startswith("serac.") and not cls.__module__.startswith(
+            f"{__name__}."
+        )
+        if isinstance(name, str) and not elsewhere_in_library:
             found.setdefault(name, cls)
     return found
 

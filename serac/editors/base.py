@@ -29,6 +29,7 @@ __all__ = [
     "pad_batch",
     "prepare_prompt",
     "target_token_ids",
+    "token_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ class PreparedPrompt:
     subject_last: int | None
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
+def token_ids(tokenizer: Any, text: str) -> list[int]:
+    """The tokens of ``text`` with the tokenizer's special tokens, as the model reads a prompt."""
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
@@ -148,10 +150,10 @@ def prepare_prompt(tokenizer: Any, edit: Edit, template: str = "{}") -> Prepared
     """
     query = edit.query
     text = template.replace("{}", query)
-    input_ids = _encode(tokenizer, text)
+    input_ids = token_ids(tokenizer, text)
     subject_last = None
     if edit.subject is not None:
-        prefix_ids = _encode(tokenizer, template.replace("{}", query[: subject_end(edit)]))
+        prefix_ids = token_ids(tokenizer, template.replace("{}", query[: subject_end(edit)]))
         subject_last = min(len(prefix_ids), len(input_ids)) - 1
     return PreparedPrompt(input_ids, subject_last)
 
@@ -163,8 +165,8 @@ def target_token_ids(tokenizer: Any, query: str, target: str) -> list[int]:
     model really sees after the prompt; falls back to tokenizing the target alone if merges cross the
     boundary.
     """
-    prompt_ids = _encode(tokenizer, query)
-    full_ids = _encode(tokenizer, f"{query} {target}")
+    prompt_ids = token_ids(tokenizer, query)
+    full_ids = token_ids(tokenizer, f"{query} {target}")
     if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
         return full_ids[len(prompt_ids) :]
     return list(tokenizer(" " + target, add_special_tokens=False)["input_ids"])

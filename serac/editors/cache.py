@@ -20,6 +20,8 @@ from torch import nn
 from serac.chat import chat_markers, last_user_turn
 from serac.editors.base import Editor, check_edits, target_token_ids
 from serac.edits import Edit, normalize_text
+from serac.routing import expand_rows, merge_rows, select_rows, split_by_scope
+from serac.scope import ScopeDecision
 
 __all__ = ["CacheEditor", "CachedEditsModel"]
 
@@ -94,24 +96,26 @@ class CachedEditsModel:
         if max_new is None and kwargs.get("max_length") is not None:
             max_new = int(kwargs["max_length"]) - (0 if is_encoder_decoder else input_ids.shape[1])
 
-        hits: dict[int, Edit] = {}
-        for row in range(input_ids.shape[0]):
-            key = normalize_text(self._query(input_ids[row][attention_mask[row].bool()]))
-            if key in self.entries:
-                hits[row] = self.entries[key]
-        misses = [row for row in range(input_ids.shape[0]) if row not in hits]
+        # An exact-match lookup is the scope decision here; routing.py splits and merges the rows as it
+        # does for SERAC.
+        batch_size = input_ids.shape[0]
+        decisions = []
+        for row in range(batch_size):
+            edit = self.entries.get(normalize_text(self._query(input_ids[row][attention_mask[row].bool()])))
+            decisions.append(ScopeDecision(in_scope=edit is not None, edit=edit))
+        route = split_by_scope(decisions)
 
-        generated: dict[int, torch.Tensor] = {}
-        if misses:
-            index = torch.tensor(misses, device=input_ids.device)
-            output = self.base_model.generate(
-                input_ids=input_ids[index], attention_mask=attention_mask[index], **kwargs
+        parts: list[tuple[list[int], torch.Tensor]] = []
+        if route.base_rows:
+            rows = select_rows(
+                {"input_ids": input_ids, "attention_mask": attention_mask}, route.base_rows, batch_size
             )
+            output = self.base_model.generate(**rows, **kwargs)
             sequences = output if isinstance(output, torch.Tensor) else output.sequences
-            for i, row in enumerate(misses):
-                generated[row] = sequences[i * copies : (i + 1) * copies]
+            parts.append((expand_rows(route.base_rows, copies), sequences))
         eos = self._eos_id()
-        for row, edit in hits.items():
+        for row in route.edited_rows:
+            edit = decisions[row].edit
             new_tokens = target_token_ids(self.tokenizer, edit.query, edit.target) + (
                 [eos] if eos is not None else []
             )
@@ -125,17 +129,8 @@ class CachedEditsModel:
                 tokens = torch.cat(
                     [input_ids[row], torch.tensor(new_tokens, dtype=input_ids.dtype, device=input_ids.device)]
                 )
-            generated[row] = tokens[None].expand(copies, -1)
-
-        width = max(t.shape[1] for t in generated.values())
-        result = torch.full(
-            (input_ids.shape[0] * copies, width),
-            self._pad_id(),
-            dtype=input_ids.dtype,
-            device=input_ids.device,
-        )
-        for row, tokens in generated.items():
-            result[row * copies : (row + 1) * copies, : tokens.shape[1]] = tokens
+            parts.append((expand_rows([row], copies), tokens[None].expand(copies, -1)))
+        result = merge_rows(parts, batch_size * copies, self._pad_id())
         if kwargs.get("return_dict_in_generate"):
             from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 

@@ -20,9 +20,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from serac.editors.base import _encode, check_edits, model_device, pad_batch, pad_token_id, target_token_ids
-from serac.editors.layout import get_layout, get_module
-from serac.editors.rome import ROMEEditor
+from serac.editors.base import (
+    model_device,
+    pad_batch,
+    pad_token_id,
+    target_token_ids,
+    token_ids,
+)
+from serac.editors.common import PresetWeightEditor, check_layer_field, resolve_layer
+from serac.editors.layout import get_module
 from serac.edits import Edit
 
 __all__ = ["FTConfig", "FineTuneEditor"]
@@ -43,12 +49,7 @@ class FTConfig:
     )
 
     def __post_init__(self) -> None:
-        if (
-            self.layer is not None
-            and self.layer != "saliency"
-            and (isinstance(self.layer, bool) or not isinstance(self.layer, int))
-        ):
-            raise TypeError(f"layer must be an int, 'saliency' or None, got {self.layer!r}")
+        check_layer_field(self.layer)
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {self.num_steps!r}")
         for name in ("lr", "norm_constraint", "early_stop_loss"):
@@ -57,7 +58,7 @@ class FTConfig:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
 
-class FineTuneEditor(ROMEEditor):
+class FineTuneEditor(PresetWeightEditor):
     """FT+L: fine-tune one down-projection on the edits, inside an L-inf ball around its weights.
 
     Args:
@@ -72,11 +73,8 @@ class FineTuneEditor(ROMEEditor):
     def apply(self, model: nn.Module, tokenizer: Any, edits: Sequence[Edit]) -> nn.Module:
         """Fine-tune ``model`` in place on ``edits`` and return it."""
         start = time.perf_counter()
-        edits = check_edits(edits, method="FT+L", require_subject=False)
-        layout = get_layout(model)
-        config = self.resolved_config(model)
-        self._claim_model(model)
-        layer = self._resolve_layer(model, tokenizer, edits, config, layout)
+        edits, layout, config = self._begin(model, edits, method="FT+L", require_subject=False)
+        layer = resolve_layer(model, tokenizer, edits, config.layer, layout)
         module_name = layout.down_proj.format(layer)
         weight = get_module(model, module_name).weight
         body = get_module(model, layout.body)
@@ -85,7 +83,7 @@ class FineTuneEditor(ROMEEditor):
 
         sequences, label_rows, label_positions, labels = [], [], [], []
         for row, edit in enumerate(edits):
-            prompt_ids = _encode(tokenizer, edit.query)
+            prompt_ids = token_ids(tokenizer, edit.query)
             target_ids = target_token_ids(tokenizer, edit.query, edit.target)
             sequences.append(prompt_ids + target_ids[:-1])
             for j, token in enumerate(target_ids):

@@ -13,7 +13,7 @@ usually sees as little as possible. The statistics come from running the base mo
   uses for text in general). Its weakness is less topical breadth than Wikipedia; the seeds span
   people, places, science, history, sport, arts and everyday text to counter that.
 
-Statistics are cached on disk under ``serac.defaults.cache_dir() / "stats"``, keyed by a model
+Statistics are cached on disk under ``serac.offline.cache_dir() / "stats"``, keyed by a model
 fingerprint (name, architecture, and a hash of the token embedding, which editors never touch), the
 module, the corpus and the number of token vectors, and reused by later runs.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -34,9 +35,11 @@ from tqdm.auto import tqdm
 
 from serac.editors.base import model_device, pad_batch, pad_token_id
 from serac.editors.layout import ModelLayout, get_layout, get_module
+from serac.files import write_bytes_atomic
 
 __all__ = [
     "DEFAULT_CORPUS_SEEDS",
+    "StopForward",
     "generated_corpus",
     "layer_second_moments",
     "model_fingerprint",
@@ -162,7 +165,7 @@ def generated_corpus(
     """The default corpus: about ``num_tokens`` tokens of text the model samples from ``seeds`` (cached)."""
     import datasets
 
-    from serac.defaults import cache_dir
+    from serac.offline import cache_dir
 
     num_texts = -(-num_tokens // tokens_per_text)
     root = Path(cache_root) if cache_root is not None else cache_dir()
@@ -230,7 +233,7 @@ def _load_corpus(corpus: Any):
     )
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised by a hook once every needed activation was seen, to skip the rest of the forward pass."""
 
 
@@ -255,13 +258,13 @@ def layer_second_moments(
         num_samples: number of token vectors (non-padding positions) averaged over.
         max_length: longest tokenized text; longer ones are cut.
         cache: read and write the on-disk cache.
-        cache_root: overrides ``serac.defaults.cache_dir()``.
+        cache_root: overrides ``serac.offline.cache_dir()``.
         progress: show a tqdm bar.
 
     Returns:
         ``{layer: C}`` with ``C`` of shape [in, in] on the CPU.
     """
-    from serac.defaults import cache_dir
+    from serac.offline import cache_dir
 
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
@@ -304,7 +307,7 @@ def layer_second_moments(
             product = keys.T @ keys
             sums[layer] = product if layer not in sums else sums[layer] + product
             if layer == last_layer:
-                raise _StopForward
+                raise StopForward
 
         return hook
 
@@ -337,7 +340,7 @@ def layer_second_moments(
                     flat = mask.flatten().nonzero().squeeze(1)
                     mask.view(-1)[flat[len(flat) - overflow :]] = False
                 mask_holder["mask"] = mask
-                with contextlib.suppress(_StopForward):
+                with contextlib.suppress(StopForward):
                     model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
                 added = int(mask.sum())
                 count += added
@@ -354,7 +357,7 @@ def layer_second_moments(
         if cache:
             path = cache_path(layer)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"second_moment": second_moment, "count": count}, tmp)
-            tmp.replace(path)
+            buffer = io.BytesIO()
+            torch.save({"second_moment": second_moment, "count": count}, buffer)
+            write_bytes_atomic(path, buffer.getvalue())
     return result

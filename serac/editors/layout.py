@@ -3,7 +3,8 @@
 Architecture specifics are data: a :class:`ModelLayout` names, as module-path templates, the MLP
 down-projection a rank-one editor rewrites, the decoder block whose output is the residual stream, the
 token embedding, the final norm, the LM head and the config attribute holding the number of layers.
-Looking a layout up goes by ``config.model_type`` only; there is no model-name sniffing.
+Looking a layout up goes by ``config.model_type`` only; there is no model-name sniffing. Encoder-decoder
+models, edited in the encoder, have their own table here: :data:`ENCODER_FF_OUTPUT_TEMPLATES`.
 
 Example:
     >>> from transformers import GPT2Config, GPT2LMHeadModel
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "ENCODER_FF_OUTPUT_TEMPLATES",
     "LAYOUTS",
     "ModelLayout",
     "UnknownLayoutError",
@@ -134,6 +136,21 @@ LAYOUTS: dict[str, ModelLayout] = {
     "olmo": _LLAMA_LIKE,
     "olmo2": _LLAMA_LIKE,
     "smollm3": _LLAMA_LIKE,
+}
+
+
+#: Encoder-decoder models, edited in the encoder (:mod:`serac.editors.encdec`): ``config.model_type`` -> name
+#: template of the encoder feed-forward output projection (``{}`` = layer).
+#: T5's gated variants (T5 v1.1, mT5) keep the ``wo`` name, so one entry covers them.
+ENCODER_FF_OUTPUT_TEMPLATES: dict[str, str] = {
+    "t5": "encoder.block.{}.layer.1.DenseReluDense.wo",
+    "mt5": "encoder.block.{}.layer.1.DenseReluDense.wo",
+    "umt5": "encoder.block.{}.layer.1.DenseReluDense.wo",
+    "bart": "model.encoder.layers.{}.fc2",
+    "mbart": "model.encoder.layers.{}.fc2",
+    "marian": "model.encoder.layers.{}.fc2",
+    "pegasus": "model.encoder.layers.{}.fc2",
+    "m2m_100": "model.encoder.layers.{}.fc2",
 }
 
 

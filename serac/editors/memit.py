@@ -32,15 +32,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from serac.editors.base import check_edits, prepare_prompt
-from serac.editors.layout import check_layer, get_layout, get_module, num_layers, weight_as_out_in
-from serac.editors.rome import (
-    ROMEEditor,
-    _check_optimization_fields,
-    compute_keys,
-    compute_target_deltas,
-    module_output_at_subject,
+from serac.editors.base import prepare_prompt
+from serac.editors.common import (
+    ContextTemplates,
+    PresetWeightEditor,
+    SecondMoments,
+    check_optimization_fields,
+    early_middle_layer,
 )
+from serac.editors.keys import compute_keys, module_output_at_subject
+from serac.editors.layout import check_layer, get_module, weight_as_out_in
+from serac.editors.values import compute_target_deltas
 from serac.edits import Edit
 
 __all__ = ["LayerUpdate", "MEMITConfig", "MEMITEditor"]
@@ -84,7 +86,7 @@ class MEMITConfig:
             if not self.layers:
                 raise ValueError("layers must not be empty")
             self.layers = sorted(set(self.layers))
-        _check_optimization_fields(self)
+        check_optimization_fields(self)
         if self.mom2_update_weight < 0 or self.stats_ridge < 0:
             raise ValueError("mom2_update_weight and stats_ridge must be >= 0")
         if not isinstance(self.value_batch_size, int) or self.value_batch_size < 1:
@@ -103,7 +105,7 @@ class LayerUpdate:
     mom2_update_weight: float
 
 
-class MEMITEditor(ROMEEditor):
+class MEMITEditor(PresetWeightEditor):
     """Mass editing: all edits of one :meth:`apply` are solved jointly over ``layers``.
 
     Args:
@@ -117,13 +119,15 @@ class MEMITEditor(ROMEEditor):
 
     def __init__(self, config: MEMITConfig | None = None, **hyperparameters: Any) -> None:
         super().__init__(config, **hyperparameters)
+        self.context_templates = ContextTemplates()
+        self.second_moments = SecondMoments()
         self.layer_updates: list[LayerUpdate] = []
 
     def _resolve_layers(self, model: nn.Module, config: MEMITConfig, layout) -> list[int]:
         layers = config.layers
         if layers is None:
-            count = num_layers(model, layout)
-            center = max(2, round(0.2 * count))
+            # Five blocks around the early-middle one, as in the paper's GPT-J setting.
+            center = max(2, early_middle_layer(model, layout))
             layers = list(range(center - 2, center + 3))
             logger.warning("no MEMIT layers given or preset for this model; using %s", layers)
         return [check_layer(model, layer, layout) for layer in layers]
@@ -131,17 +135,14 @@ class MEMITEditor(ROMEEditor):
     def apply(self, model: nn.Module, tokenizer: Any, edits: Sequence[Edit]) -> nn.Module:
         """Insert all ``edits`` into ``model`` in place and return it."""
         start = time.perf_counter()
-        edits = check_edits(edits, method="MEMIT", require_subject=True)
-        layout = get_layout(model)
-        config = self.resolved_config(model)
-        self._claim_model(model)
+        edits, layout, config = self._begin(model, edits, method="MEMIT", require_subject=True)
         layers = self._resolve_layers(model, config, layout)
         for edit in edits:
             prepare_prompt(tokenizer, edit)
 
         stats_start = time.perf_counter()
-        moments = self._second_moments(model, tokenizer, layers, config)
-        templates = self._context_templates(model, tokenizer, config)
+        moments = self.second_moments(model, tokenizer, layers, config)
+        templates = self.context_templates(model, tokenizer, config)
         stats_seconds = time.perf_counter() - stats_start
 
         self._backup(model, [f"{layout.down_proj.format(layer)}.weight" for layer in layers])

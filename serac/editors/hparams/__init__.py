@@ -43,12 +43,12 @@ SMOLLM2_FINDINGS = """How the SmolLM2-135M-Instruct values were found (benchmark
   about s / (1 + s), s = k^T (lambda C)^-1 k, and for a typical key k^T C^-1 k is about the key dimension
   d. The papers' lambda gives d / lambda of 0.32 (GPT-2 XL: 6400 / 20000) and 1.09 (GPT-J: 16384 / 15000);
   SmolLM2's keys have d = 1536, so GPT-J's 15000 gives 0.10 and barely moves the model. Measured on 10
-  rewrites in one batch (``python -m benchmarks.run --dataset mquake --methods memit --num-edits 10
+  rewrites in one batch (``serac bench --dataset mquake --methods memit --num-edits 10
   --limit-queries 10 --editor-hparams ...``), lambda -> efficacy / paraphrase / locality: 15000 -> 0.2 /
   0.0 / 0.6; 2000 -> 0.7 / 0.5 / 0.3; 500 -> 0.8 / 0.6 / 0.1. 2000 (d / lambda = 0.77, inside the papers'
   range) is kept.
 * FT+L bound: with GPT-2 XL's L-inf bound (5e-4) fine-tuning barely moves SmolLM2. On 10 rewrites in one
-  batch, 25 Adam steps on layer 4's down-projection (``python -m benchmarks.run --dataset mquake --methods
+  batch, 25 Adam steps on layer 4's down-projection (``serac bench --dataset mquake --methods
   ft --num-edits 10 --limit-queries 10 --editor-hparams ...``), (epsilon, lr) -> efficacy / locality:
   (5e-4, 5e-4) 0.2 / 1.0 (final target NLL 5.3); (2e-3, 1e-3) 0.0 / 0.7 (4.0); (5e-3, 2e-3) 0.5 / 0.7
   (2.0); (1e-2, 5e-3) 0.9 / 0.4 (0.58); (2e-2, 5e-3) 1.0 / 0.4 (0.17); layer 2 at (5e-3, 2e-3) 0.8 / 0.4.

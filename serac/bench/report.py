@@ -1,19 +1,19 @@
 """Reports of a benchmark result: a Markdown table and one PNG plot per metric, written atomically.
 
-A *result* is the dictionary :func:`benchmarks.run.run_benchmark` returns (and writes as JSON):
+A *result* is the dictionary :func:`serac.bench.runner.run_benchmark` returns (and writes as JSON):
 ``{"config": {...}, "runs": [{"method", "num_edits", "mode", "metrics": {...}}, ...], "skipped": [...]}``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
+
+from serac.files import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +22,6 @@ __all__ = [
     "TABLE_COLUMNS",
     "markdown_table",
     "plot_metrics",
-    "write_bytes_atomic",
-    "write_json_atomic",
-    "write_text_atomic",
 ]
 
 #: (metric key, column header, count key or None, kind) of the table; columns whose values are all missing
@@ -78,40 +75,6 @@ _LABELS = {
     "query_ms_p50": "query latency p50 (ms)",
     "query_ms_p95": "query latency p95 (ms)",
 }
-
-
-# ----------------------------------------------------------------------------------------------- files
-
-
-def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
-    """Write ``payload`` to a temporary file next to ``path`` and rename it into place.
-
-    Readers see the old file or the new one, never a half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """:func:`write_bytes_atomic` for UTF-8 text."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """:func:`write_bytes_atomic` for indented JSON (NaN is refused: missing values are ``null``)."""
-    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- table

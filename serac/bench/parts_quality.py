@@ -1,6 +1,6 @@
 """Quality of SERAC's two trained parts, each on its own, on a public edit dataset.
 
-Run: ``python -m benchmarks.parts_quality --data-path ../shared/data/mquake-cf-dev.json [--parts DIR]``
+Run: ``python -m serac.bench.parts_quality --data-path ../shared/data/mquake-cf-dev.json [--parts DIR]``
 
 * scope classifier: every edit of the dataset is in the edit store at once; for each in-scope query (the
   edit's cloze form and its question form) a hit is a routing to *its own* edit (recall); for each
@@ -9,7 +9,7 @@ Run: ``python -m benchmarks.parts_quality --data-path ../shared/data/mquake-cf-d
 * counterfactual model: given the right edit, does its answer to each in-scope query match the new target
   (or an alias)? Matching is :func:`serac.metrics.answer_matches`, as in the benchmark runner.
 
-The whole (efficacy, paraphrase, locality against the base model) is measured by ``benchmarks.run``.
+The whole (efficacy, paraphrase, locality against the base model) is measured by ``serac bench``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from serac.modeling import CONFIG_NAME, SeracConfig
 from serac.scope import load_scope_classifier
 from serac.store import EditStore
 
-logger = logging.getLogger("benchmarks.parts_quality")
+logger = logging.getLogger(__name__)
 
 
 def rate(values: list[bool]) -> dict:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"no dataset at {args.data_path}")
 
     if args.parts is None:
-        from serac.defaults import default_parts_dir
+        from serac.training.recipe import default_parts_dir
 
         parts = default_parts_dir()
     else:

@@ -20,7 +20,7 @@ measured on held-out sentences that neither training, the edit, nor the layer se
 
 Usage::
 
-    python -m benchmarks.encdec_edit --out /tmp/encdec_results
+    python -m serac.bench.encdec_edit --out /tmp/encdec_results
 
 Writes ``encdec_results.json`` to ``--out``.
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import statistics
 import time
@@ -38,22 +37,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-import sacrebleu  # noqa: E402
-import torch  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
-from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration  # noqa: E402
-
-from serac.editors.encdec import (  # noqa: E402
+from serac.editors.encdec import (
     ENCODER_FF_OUTPUT_TEMPLATES,
     EncoderDecoderEdit,
     RankOneEncoderDecoderEditor,
 )
-from serac.editors.saliency import layer_saliency  # noqa: E402
-from serac.edits import Edit  # noqa: E402
+from serac.editors.saliency import layer_saliency
+from serac.edits import Edit
 
-logger = logging.getLogger("benchmarks.encdec_edit")
+logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------
 # The synthetic language pair. Adjectives follow the noun in the target, as in French.
@@ -216,6 +212,10 @@ def translate(
 
 def evaluate(model: Any, tokenizer: Any, splits: dict[str, list[tuple[str, str, str]]]) -> dict[str, float]:
     """Efficacy and task score on the held-out sets, plus whether the edit's own sentence is now right."""
+    try:
+        import sacrebleu
+    except ImportError as error:
+        raise SystemExit("BLEU needs sacrebleu: pip install 'serac-memory[bench]'") from error
     span_sources = [s for s, _, _ in splits["heldout_span"]]
     span_refs = [c for _, _, c in splits["heldout_span"]]
     plain_sources = [s for s, _, _ in splits["heldout_plain"]]

@@ -1,6 +1,6 @@
 """Runtime cost of the edit memory: routing overhead, search scaling, insertion throughput, memory per edit.
 
-Run: ``python -m benchmarks.runtime_perf [--sizes 10000,100000,1000000] [--output perf.json]``
+Run: ``serac benchtime_perf [--sizes 10000,100000,1000000] [--output perf.json]``
 
 What it measures, on the offline defaults (SmolLM2-135M base, all-MiniLM-L6-v2 embedder):
 
@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from serac.edits import Edit
+from serac.offline import embed
 from serac.store import EditStore
 
-logger = logging.getLogger("benchmarks.runtime_perf")
+logger = logging.getLogger(__name__)
 
 _SYLLABLES = [
     "ka",
@@ -125,9 +126,9 @@ def median_ms(function, repeats: int) -> float:
 
 def measure_insertion(embedder, edits: list[Edit]) -> dict:
     texts = [edit.text for edit in edits]
-    embedder.encode(texts[:256], batch_size=128)  # warm-up
+    embed(embedder, texts[:256])  # warm-up
     start = time.perf_counter()
-    embedder.encode(texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True)
+    embed(embedder, texts)
     raw_seconds = time.perf_counter() - start
     store = EditStore(embedder)
     start = time.perf_counter()
@@ -156,11 +157,7 @@ def fill_store(store: EditStore, edits: list[Edit], vectors: np.ndarray, size: i
 
 
 def measure_search_scaling(embedder, edits, vectors, sizes, repeats: int) -> list[dict]:
-    queries = embedder.encode(
-        OUT_OF_SCOPE_QUERIES + [edit.query for edit in edits[:10]],
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-    )
+    queries = embed(embedder, OUT_OF_SCOPE_QUERIES + [edit.query for edit in edits[:10]])
     results = []
     store = EditStore(embedder)
     real = min(len(edits), sizes[0])
@@ -237,8 +234,8 @@ def measure_routing_overhead(
     embedder, edits, vectors, size: int, repeats: int, scope_path: str | None
 ) -> dict:
     from serac.counterfactual import CounterfactualModel
-    from serac.defaults import load_base_model, resolve_embedder
     from serac.modeling import EditableModel
+    from serac.offline import load_base_model, resolve_embedder
     from serac.scope import CrossEncoderScopeClassifier, ScopeClassifierConfig, load_scope_classifier
 
     base, tokenizer = load_base_model()
@@ -309,16 +306,14 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
 
-    from serac.defaults import load_embedder
+    from serac.offline import load_embedder
 
     embedder = load_embedder()
     edits = synthetic_edits(args.real_edits)
     results: dict = {"config": vars(args)}
     results["insertion"] = measure_insertion(embedder, edits[:10_000])
     print(json.dumps(results["insertion"], indent=2))
-    vectors = embedder.encode(
-        [edit.text for edit in edits], batch_size=128, convert_to_numpy=True, normalize_embeddings=True
-    )
+    vectors = embed(embedder, [edit.text for edit in edits])
     sizes = [int(size) for size in args.sizes.split(",")]
     results["search"] = measure_search_scaling(embedder, edits, vectors, sizes, args.repeats)
     print(json.dumps(results["search"], indent=2))

@@ -15,7 +15,7 @@ target appears as whole words in the greedy answer to the rewrite's question) an
 continuation of the matching post-edit single-hop cloze starts with the target).
 
 Example:
-    python -m benchmarks.editors_eval --part rome --layer 4 --num-edits 20 --out /tmp/editors_results
+    python -m serac.bench.editors_eval --part rome --layer 4 --num-edits 20 --out /tmp/editors_results
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -121,15 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    from serac.defaults import load_base_model
+    from serac.offline import load_base_model
 
     model, tokenizer = load_base_model(args.model)
     records = load_edits(args.data)[args.offset : args.offset + args.num_edits]
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {
-        "command": " ".join([sys.executable, "-m", "benchmarks.editors_eval", *(argv or sys.argv[1:])])
+        "command": " ".join([sys.executable, "-m", "serac.bench.editors_eval", *(argv or sys.argv[1:])])
     }
     common = {"stats_samples": args.stats_samples}
     if args.num_steps is not None:

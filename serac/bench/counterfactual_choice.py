@@ -12,12 +12,12 @@ available. The candidates that are:
 
 Every fine-tuned candidate gets the same synthetic training edits, steps and batch size. Each is then
 asked the in-scope queries of a held-out dataset (default: MQuAKE-CF dev) given the right edit, and scored
-with :func:`serac.metrics.answer_matches`, as ``benchmarks.parts_quality`` does; the answer latency and
+with :func:`serac.metrics.answer_matches`, as ``serac.bench.parts_quality`` does; the answer latency and
 the training time are reported too.
 
 Run::
 
-    python -m benchmarks.counterfactual_choice --data-path ../shared/data/mquake-cf-dev.json \\
+    python -m serac.bench.counterfactual_choice --data-path ../shared/data/mquake-cf-dev.json \\
         --steps 150 --output counterfactual_choice.json [--trained smollm2=PATH]
 
 ``--trained NAME=PATH`` evaluates an already trained counterfactual model for a candidate instead of
@@ -29,23 +29,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
 
-import torch  # noqa: E402
+from serac.bench.parts_quality import counterfactual_quality
+from serac.counterfactual import CounterfactualModel
+from serac.data import generate_synthetic_examples, load_examples
+from serac.offline import resolve_base_model, resolve_embedder
+from serac.training import CounterfactualTrainingArguments, train_counterfactual_model
 
-from benchmarks.parts_quality import counterfactual_quality  # noqa: E402
-from serac.counterfactual import CounterfactualModel  # noqa: E402
-from serac.data import generate_synthetic_examples, load_examples  # noqa: E402
-from serac.defaults import resolve_base_model, resolve_embedder  # noqa: E402
-from serac.training import CounterfactualTrainingArguments, train_counterfactual_model  # noqa: E402
-
-logger = logging.getLogger("benchmarks.counterfactual_choice")
+logger = logging.getLogger(__name__)
 
 CANDIDATES = ("smollm2-zero-shot", "smollm2", "minilm2minilm", "t5-scratch")
 

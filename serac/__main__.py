@@ -1,0 +1,7 @@
+"""``python -m serac COMMAND``: the same as the ``serac`` command."""
+
+import sys
+
+from serac.cli import main
+
+sys.exit(main())

@@ -1,0 +1,155 @@
+"""Scoring a method on one setting: answers against the expected ones, routing, target probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from serac.bench.config import BenchmarkConfig, progress
+from serac.bench.data import Setting, evenly_spaced
+from serac.bench.generation import QueryFormatter, generate_answer
+from serac.bench.latency import paired_ratio
+from serac.bench.methods import Method
+from serac.metrics import answer_matches, answers_agree, latency_summary, rate
+
+__all__ = ["Harness", "evaluate"]
+
+
+@dataclass(frozen=True)
+class Harness:
+    """What every run of one benchmark invocation shares: the base model and how queries are asked."""
+
+    base_model: Any
+    tokenizer: Any
+    formatter: QueryFormatter
+    #: The unedited model's answer to every locality query, the reference locality is measured against.
+    reference: Mapping[str, str]
+    device: torch.device
+    encoder_decoder: bool
+
+
+def evaluate(
+    method: Method,
+    generator: Any,
+    setting: Setting,
+    config: BenchmarkConfig,
+    harness: Harness,
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """Answer every query of ``setting`` with ``generator`` and score the answers.
+
+    Returns the run's metrics: a rate and a count per metric (efficacy, paraphrase, locality against the
+    unedited answers in ``reference``, portability), latency, routing rates for SERAC, and the probability
+    comparisons when the setting asks for them. With ``config.save_generations`` the answers go to ``run``.
+    """
+    window = config.match_window
+    base_model, tokenizer, formatter = harness.base_model, harness.tokenizer, harness.formatter
+    reference, device, encoder_decoder = harness.reference, harness.device, harness.encoder_decoder
+    # A method that wraps the base model (SERAC, the cache) is timed against the base model on the same
+    # query right before it: both measurements see the same machine load, so their ratio is its overhead.
+    pairs = config.latency_pairs if generator is not base_model else 0
+    paired: list[tuple[str, float, float]] = []
+    outcomes: dict[str, list[bool]] = {
+        name: [] for name in ("efficacy", "paraphrase", "locality", "portability")
+    }
+    hard_outcomes: list[bool] = []
+    known_answer_outcomes: list[bool] = []
+    case_outcomes: dict[str, bool] = {}
+    in_scope_routing: dict[str, list[bool]] = {"in": [], "out": []}
+    seconds: list[float] = []
+    generations = []
+    queries = setting.all_queries()
+    # The timed pairs are spread over all queries, in scope and out of scope, not the first few (which are
+    # all edit prompts, where a wrapper's overhead looks nothing like its overhead elsewhere).
+    paired_indices = set(evenly_spaced(range(len(queries)), pairs)) if pairs else set()
+    label = f"{method.name} n={setting.num_edits}"
+    for index, (metric, query) in enumerate(progress(queries, config.progress, label)):
+        inputs = formatter(query.text, device)
+        if index in paired_indices:
+            _, base_elapsed = generate_answer(
+                base_model, tokenizer, inputs, config.max_new_tokens, encoder_decoder=encoder_decoder
+            )
+        answer, elapsed = generate_answer(
+            generator, tokenizer, inputs, config.max_new_tokens, encoder_decoder=encoder_decoder
+        )
+        seconds.append(elapsed)
+        if index in paired_indices:
+            paired.append((metric, elapsed, base_elapsed))
+        if metric == "locality":
+            ok = answers_agree(answer, reference[query.text], window=window)
+            if query.hard:
+                hard_outcomes.append(ok)
+            if query.answers:
+                known_answer_outcomes.append(answer_matches(answer, query.answers, window=window))
+        else:
+            ok = answer_matches(answer, query.answers, window=window)
+        outcomes[metric].append(ok)
+        if metric == "portability" and query.group is not None:
+            case_outcomes[query.group] = case_outcomes.get(query.group, False) or ok
+        diagnostics = method.diagnostics(generator)
+        if diagnostics is not None and "in_scope" in diagnostics and metric != "portability":
+            in_scope_routing["out" if metric == "locality" else "in"].append(diagnostics["in_scope"])
+        if config.save_generations:
+            generations.append({"metric": metric, "query": query.text, "generation": answer, "correct": ok})
+
+    metrics: dict[str, Any] = {}
+    for name, values in outcomes.items():
+        value = rate(values)
+        metrics[name], metrics[f"{name}_count"] = value.value, value.count
+    hard = rate(hard_outcomes)
+    metrics["locality_hard"], metrics["locality_hard_count"] = hard.value, hard.count
+    known = rate(known_answer_outcomes)
+    metrics["out_of_scope_accuracy"], metrics["out_of_scope_accuracy_count"] = known.value, known.count
+    cases = rate(case_outcomes.values())
+    metrics["portability_case"], metrics["portability_case_count"] = cases.value, cases.count
+    metrics.update(latency_summary(seconds))
+    metrics["latency_pairs"] = len(paired)
+    if paired:
+        metrics["query_ms_p50_ratio_to_base"] = paired_ratio(paired)
+        out_of_scope = [pair for pair in paired if pair[0] == "locality"]
+        metrics["query_ms_p50_ratio_to_base_out_of_scope"] = paired_ratio(out_of_scope)
+        metrics["latency_pairs_out_of_scope"] = len(out_of_scope)
+    if in_scope_routing["in"] or in_scope_routing["out"]:
+        metrics["scope_recall"] = rate(in_scope_routing["in"]).value
+        metrics["scope_false_positive_rate"] = rate(in_scope_routing["out"]).value
+    else:
+        metrics["scope_recall"] = metrics["scope_false_positive_rate"] = None
+    metrics.update(_probability_metrics(method, generator, setting, config))
+    if config.save_generations:
+        run["generations"] = generations
+    return metrics
+
+
+def _probability_metrics(
+    method: Method, generator: Any, setting: Setting, config: BenchmarkConfig
+) -> dict[str, Any]:
+    names = ("efficacy_prob", "paraphrase_prob", "locality_prob")
+    probabilities = (
+        config.probabilities if config.probabilities is not None else config.dataset == "counterfact"
+    )
+    empty: dict[str, Any] = {}
+    for name in names:
+        empty[name], empty[f"{name}_count"] = None, 0
+    if not probabilities:
+        return empty
+    scorer = method.scorer(generator)
+    if scorer is None:
+        return {**empty, "probabilities_unavailable": True}
+    metrics = {}
+    for name, queries, new_wins in (
+        ("efficacy_prob", setting.efficacy, True),
+        ("paraphrase_prob", setting.paraphrase, True),
+        ("locality_prob", setting.locality, False),
+    ):
+        outcomes = []
+        for query in queries:
+            if query.target_new is None or query.target_true is None:
+                continue
+            new, true = scorer(query.text, query.target_new), scorer(query.text, query.target_true)
+            outcomes.append(new > true if new_wins else true > new)
+        value = rate(outcomes)
+        metrics[name], metrics[f"{name}_count"] = value.value, value.count
+    return metrics
