@@ -16,6 +16,7 @@ from serac.bench import generation as bench_generation
 from serac.bench import methods as bench_methods
 from serac.bench import runner as bench_runner
 from serac.bench.report import markdown_table
+from serac.data import generate_synthetic_examples, split_by_subject
 from serac.data.loaders import load_counterfact, load_mquake
 from serac.edits import Edit, normalize_text
 
@@ -366,6 +367,47 @@ def test_serac_runs_with_a_fresh_store_per_setting(tmp_path, tiny_model_dir, tin
     assert runs[("serac", 1)]["stored_edits"] == 1
 
 
+def test_background_edits_are_stored_not_evaluated_and_routing_counts_every_query(
+    tmp_path, tiny_model_dir, tiny_serac_factory, registry
+):
+    config = bench_config.BenchmarkConfig(dataset="mquake", data_path=str(MQUAKE), methods=("base", "serac"),
+                                   num_edits=(None,), limit_queries=2, model=str(tiny_model_dir),
+                                   max_new_tokens=4, progress=False, background=("synthetic:30",))  # fmt: skip
+    examples = bench_data.load_benchmark_examples(config)
+    ordered, _ = bench_data.order_examples(examples, config.seed)
+    background = bench_data.load_background_edits(config, ordered)
+    assert len(background) == 30
+    assert not {edit.key for edit in background} & {example.edit.key for example in ordered}
+    setting = bench_data.build_setting(ordered, len(ordered), 2, probabilities=False)
+    result = bench_runner.run_benchmark(
+        config, model_loader=_tiny_loader(tiny_model_dir), editable_factory=tiny_serac_factory
+    )
+    assert result["config"]["background_edits"] == 30
+    assert any("--background" in note for note in result["notes"])
+    serac = next(run for run in result["runs"] if run["method"] == "serac")
+    metrics = serac["metrics"]
+    assert serac["stored_edits"] == setting.num_edits + 30 and serac["background_edits"] == 30
+    # Only the evaluated edits' queries are asked: 2 per metric, and the routing rates over all of them.
+    assert metrics["locality_count"] == 2
+    assert metrics["scope_false_positive_rate_all_count"] == len(setting.routing_out_of_scope) > 2
+    assert metrics["scope_recall_all_count"] == len(setting.routing_in_scope) > 2
+    by_kind = metrics["scope_false_positive_rate_by_kind"]
+    assert sum(entry["count"] for entry in by_kind.values()) == len(setting.routing_out_of_scope)
+    assert sum(entry["positives"] for entry in by_kind.values()) == metrics["scope_false_positives_all"]
+    assert sum(entry["count"] for entry in metrics["locality_by_kind"].values()) == metrics["locality_count"]
+
+
+def test_held_out_subjects_evaluate_a_share_of_subjects_and_store_every_edit():
+    examples = generate_synthetic_examples(60, seed=5)
+    ordered, _ = bench_data.order_examples(examples, 0)
+    every = bench_data.build_setting(ordered, len(ordered), None, probabilities=False)
+    held = bench_data.build_setting(ordered, len(ordered), None, probabilities=False, evaluated_fraction=0.3)
+    assert held.edits == every.edits
+    held_keys = {key for _, key, _ in held.routing_in_scope}
+    expected = {e.edit.key for e in split_by_subject(ordered, 0.3)[1]}
+    assert held_keys == expected and 0 < len(held_keys) < len(ordered)
+
+
 # ----------------------------------------------------------------------------- errors before loading
 
 
@@ -392,6 +434,10 @@ def no_model_load(monkeypatch):
         (["--serac-path", "/nonexistent/serac"], "--serac-path is not a directory"),
         (["--editor-hparams", "/nonexistent/hp.json"], "--editor-hparams file not found"),
         (["--limit-queries", "-1"], "--limit-queries"),
+        (["--background", "wikipedia:/x.json"], "the kind must be one of"),
+        (["--background", "synthetic:many"], "synthetic takes a number of edits"),
+        (["--background", "zsre:/nonexistent/zsre.json"], "data file not found"),
+        (["--held-out-subjects", "1.5"], "--held-out-subjects must be in (0, 1]"),
     ],
 )
 def test_bad_settings_fail_before_any_model_loads(argv, message, no_model_load, registry, capsys):

@@ -129,6 +129,9 @@ class _DefaultsOnceFormatter(argparse.HelpFormatter):
 
 
 def _option(help_text: str, default: Any = None, **argparse_options: Any) -> Any:
+    factory = argparse_options.pop("default_factory", None)
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help_text, **argparse_options})
     return field(default=default, metadata={"help": help_text, **argparse_options})
 
 
@@ -145,6 +148,16 @@ class DataArguments:
         "edits as prompts with targets (all methods) or as statements (SERAC and cache)",
         "prompt",
         choices=EDIT_FORMS,
+    )
+    background: list[str] = _option(
+        "extra edits stored but not evaluated, so the evaluated edits live in a large edit store: "
+        "synthetic:N or mquake|zsre|counterfact|jsonl:PATH; repeatable (SERAC only)",
+        default_factory=list,
+        action="append",
+    )
+    held_out_subjects: float | None = _option(
+        "evaluate only the edits of this share of subjects (serac.data.split_by_subject, seed 0; the "
+        "share a SERAC folder trained with the same split never saw); all edits are still stored"
     )
 
 
@@ -253,6 +266,11 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         save_generations=args.save_generations,
         plots=not args.no_plots,
         progress=not args.no_progress,
+        # Repeated options come as a list per use (append of nargs="+"): flatten them.
+        background=tuple(
+            spec for use in args.background or () for spec in ([use] if isinstance(use, str) else use)
+        ),
+        held_out_subjects=args.held_out_subjects,
     )
     validate_config(config)
     return config

@@ -50,6 +50,10 @@ DEFAULT_MAX_EDITS: dict[str, int | None] = {
 #: The benchmark's synthetic data is generated with seed ``SYNTHETIC_SEED_OFFSET + --seed``, away from the
 #: seeds training uses (the default SERAC parts are trained on seed 0), so it is held-out data.
 SYNTHETIC_SEED_OFFSET = 10_000
+#: Kinds of ``--background`` data: ``synthetic:N`` or ``KIND:PATH`` of a dataset file.
+BACKGROUND_KINDS: tuple[str, ...] = ("synthetic", "mquake", "zsre", "counterfact", "jsonl")
+#: Seed offset of synthetic background edits, apart from the evaluated synthetic data and from training.
+BACKGROUND_SEED_OFFSET = 20_000
 #: Cap of a method not listed above (a later editor from the registry).
 DEFAULT_EDITOR_MAX_EDITS = 100
 
@@ -90,6 +94,8 @@ class BenchmarkConfig:
     save_generations: bool = False
     plots: bool = True
     progress: bool = True
+    background: tuple[str, ...] = ()
+    held_out_subjects: float | None = None
 
     def caps(self) -> dict[str, int | None]:
         """The edit cap of every requested method."""
@@ -158,6 +164,19 @@ def validate_config(config: BenchmarkConfig, known_methods: Sequence[str] | None
         raise BenchmarkError(f"--synthetic-size must be >= 1, got {config.synthetic_size}")
     if config.latency_pairs < 0:
         raise BenchmarkError(f"--latency-pairs must be >= 0, got {config.latency_pairs}")
+    for spec in config.background:
+        kind, _, argument = spec.partition(":")
+        if kind not in BACKGROUND_KINDS:
+            raise BenchmarkError(
+                f"--background {spec!r}: the kind must be one of {', '.join(BACKGROUND_KINDS)}"
+            )
+        if kind == "synthetic":
+            if not argument.isdigit() or int(argument) < 1:
+                raise BenchmarkError(f"--background {spec!r}: synthetic takes a number of edits")
+        elif not Path(argument).is_file():
+            raise BenchmarkError(f"--background {spec!r}: data file not found")
+    if config.held_out_subjects is not None and not 0.0 < config.held_out_subjects <= 1.0:
+        raise BenchmarkError(f"--held-out-subjects must be in (0, 1], got {config.held_out_subjects}")
     if config.threads is not None and config.threads < 1:
         raise BenchmarkError(f"--threads must be >= 1, got {config.threads}")
     for method, cap in config.max_edits.items():

@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from serac.bench.config import SERAC_METHOD, SYNTHETIC_SEED_OFFSET, BenchmarkConfig, BenchmarkError
-from serac.data import loaders
+from serac.bench.config import (
+    BACKGROUND_SEED_OFFSET,
+    SERAC_METHOD,
+    SYNTHETIC_SEED_OFFSET,
+    BenchmarkConfig,
+    BenchmarkError,
+)
+from serac.data import held_out_subject, loaders
 from serac.data.schema import EditExample, OutOfScopeQuery
 from serac.data.synthetic import SyntheticDataConfig, generate_synthetic_examples
 from serac.edits import Edit, normalize_text
@@ -23,6 +29,7 @@ __all__ = [
     "Setting",
     "build_setting",
     "evenly_spaced",
+    "load_background_edits",
     "load_benchmark_examples",
     "order_examples",
 ]
@@ -77,6 +84,40 @@ def load_benchmark_examples(config: BenchmarkConfig) -> list[EditExample]:
     return examples
 
 
+def load_background_edits(config: BenchmarkConfig, evaluated: Sequence[EditExample]) -> list[Edit]:
+    """The ``--background`` edits: stored with the evaluated ones, never evaluated themselves.
+
+    Synthetic background is generated with its own seed, away from the evaluated data and from training.
+    A background edit of the same prompt or of the same subject and relation as an evaluated edit is left
+    out: it would change the answer of an evaluated query, or be replaced by it.
+    """
+    taken = {example.edit.key for example in evaluated}
+    facts = {_fact(example) for example in evaluated} - {None}
+    edits: list[Edit] = []
+    for spec in config.background:
+        kind, _, argument = spec.partition(":")
+        if kind == "synthetic":
+            examples = generate_synthetic_examples(
+                int(argument),
+                seed=BACKGROUND_SEED_OFFSET + config.seed,
+                config=SyntheticDataConfig(statement_fraction=0.0),
+            )
+        else:
+            examples = loaders.load_examples(spec)
+        for example in examples:
+            if example.edit.key in taken or _fact(example) in facts:
+                continue
+            taken.add(example.edit.key)
+            edits.append(example.edit)
+    return edits
+
+
+def _fact(example: EditExample) -> tuple[str, str] | None:
+    if example.edit.subject is None or example.relation is None:
+        return None
+    return normalize_text(example.edit.subject), example.relation
+
+
 def _held_out_from_default_training(examples: list[EditExample]) -> list[EditExample]:
     """Drop examples whose edit the default SERAC parts were trained on (same prompt and subject).
 
@@ -118,6 +159,7 @@ class EvalQuery:
     target_new: str | None = None
     target_true: str | None = None
     hard: bool = False
+    kind: str | None = None
 
 
 @dataclass
@@ -130,6 +172,10 @@ class Setting:
     paraphrase: list[EvalQuery]
     locality: list[EvalQuery]
     portability: list[EvalQuery]
+    #: Every in-scope query of the evaluated edits as (text, key of its edit, kind), and every out-of-scope
+    #: query as (text, kind): the routing rates are measured on all of them, not on a sample.
+    routing_in_scope: list[tuple[str, str, str]] = field(default_factory=list)
+    routing_out_of_scope: list[tuple[str, str]] = field(default_factory=list)
 
     def all_queries(self) -> list[tuple[str, EvalQuery]]:
         return [
@@ -201,14 +247,20 @@ def evenly_spaced(items: Sequence[Any], limit: int | None) -> list[Any]:
 
 
 def build_setting(
-    ordered: Sequence[EditExample], num_edits: int, limit: int | None, *, probabilities: bool
+    ordered: Sequence[EditExample],
+    num_edits: int,
+    limit: int | None,
+    *,
+    probabilities: bool,
+    evaluated_fraction: float | None = None,
 ) -> Setting:
     """The first ``num_edits`` examples' edits and a sample of at most ``limit`` queries per metric.
 
     The sample comes from ``limit`` edited examples spread evenly over the order the edits are applied in,
     so sequential runs measure early edits as well as late ones. Out-of-scope queries that are in the scope
     of any applied edit (the same text as an applied edit's prompt or in-scope query) are left out: their
-    answer is supposed to change. Portability questions are asked only when all edits of their case
+    answer is supposed to change. With ``evaluated_fraction``, only the examples of that share of subjects
+    (:func:`serac.data.held_out_subject`) are evaluated; all edits are applied. Portability questions are asked only when all edits of their case
     (the example's ``companion_edits``) are applied.
     """
     # Examples of one case may share an edit (MQuAKE reuses rewrites): count and apply distinct edits.
@@ -222,7 +274,10 @@ def build_setting(
             seen.add(example.edit)
             edits.append(example.edit)
         chosen.append(example)
-    evaluated = evenly_spaced(chosen, limit)
+    candidates = chosen
+    if evaluated_fraction is not None:
+        candidates = [example for example in chosen if held_out_subject(example, evaluated_fraction)]
+    evaluated = evenly_spaced(candidates, limit)
     applied = set(edits)
     in_scope_keys = {example.edit.key for example in chosen}
     for example in chosen:
@@ -258,6 +313,20 @@ def build_setting(
                     seen_portability.add(key)
                     questions.append(EvalQuery(question.text, question.answers, group=group))
             portability_lists.append(questions)
+    routing_in_scope = [
+        (query.text, example.edit.key, query.kind)
+        for example in candidates
+        for query in example.in_scope
+        if query.kind != "generation"
+    ]
+    routing_out_of_scope = list(
+        {
+            (query.text, query.kind): None
+            for example in candidates
+            for query in example.out_of_scope
+            if normalize_text(query.text) not in in_scope_keys
+        }
+    )
     return Setting(
         num_edits=len(edits),
         edits=edits,
@@ -265,6 +334,8 @@ def build_setting(
         paraphrase=_round_robin(paraphrase_lists, limit),
         locality=_round_robin(locality_lists, limit),
         portability=_round_robin(portability_lists, limit),
+        routing_in_scope=routing_in_scope,
+        routing_out_of_scope=routing_out_of_scope,
     )
 
 
@@ -278,4 +349,5 @@ def _locality_query(query: OutOfScopeQuery, example: EditExample, probabilities:
         target_new=example.edit.target if contrast else None,
         target_true=query.answer if contrast else None,
         hard=query.is_hard,
+        kind=query.kind,
     )

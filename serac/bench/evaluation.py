@@ -12,7 +12,7 @@ from serac.bench.config import BenchmarkConfig, progress
 from serac.bench.data import Setting, evenly_spaced
 from serac.bench.generation import QueryFormatter, generate_answer
 from serac.bench.latency import paired_ratio
-from serac.bench.methods import Method
+from serac.bench.methods import Method, SeracEditor
 from serac.metrics import answer_matches, answers_agree, latency_summary, rate
 
 __all__ = ["Harness", "evaluate"]
@@ -56,6 +56,7 @@ def evaluate(
         name: [] for name in ("efficacy", "paraphrase", "locality", "portability")
     }
     hard_outcomes: list[bool] = []
+    locality_by_kind: dict[str, list[bool]] = {}
     known_answer_outcomes: list[bool] = []
     case_outcomes: dict[str, bool] = {}
     in_scope_routing: dict[str, list[bool]] = {"in": [], "out": []}
@@ -82,6 +83,8 @@ def evaluate(
             ok = answers_agree(answer, reference[query.text], window=window)
             if query.hard:
                 hard_outcomes.append(ok)
+            if query.kind is not None:
+                locality_by_kind.setdefault(query.kind, []).append(ok)
             if query.answers:
                 known_answer_outcomes.append(answer_matches(answer, query.answers, window=window))
         else:
@@ -101,6 +104,10 @@ def evaluate(
         metrics[name], metrics[f"{name}_count"] = value.value, value.count
     hard = rate(hard_outcomes)
     metrics["locality_hard"], metrics["locality_hard_count"] = hard.value, hard.count
+    metrics["locality_by_kind"] = {
+        kind: {"rate": rate(values).value, "count": len(values)}
+        for kind, values in sorted(locality_by_kind.items())
+    }
     known = rate(known_answer_outcomes)
     metrics["out_of_scope_accuracy"], metrics["out_of_scope_accuracy_count"] = known.value, known.count
     cases = rate(case_outcomes.values())
@@ -117,6 +124,9 @@ def evaluate(
         metrics["scope_false_positive_rate"] = rate(in_scope_routing["out"]).value
     else:
         metrics["scope_recall"] = metrics["scope_false_positive_rate"] = None
+    if isinstance(method.editor, SeracEditor):
+        # Routing alone is cheap: measured on every query of the evaluated edits, not on the sample.
+        metrics.update(method.editor.routing_rates(setting.routing_in_scope, setting.routing_out_of_scope))
     metrics.update(_probability_metrics(method, generator, setting, config))
     if config.save_generations:
         run["generations"] = generations

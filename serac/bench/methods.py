@@ -21,7 +21,7 @@ from torch import nn
 from serac.bench.config import BASE_METHOD, SERAC_METHOD, BenchmarkConfig, progress
 from serac.editors import Editor, get_editor
 from serac.edits import Edit
-from serac.metrics import target_logprob
+from serac.metrics import rate, target_logprob
 from serac.modeling import EditableModel
 from serac.scope import ScopeDecision
 
@@ -66,16 +66,55 @@ class SeracEditor(Editor):
     supports_batch: ClassVar[bool] = True
     supports_sequential: ClassVar[bool] = True
 
-    def __init__(self, editable: EditableModel) -> None:
+    def __init__(self, editable: EditableModel, background: Sequence[Edit] = ()) -> None:
         super().__init__()
         self.editable = editable
+        self.background = list(background)
+        # Embedded once: every setting starts from an empty store and stores the background again.
+        self._background_vectors = (
+            editable.store.encode([edit.text for edit in self.background]) if self.background else None
+        )
 
     def apply(self, model: nn.Module, tokenizer: Any, edits: Sequence[Edit]) -> EditableModel:
         if model is not self.editable.base_model:
             raise ValueError("this SERAC editor wraps another base model than the one given")
+        if self.background and len(self.editable.store) == 0:
+            # Background edits are distinct facts (load_background_edits): nothing for them to supersede.
+            self.editable.store.add(self.background, embeddings=self._background_vectors)
         self.editable.edit(list(edits))
-        self.last_stats = {"stored_edits": len(self.editable.store)}
+        self.last_stats = {"stored_edits": len(self.editable.store), "background_edits": len(self.background)}
         return self.editable
+
+    def routing_rates(
+        self, in_scope: Sequence[tuple[str, str, str]], out_of_scope: Sequence[tuple[str, str]]
+    ) -> dict[str, Any]:
+        """Scope recall and false-positive rate over every given query, overall and by kind, with counts.
+
+        ``in_scope`` holds (query, key of its edit, kind): a hit is a routing to an edit of that key.
+        ``out_of_scope`` holds (query, kind): a false positive is a routing to any edit.
+        """
+        texts = [text for text, _, _ in in_scope] + [text for text, _ in out_of_scope]
+        decisions = self.editable.route(texts) if texts else []
+        hits: dict[str, list[bool]] = {}
+        false_positives: dict[str, list[bool]] = {}
+        for (_, key, kind), decision in zip(in_scope, decisions[: len(in_scope)], strict=True):
+            routed = decision.edit.key if decision.in_scope and decision.edit is not None else None
+            hits.setdefault(kind, []).append(routed == key)
+        for (_, kind), decision in zip(out_of_scope, decisions[len(in_scope) :], strict=True):
+            false_positives.setdefault(kind, []).append(decision.in_scope)
+        every_hit = [value for values in hits.values() for value in values]
+        every_false = [value for values in false_positives.values() for value in values]
+        return {
+            "scope_recall_all": rate(every_hit).value,
+            "scope_recall_all_count": len(every_hit),
+            "scope_false_positive_rate_all": rate(every_false).value,
+            "scope_false_positive_rate_all_count": len(every_false),
+            "scope_false_positives_all": sum(every_false),
+            "scope_recall_by_kind": {kind: _rate_and_count(values) for kind, values in sorted(hits.items())},
+            "scope_false_positive_rate_by_kind": {
+                kind: _rate_and_count(values) for kind, values in sorted(false_positives.items())
+            },
+        }
 
     def restore(self) -> None:
         self.editable.store.clear()
@@ -91,6 +130,10 @@ class SeracEditor(Editor):
         if not decision.in_scope or decision.edit is None:
             return target_logprob(self.editable.base_model, self.editable.tokenizer, prompt, target)
         return self.editable.counterfactual_model.target_logprob(decision.edit, prompt, target)
+
+
+def _rate_and_count(values: Sequence[bool]) -> dict[str, Any]:
+    return {"rate": rate(values).value, "count": len(values), "positives": sum(values)}
 
 
 def make_editor(name: str, **hyperparameters: Any) -> Editor:
@@ -199,6 +242,7 @@ def build_method(
     model: Any,
     tokenizer: Any,
     editable_factory: Callable[[Any, Any, str | None], EditableModel],
+    background: Sequence[Edit] = (),
 ) -> Method:
     """The :class:`Method` called ``name``: ``base``, ``serac`` or a registry editor."""
     if name == BASE_METHOD:
@@ -207,7 +251,7 @@ def build_method(
         editable = editable_factory(model, tokenizer, config.serac_path)
         if config.device is not None:
             editable.counterfactual_model.model.to(config.device)
-        return Method(name, SeracEditor(editable), model, tokenizer)
+        return Method(name, SeracEditor(editable, background), model, tokenizer)
     return Method(name, make_editor(name, **config.editor_hparams.get(name, {})), model, tokenizer)
 
 

@@ -38,6 +38,13 @@ TABLE_COLUMNS: tuple[tuple[str, str, str | None, str], ...] = (
     ("locality_prob", "P(true)>P(new) neigh.", "locality_prob_count", "rate"),
     ("scope_recall", "routed to an edit (in-scope q.)", None, "rate"),
     ("scope_false_positive_rate", "routed to an edit (out-of-scope q.)", None, "rate"),
+    ("scope_recall_all", "scope recall (all q.)", "scope_recall_all_count", "rate"),
+    (
+        "scope_false_positive_rate_all",
+        "false positives (all out-of-scope q.)",
+        "scope_false_positive_rate_all_count",
+        "rate",
+    ),
     ("edit_seconds_per_edit", "s / edit", None, "seconds"),
     ("query_ms_p50", "query ms p50", None, "ms"),
     ("query_ms_p95", "query ms p95", None, "ms"),

@@ -22,7 +22,13 @@ import numpy as np
 import torch
 
 from serac.bench.config import BASE_METHOD, SERAC_METHOD, BenchmarkConfig, progress, validate_config
-from serac.bench.data import Setting, build_setting, load_benchmark_examples, order_examples
+from serac.bench.data import (
+    Setting,
+    build_setting,
+    load_background_edits,
+    load_benchmark_examples,
+    order_examples,
+)
 from serac.bench.evaluation import Harness, evaluate
 from serac.bench.generation import QueryFormatter, generate_answer
 from serac.bench.latency import add_latency_ratios
@@ -106,8 +112,16 @@ def run_benchmark(
         config.probabilities if config.probabilities is not None else config.dataset == "counterfact"
     )
     settings = {
-        n: build_setting(ordered, n, config.limit_queries, probabilities=probabilities) for n in numbers
+        n: build_setting(
+            ordered,
+            n,
+            config.limit_queries,
+            probabilities=probabilities,
+            evaluated_fraction=config.held_out_subjects,
+        )
+        for n in numbers
     }
+    background = load_background_edits(config, ordered) if config.background else []
     caps = config.caps()
 
     if config.threads is not None:
@@ -132,6 +146,7 @@ def run_benchmark(
             "usable_examples": len(ordered),
             "usable_edits": distinct,
             "conflicting_examples_dropped": conflicts,
+            "background_edits": len(background),
             "environment": _environment(model, device),
         },
         "runs": [],
@@ -168,7 +183,7 @@ def run_benchmark(
                 )
                 continue
             if method is None:
-                method = build_method(method_name, config, model, tokenizer, factory)
+                method = build_method(method_name, config, model, tokenizer, factory, background)
             reason = method.skip_reason(n, config.mode)
             if reason is not None:
                 result["skipped"].append({"method": method_name, "num_edits": n, "reason": reason})
@@ -184,6 +199,11 @@ def run_benchmark(
         if method is not None and stream is not None and stream.applied:
             method.reset()
             _check_restored(model, pristine, method_name, stream.applied, result, on_update)
+    if background and any(name != SERAC_METHOD for name in config.methods):
+        result["notes"].append(
+            f"the {len(background)} --background edits are stored by SERAC only; the other methods apply "
+            "just the evaluated edits"
+        )
     add_latency_ratios(result["runs"])
     if probabilities:
         unavailable = sorted(
