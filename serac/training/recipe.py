@@ -88,7 +88,6 @@ def train_default_parts(
             seed=seed,
             mined_negatives_per_edit=4,
             hard_negative_fraction=0.6,
-            beta=1.0,
         ),
         counterfactual_arguments=CounterfactualTrainingArguments(
             max_steps=counterfactual_steps,
