@@ -124,12 +124,7 @@ def _held_out_from_default_training(examples: list[EditExample]) -> list[EditExa
     The default parts are trained on synthetic data of another seed; the generator can still draw the same
     invented (subject, relation) pair twice, and such an edit would not measure generalization.
     """
-    trained = {
-        example.edit.key
-        for example in generate_synthetic_examples(
-            recipe.DEFAULT_SYNTHETIC_EDITS, seed=recipe.DEFAULT_TRAINING_SEED
-        )
-    }
+    trained = {example.edit.key for example in recipe.default_training_examples()}
     kept = [example for example in examples if example.edit.key not in trained]
     if len(kept) < len(examples):
         logger.info(

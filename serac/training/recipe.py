@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from serac.data import SyntheticDataConfig, generate_synthetic_examples
+from serac.data import EditExample, SyntheticDataConfig, generate_synthetic_examples
 from serac.files import replace_folder
 from serac.modeling import CONFIG_NAME, SeracConfig
 from serac.offline import DEFAULT_BASE_MODEL, MissingDefaultModelError, cache_dir
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_PARTS_VERSION",
     "DEFAULT_TRAINING_SEED",
     "default_parts_dir",
+    "default_training_examples",
     "train_default_parts",
 ]
 
@@ -38,6 +39,17 @@ DEFAULT_COUNTERFACTUAL_BATCH_SIZE = 8
 DEFAULT_COUNTERFACTUAL_LEARNING_RATE = 1e-4
 #: The seed of the synthetic data and of both trainings.
 DEFAULT_TRAINING_SEED = 0
+
+
+def default_training_examples(
+    num_edits: int = DEFAULT_SYNTHETIC_EDITS, seed: int = DEFAULT_TRAINING_SEED
+) -> list[EditExample]:
+    """The synthetic edits the default parts are trained on."""
+    # Four questions per edit about other relations of its subject: with the subject match, those are the
+    # out-of-scope queries that reach the classifier.
+    return generate_synthetic_examples(
+        num_edits, seed=seed, config=SyntheticDataConfig(same_subject_other_relation=4)
+    )
 
 
 def default_parts_dir(*, train_if_missing: bool = True) -> Path:
@@ -75,11 +87,7 @@ def train_default_parts(
     staging = output_dir.parent / f".{output_dir.name}.training"
     staging.mkdir(parents=True, exist_ok=True)
     logger.info("Training the default scope classifier and counterfactual model into %s", output_dir)
-    # Four questions per edit about other relations of its subject: with the subject match, those are the
-    # out-of-scope queries that reach the classifier.
-    examples = generate_synthetic_examples(
-        num_edits, seed=seed, config=SyntheticDataConfig(same_subject_other_relation=4)
-    )
+    examples = default_training_examples(num_edits, seed)
     train_parts(
         staging,
         examples,
