@@ -199,9 +199,12 @@ class EditStore:
         self.dimension = int(self._probe.shape[1])
         self.lock = threading.RLock()
         self._edits: dict[int, Edit] = {}
-        self._key_to_id: dict[str, int] = {}
         self._index: faiss.Index = self._new_exact_index()
         self._ivf_trained_size = 0
+        # A large store opens on an exact index and moves to IVF once a background build is done; ids
+        # changed meanwhile are re-applied to the new index before it takes over.
+        self._ivf_thread: threading.Thread | None = None
+        self._changed_during_build: set[int] = set()
         self._seq = 0
         self._last_sync = 0.0
         self._db = EditDatabase(url)
@@ -251,13 +254,21 @@ class EditStore:
 
     def id_of(self, edit: Edit) -> int | None:
         """The id of the stored edit with the same prompt as ``edit``, if any."""
-        self._maybe_sync()
-        return self._key_to_id.get(edit.key)
+        if not isinstance(edit, Edit):
+            raise TypeError(f"expected a serac.Edit, got {type(edit).__name__}")
+        return self._db.id_of_key(edit.key)
 
     @property
     def index_kind(self) -> str:
         """``"exact"`` or ``"ivf"``."""
         return "ivf" if isinstance(self._index, faiss.IndexIVF) else "exact"
+
+    def wait_until_indexed(self, timeout: float | None = None) -> bool:
+        """Wait for a background move to IVF (started when a large store is opened); ``True`` once none runs."""
+        thread = self._ivf_thread
+        if thread is not None:
+            thread.join(timeout)
+        return self._ivf_thread is None or not self._ivf_thread.is_alive()
 
     # ------------------------------------------------------------------ changes
     def add(
@@ -554,21 +565,56 @@ class EditStore:
                 all_ids.append(ids)
                 all_vectors.append(vectors.reshape(len(chunk), self.dimension))
                 for edit_id, text, _ in chunk:
-                    edits[edit_id] = _edit_from_json(text)
+                    edits[edit_id] = _trusted_edit(text)
             self._edits = edits
-            self._key_to_id = {edit.key: edit_id for edit_id, edit in edits.items()}
             self._index = self._new_exact_index()
             self._ivf_trained_size = 0
             if all_ids:
                 ids = np.concatenate(all_ids)
+                del all_ids
                 vectors = np.concatenate(all_vectors)
-                if len(ids) > self.config.exact_max_size:
-                    self._index = self._build_ivf(vectors, ids)
-                else:
-                    self._index.add_with_ids(vectors, ids)
+                del all_vectors
+                self._index.add_with_ids(vectors, ids)
+                del vectors
             self._seq = last_seq
             self._last_sync = 0.0
+            if len(self._edits) > self.config.exact_max_size:
+                # Serve at once from the exact index (slower per query, same answers) while IVF is built.
+                self._changed_during_build = set()
+                self._ivf_thread = threading.Thread(
+                    target=self._move_to_ivf, name="serac-ivf-build", daemon=True
+                )
+                self._ivf_thread.start()
         self.sync()
+
+    def _move_to_ivf(self) -> None:
+        with self.lock:
+            ids, vectors = self._all_vectors()
+        try:
+            index = self._build_ivf(vectors, ids)
+        except Exception:  # pragma: no cover - the exact index keeps serving; nothing is lost
+            logger.exception("Building the IVF index failed; the store keeps its exact index")
+            with self.lock:
+                self._ivf_thread = None
+            return
+        del vectors
+        with self.lock:
+            built = set(ids.tolist())
+            current = set(self._edits)
+            stale = (built - current) | (self._changed_during_build & built)
+            fresh = (current - built) | (self._changed_during_build & current)
+            if stale:
+                index.remove_ids(np.fromiter(stale, dtype=np.int64, count=len(stale)))
+            if fresh:
+                fresh_ids = np.fromiter(fresh, dtype=np.int64, count=len(fresh))
+                fresh_vectors = np.empty((len(fresh_ids), self.dimension), dtype=np.float32)
+                self._index.reconstruct_batch(fresh_ids, fresh_vectors)
+                index.add_with_ids(fresh_vectors, fresh_ids)
+            self._index = index
+            self._ivf_trained_size = len(ids)
+            self._changed_during_build = set()
+            self._ivf_thread = None
+        logger.info("The store moved to an IVF index over %d edits", len(current))
 
     def _maybe_sync(self, force: bool = False) -> None:
         # A private in-memory database has no other writer.
@@ -592,9 +638,10 @@ class EditStore:
                 edit_id for edit_id, _, _ in changes.added if edit_id in self._edits and edit_id not in gone
             ]
             for edit_id in gone:
-                edit = self._edits.pop(edit_id)
-                if self._key_to_id.get(edit.key) == edit_id:
-                    del self._key_to_id[edit.key]
+                del self._edits[edit_id]
+            if self._ivf_thread is not None:
+                self._changed_during_build.update(gone)
+                self._changed_during_build.update(edit_id for edit_id, _, _ in changes.added)
             if gone:
                 self._index.remove_ids(np.asarray(gone, dtype=np.int64))
             if changes.added:
@@ -605,7 +652,6 @@ class EditStore:
                 self._index_add(vectors.reshape(len(ids), self.dimension), ids)
                 for (edit_id, _, _), edit in zip(changes.added, parsed, strict=True):
                     self._edits[edit_id] = edit
-                    self._key_to_id[edit.key] = edit_id
             self._seq = max(self._seq, changes.last_seq)
 
     def _new_exact_index(self) -> faiss.Index:
@@ -620,11 +666,12 @@ class EditStore:
         needs_rebuild = (self.index_kind == "exact" and size_after > self.config.exact_max_size) or (
             self.index_kind == "ivf" and size_after > 8 * self._ivf_trained_size
         )
-        if needs_rebuild:
+        if needs_rebuild and self._ivf_thread is None:
             old_ids, old_vectors = self._all_vectors()
             self._index = self._build_ivf(
                 np.concatenate([old_vectors, vectors]), np.concatenate([old_ids, ids])
             )
+            self._ivf_trained_size = self._index.ntotal
         else:
             self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
 
@@ -648,12 +695,21 @@ class EditStore:
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids))
         index.nprobe = self.config.ivf_nprobe
-        self._ivf_trained_size = len(ids)
         return index
 
 
 def _edit_from_json(text: str) -> Edit:
     return Edit.from_dict(json.loads(text))
+
+
+def _trusted_edit(text: str) -> Edit:
+    """An edit read back from the database, where only validated edits are written: skip re-validating
+    (at a million edits, validation is most of the time a process takes to open the store)."""
+    record = json.loads(text)
+    edit = object.__new__(Edit)
+    for name in ("prompt", "target", "subject", "statement"):
+        object.__setattr__(edit, name, record.get(name))
+    return edit
 
 
 def _check_ids(edit_ids: Any) -> list[int]:

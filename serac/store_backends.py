@@ -206,6 +206,14 @@ class EditDatabase:
                 return dict(values)
             return existing
 
+    def id_of_key(self, key: str) -> int | None:
+        """The id of the live edit with this supersede key, if any."""
+        with self._read() as connection:
+            row = connection.execute(
+                sa.select(EDITS.c.id).where(EDITS.c.key_sha256 == key_digest(key))
+            ).first()
+        return None if row is None else int(row.id)
+
     def state(self) -> tuple[int, int, int]:
         """``(next_id, last_seq, live edits)``."""
         with self._read() as connection:

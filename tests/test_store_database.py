@@ -136,3 +136,18 @@ def test_a_killed_writer_loses_no_acknowledged_edit(url):
     assert added - removed <= held  # nothing acknowledged is lost
     assert held <= added | (set(range(max(added) + 2)) - removed)  # nothing removed comes back
     assert len(store.search(["Who wrote book 3?"], k=3)[0]) == 3
+
+
+def test_a_large_store_serves_at_once_and_moves_to_ivf_in_the_background(tmp_path):
+    url = f"sqlite:///{tmp_path / 'edits.db'}"
+    edits = [Edit(prompt=f"Who owns shop number {i}?", target=f"owner {i}") for i in range(300)]
+    ids = open_store(url).add(edits)
+    store = open_store(url, exact_max_size=100)
+    store.remove(ids[:10])  # changes while the IVF index is being built reach it too
+    (extra,) = store.add([Edit(prompt="Who owns the corner shop?", target="Ann")])
+    assert store.search([edits[50].text], k=1)[0][0][0] == ids[50]
+    assert store.wait_until_indexed(timeout=60)
+    assert store.index_kind == "ivf" and store._index.ntotal == len(store) == 291
+    assert store.search([edits[50].text], k=1)[0][0][0] == ids[50]
+    assert store.search(["Who owns the corner shop? Ann"], k=1)[0][0][0] == extra
+    assert all(hit[0] not in ids[:10] for hit in store.search([edits[5].text], k=20)[0])
