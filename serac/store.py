@@ -256,7 +256,8 @@ class EditStore:
         """The id of the stored edit with the same prompt as ``edit``, if any."""
         if not isinstance(edit, Edit):
             raise TypeError(f"expected a serac.Edit, got {type(edit).__name__}")
-        return self._db.id_of_key(edit.key)
+        with self.lock:  # an in-memory database is one connection, shared with writers
+            return self._db.id_of_key(edit.key)
 
     @property
     def index_kind(self) -> str:

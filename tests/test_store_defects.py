@@ -450,3 +450,29 @@ def test_a_folder_saved_by_serac_0_1_0_still_loads(char_tokenizer, tiny_llama, e
     assert model.last_routing[0].edit_id == 0
     assert model.edit([SPORT]) == [3]
     assert isinstance(torch.tensor(0), torch.Tensor)
+
+
+# ---------------------------------------------------------------- fuzzing (the long run: benchmarks)
+def test_corrupted_store_files_are_clear_errors_or_load_exactly(tmp_path):
+    import random
+
+    embedder = OtherEmbedder()
+    store = EditStore(embedder)
+    ids = store.add([SPORT, CITIZEN, Edit.from_statement("Boris Johnson is the prime minister of the UK.")])
+    store.remove(ids[:1])
+    raw = store.save(tmp_path / "store.safetensors").read_bytes()
+    rng = random.Random(0)
+    cases = [raw[: rng.randrange(len(raw))] for _ in range(10)]
+    for _ in range(30):
+        data = bytearray(raw)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] ^= rng.randint(1, 255)
+        cases.append(bytes(data))
+    path = tmp_path / "case.safetensors"
+    for case in cases:
+        path.write_bytes(case)
+        try:
+            loaded = EditStore.load(path, embedder)
+        except EditStoreError:
+            continue
+        assert loaded.items() == store.items()
