@@ -151,3 +151,26 @@ def test_a_large_store_serves_at_once_and_moves_to_ivf_in_the_background(tmp_pat
     assert store.search([edits[50].text], k=1)[0][0][0] == ids[50]
     assert store.search(["Who owns the corner shop? Ann"], k=1)[0][0][0] == extra
     assert all(hit[0] not in ids[:10] for hit in store.search([edits[5].text], k=20)[0])
+
+
+def test_an_editor_folder_opened_on_a_database_keeps_its_edits_there(
+    url, tiny_llama, char_tokenizer, embedder
+):
+    from serac.modeling import EditableModel
+
+    from .test_store_defects import FIXTURE_EDITOR
+
+    model = EditableModel.from_pretrained(
+        tiny_llama, FIXTURE_EDITOR, tokenizer=char_tokenizer, embedder=embedder, store=url
+    )
+    assert [edit_id for edit_id, _ in model.edits] == [0, 2]  # filled from the saved snapshot
+    (sport,) = model.edit([SPORT])
+    model.remove_edits([0])
+    again = EditableModel.from_pretrained(
+        tiny_llama, FIXTURE_EDITOR, tokenizer=char_tokenizer, embedder=embedder, store=url
+    )
+    assert [edit_id for edit_id, _ in again.edits] == [2, sport]  # the database, not the snapshot
+    assert EditableModel(
+        tiny_llama, char_tokenizer, scope_classifier=again.scope_classifier,
+        counterfactual_model=again.counterfactual_model, store=EditStore(embedder, url=url),
+    ).edits == again.edits  # fmt: skip
