@@ -253,7 +253,7 @@ def save_trials(trials: int, rng: random.Random) -> dict:
     parts = _editor_parts()
     root = Path(tempfile.mkdtemp(prefix="serac-save-trials-"))
     folder = root / "editor"
-    wrong = unloadable = leftovers = 0
+    wrong = unloadable = leftovers = mid_save = 0
     last_saved: list[int] | None = None
     for trial in range(trials):
         pid, read_fd = _run_child(lambda fd, t=trial: _save_writer(parts, folder, t, fd))
@@ -273,6 +273,7 @@ def save_trials(trials: int, rng: random.Random) -> dict:
                 saved, in_flight = ids, None
             elif kind == "begin":
                 in_flight = ids
+        mid_save += in_flight is not None
         if not folder.exists() and saved is None:
             continue  # killed before the very first save finished: nothing to check yet
         try:
@@ -292,6 +293,7 @@ def save_trials(trials: int, rng: random.Random) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     return {
         "trials": trials,
+        "killed_during_a_save": mid_save,
         "failed_to_load": unloadable,
         "loaded_wrong": wrong,
         "leftovers_after_next_save": leftovers,

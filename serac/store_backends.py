@@ -108,8 +108,11 @@ class EditDatabase:
         parsed = sa.engine.make_url(self.url)
         self.dialect = parsed.get_backend_name()
         self.in_memory = self.dialect == "sqlite" and parsed.database in (None, "", ":memory:")
+        self._writer_lock_path: str | None = None
         if self.dialect == "sqlite":
             self.engine = self._sqlite_engine(parsed, busy_timeout_s)
+            if not self.in_memory:
+                self._writer_lock_path = f"{parsed.database}-writer.lock"
         elif self.dialect == "postgresql":
             if parsed.get_driver_name() != "psycopg":
                 parsed = parsed.set(drivername="postgresql+psycopg")
@@ -172,7 +175,7 @@ class EditDatabase:
     def _write(self):
         connection = self.engine.connect()
         connection.info["write"] = True
-        return _Transaction(connection)
+        return _Transaction(connection, self._writer_lock_path)
 
     def _read(self):
         connection = self.engine.connect()
@@ -428,11 +431,21 @@ class EditDatabase:
 class _Transaction:
     """``with`` block: one transaction on its own connection, committed on success, rolled back on error."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, lock_path: str | None = None) -> None:
         self.connection = connection
+        self.lock_path = lock_path
+        self.lock_descriptor: int | None = None
 
     def __enter__(self) -> Connection:
-        self.transaction = self.connection.begin()
+        if self.lock_path is not None:
+            # SQLite makes a waiting writer poll with growing sleeps; writers of several processes queue
+            # on this file lock instead, and the kernel wakes the next one the moment the lock is free.
+            self.lock_descriptor = _lock_file(self.lock_path)
+        try:
+            self.transaction = self.connection.begin()
+        except BaseException:
+            self._release()
+            raise
         return self.connection
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
@@ -443,6 +456,26 @@ class _Transaction:
                 self.transaction.rollback()
         finally:
             self.connection.close()
+            self._release()
+
+    def _release(self) -> None:
+        if self.lock_descriptor is not None:
+            os.close(self.lock_descriptor)  # closing releases the lock
+            self.lock_descriptor = None
+
+
+def _lock_file(path: str) -> int | None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: SQLite's own busy handler still serializes writers
+        return None
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
 
 
 def dumps_edit(record: dict[str, str]) -> str:
