@@ -10,7 +10,7 @@ Example:
 from serac._version import __version__
 from serac.counterfactual import CounterfactualConfig, CounterfactualModel
 from serac.edits import Edit
-from serac.modeling import EditableModel, SeracConfig
+from serac.modeling import EditableModel, SeracConfig, SeracConfigError
 from serac.scope import (
     CrossEncoderScopeClassifier,
     EmbeddingScopeClassifier,
@@ -35,6 +35,7 @@ __all__ = [
     "ScopeClassifierConfig",
     "ScopeDecision",
     "SeracConfig",
+    "SeracConfigError",
     "UnknownEditError",
     "__version__",
     "load_scope_classifier",

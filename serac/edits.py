@@ -148,6 +148,14 @@ def _check_text(name: str, value: Any, *, allow_none: bool = False) -> str | Non
     value = value.strip()
     if not value:
         raise ValueError(f"Edit.{name} must not be empty")
+    # Lone surrogates cannot be encoded (every later save would fail) and NUL cannot be stored in PostgreSQL
+    # text: refuse both here, before the edit reaches the store.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"Edit.{name} holds a lone surrogate, not valid Unicode text: {value!r}") from None
+    if "\x00" in value:
+        raise ValueError(f"Edit.{name} holds a NUL character: {value!r}")
     return value
 
 
@@ -196,6 +204,10 @@ class Edit:
                 raise ValueError(f"Edit.prompt {prompt!r} has a '{{}}' placeholder but no subject was given")
             if placeholders == 0 and subject is not None and subject not in prompt:
                 raise ValueError(f"Edit.subject {subject!r} does not occur in prompt {prompt!r}")
+            query = prompt.replace("{}", subject) if placeholders else prompt
+            # A prompt of punctuation alone would normalize to the empty key, shared by every such prompt.
+            if not normalize_text(query):
+                raise ValueError(f"Edit.prompt has no content: {query!r}")
         for name, value in (
             ("prompt", prompt),
             ("target", target),

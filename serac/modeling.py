@@ -8,8 +8,11 @@ edit; every other row goes to the base model, unchanged. The base model's weight
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,13 +21,14 @@ from typing import Any
 
 import torch
 
+from serac._version import __version__
 from serac.chat import chat_markers, last_user_turn
 from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
-from serac.files import JsonConfigMixin, staged_folder
+from serac.files import JsonConfigMixin
 from serac.routing import expand_rows, merge_rows, select_rows, split_by_scope
 from serac.scope import ScopeClassifier, ScopeDecision, load_scope_classifier
-from serac.store import STORE_FILE_NAME, EditStore, EditStoreConfig
+from serac.store import STORE_FILE_NAME, EditStore, EditStoreConfig, EditStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,13 @@ CONFIG_NAME = "serac_config.json"
 SCOPE_FOLDER = "scope_classifier"
 COUNTERFACTUAL_FOLDER = "counterfactual_model"
 
-__all__ = ["EditableModel", "SeracConfig"]
+CONFIG_FORMAT_VERSION = 1
+
+__all__ = ["EditableModel", "SeracConfig", "SeracConfigError"]
+
+
+class SeracConfigError(ValueError):
+    """An editor folder whose config cannot be used: newer, malformed, or pointing outside the folder."""
 
 
 @dataclass
@@ -45,16 +55,57 @@ class SeracConfig(JsonConfigMixin):
         scope_classifier_path: where the scope classifier is, relative to the directory or absolute.
         counterfactual_model_path: where the counterfactual model is, relative to the directory or absolute.
         store: the edit store's settings.
+        store_file: the edit store snapshot saved with the editor (``None``: none was saved, as in a folder
+            written by training), so a deleted snapshot is an error rather than an empty store.
     """
 
     base_model_name_or_path: str | None = None
     scope_classifier_path: str = SCOPE_FOLDER
     counterfactual_model_path: str = COUNTERFACTUAL_FOLDER
     store: EditStoreConfig = field(default_factory=EditStoreConfig)
+    store_file: str | None = None
+
+    def to_json(self) -> str:
+        data = {
+            **dataclasses.asdict(self),
+            "serac_version": __version__,
+            "format_version": CONFIG_FORMAT_VERSION,
+        }
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SeracConfig:
-        store = EditStoreConfig(**data.pop("store", {}))
+    def from_json(cls, text: str) -> SeracConfig:
+        """Parse a saved config; :class:`SeracConfigError` for a newer or malformed one."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SeracConfigError(f"the editor config is not JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise SeracConfigError("the editor config is not a JSON object")
+        written_by = data.pop("serac_version", None)
+        version = data.pop("format_version", 1)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if (
+            isinstance(version, bool)
+            or not isinstance(version, int)
+            or version > CONFIG_FORMAT_VERSION
+            or unknown
+        ):
+            raise SeracConfigError(
+                f"this editor config (format {version!r}, fields {unknown}) was written by a newer serac "
+                f"({written_by}); this is serac {__version__}: upgrade serac to load it"
+            )
+        for name in ("base_model_name_or_path", "store_file"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise SeracConfigError(f"{name} must be a string, got {data[name]!r}")
+        for name in ("scope_classifier_path", "counterfactual_model_path"):
+            if name in data and not isinstance(data[name], str):
+                raise SeracConfigError(f"{name} must be a string, got {data[name]!r}")
+        try:
+            store = EditStoreConfig.from_dict(data.pop("store", {}))
+        except ValueError as error:
+            raise SeracConfigError(f"bad edit store settings: {error}") from None
         return cls(**data, store=store)
 
 
@@ -66,7 +117,8 @@ class EditableModel:
         tokenizer: the base model's tokenizer (decodes queries, encodes edited answers).
         scope_classifier: decides which stored edit, if any, a query falls under.
         counterfactual_model: answers in-scope queries given the edit.
-        store: the edit store (a new, empty one with the default embedder if not given).
+        store: the edit store, or where it lives: a SQLite path or URL, a PostgreSQL URL (see
+            :class:`~serac.store.EditStore`). Default: a new, empty one in memory with the default embedder.
 
     Example:
         >>> model = EditableModel.from_defaults()  # doctest: +SKIP
@@ -83,7 +135,7 @@ class EditableModel:
         *,
         scope_classifier: ScopeClassifier,
         counterfactual_model: CounterfactualModel,
-        store: EditStore | None = None,
+        store: EditStore | str | os.PathLike | None = None,
     ) -> None:
         if not hasattr(base_model, "generate") or not hasattr(base_model, "config"):
             raise TypeError(
@@ -102,7 +154,9 @@ class EditableModel:
         self.tokenizer = tokenizer
         self.scope_classifier = scope_classifier
         self.counterfactual_model = counterfactual_model
-        self.store = store if store is not None else EditStore()
+        if store is not None and not isinstance(store, (EditStore, str, os.PathLike)):
+            raise TypeError(f"store must be an EditStore or a database URL, got {type(store).__name__}")
+        self.store = store if isinstance(store, EditStore) else EditStore(url=store)
         self._local = threading.local()
         self._routing_lock = threading.Lock()
         self._last_routing: list[ScopeDecision] = []
@@ -133,8 +187,9 @@ class EditableModel:
         return ids
 
     def remove_edits(self, edit_ids: int | Sequence[int]) -> None:
-        """Remove stored edits by id; an unknown id raises ``KeyError`` and removes nothing."""
-        self.store.remove([edit_ids] if isinstance(edit_ids, int) else edit_ids)
+        """Remove stored edits by id (Python or NumPy integers); an unknown id raises ``KeyError`` and removes
+        nothing."""
+        self.store.remove(edit_ids)
 
     @property
     def edits(self) -> list[tuple[int, Edit]]:
@@ -212,26 +267,43 @@ class EditableModel:
     def save_pretrained(self, directory: str | os.PathLike, *, save_parts: bool = True) -> None:
         """Write the edit store, the config and (unless ``save_parts=False``) both trained parts.
 
-        The base model is recorded by name only, never copied. The directory is written in a temporary
-        sibling and swapped in at the end, so a crash mid-save leaves the previous save intact. With
-        ``save_parts=False`` the config points at the parts' current locations instead of copying them.
+        The base model is recorded by name only, never copied. The folder is written in a staging sibling,
+        fsynced, and put in place with one rename (an atomic exchange when ``directory`` exists, on Linux):
+        a crash at any moment leaves the previous save or the new one, and the next save deletes what a
+        killed save left behind. With ``save_parts=False`` the config points at the parts' current locations
+        instead of copying them; parts that live inside ``directory`` itself are carried over. A folder whose
+        parts live elsewhere loads only with ``from_pretrained(..., allow_external_parts=True)``.
         """
+        from serac.durable_folder import staging_folder
+
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
         config = SeracConfig(
             base_model_name_or_path=getattr(self.base_model, "name_or_path", None) or None,
             store=self.store.config,
+            store_file=STORE_FILE_NAME,
         )
-        with staged_folder(directory) as staging:
+        sources = {}
+        if not save_parts:
+            sources = {
+                part: Path(self._part_source(part)) for part in ("scope_classifier", "counterfactual_model")
+            }
+        target = directory.absolute().resolve() if directory.exists() else None
+        with staging_folder(directory) as staging:
             self.store.save_pretrained(staging / STORE_FILE_NAME)
             if save_parts:
                 self.scope_classifier.save_pretrained(staging / SCOPE_FOLDER)
                 self.counterfactual_model.save_pretrained(staging / COUNTERFACTUAL_FOLDER)
             else:
-                config.scope_classifier_path = self._part_source("scope_classifier")
-                config.counterfactual_model_path = self._part_source("counterfactual_model")
-            config.save_json(staging / CONFIG_NAME)
-        logger.info("Saved %d edits and the SERAC config to %s", len(self.store), directory)
+                for part, source in sources.items():
+                    if target is not None and source.is_relative_to(target):
+                        # The folder being replaced holds this part: carry it over, or the swap deletes it.
+                        relative = source.relative_to(target)
+                        shutil.copytree(source, staging / relative)
+                        setattr(config, f"{part}_path", relative.as_posix())
+                    else:
+                        setattr(config, f"{part}_path", str(source))
+            (staging / CONFIG_NAME).write_text(config.to_json())
+        logger.info("Saved %d edits and the editor config to %s", len(self.store), directory)
 
     @classmethod
     def from_pretrained(
@@ -241,11 +313,17 @@ class EditableModel:
         *,
         tokenizer: Any = None,
         embedder: Any = None,
+        store: str | os.PathLike | None = None,
+        allow_external_parts: bool = False,
     ) -> EditableModel:
         """Wrap ``base_model`` with the SERAC folder saved in ``directory`` (its edits, scope classifier, parts).
 
         ``base_model`` may be a loaded model or a name or path to load. A directory with no edit store (as
-        written by training) gives an empty store.
+        written by training) gives an empty store. ``store`` is a database to keep the edits in (a SQLite
+        path or URL, a PostgreSQL URL): a database never written before is filled from the saved edits, one
+        that holds edits already is used as it is. Parts are only loaded from inside ``directory`` unless
+        ``allow_external_parts=True`` (a config may name any path; following one silently is how a folder
+        from elsewhere would make this process load code or weights it was never meant to).
         """
         from serac.offline import DEFAULT_BASE_MODEL, load_base_model, resolve_base_model
 
@@ -253,7 +331,12 @@ class EditableModel:
         config_path = directory / CONFIG_NAME
         if not config_path.exists():
             raise FileNotFoundError(f"no SERAC folder in {directory} (missing {CONFIG_NAME})")
-        config = SeracConfig.load_json(config_path)
+        config = SeracConfig.from_json(config_path.read_text())
+        part_paths = {
+            part: _part_path(directory, getattr(config, f"{part}_path"), part, allow_external_parts)
+            for part in ("scope_classifier", "counterfactual_model")
+        }
+        store_path = _store_file_path(directory, config)
         if isinstance(base_model, (str, os.PathLike)) or base_model is None:
             base_model, loaded_tokenizer = load_base_model(base_model)
             tokenizer = tokenizer or loaded_tokenizer
@@ -272,27 +355,17 @@ class EditableModel:
                 config.base_model_name_or_path,
                 base_name,
             )
-        store_path = directory / STORE_FILE_NAME
-        store = (
-            EditStore.from_pretrained(store_path, embedder)
-            if store_path.exists()
-            else EditStore(embedder, config.store)
-        )
-        scope_classifier = load_scope_classifier(directory / config.scope_classifier_path)
-        counterfactual_model = CounterfactualModel.from_pretrained(
-            directory / config.counterfactual_model_path
-        )
+        edit_store = _open_store(store_path, config.store, embedder, store)
+        scope_classifier = load_scope_classifier(part_paths["scope_classifier"])
+        counterfactual_model = CounterfactualModel.from_pretrained(part_paths["counterfactual_model"])
         model = cls(
             base_model,
             tokenizer,
             scope_classifier=scope_classifier,
             counterfactual_model=counterfactual_model,
-            store=store,
+            store=edit_store,
         )
-        model._sources = {
-            "scope_classifier": str((directory / config.scope_classifier_path).resolve()),
-            "counterfactual_model": str((directory / config.counterfactual_model_path).resolve()),
-        }
+        model._sources = {part: str(path.resolve()) for part, path in part_paths.items()}
         return model
 
     @classmethod
@@ -467,3 +540,57 @@ class EditableModel:
         if part not in sources:
             raise ValueError(f"the {part} was not loaded from disk; save it with save_parts=True")
         return sources[part]
+
+
+def _part_path(directory: Path, recorded: str, part: str, allow_external: bool) -> Path:
+    """Where a part recorded in the config lives; outside ``directory`` only when allowed."""
+    path = Path(recorded)
+    inside = not path.is_absolute() and ".." not in path.parts
+    if not inside and not allow_external:
+        raise SeracConfigError(
+            f"the {part} path {recorded!r} in {directory / CONFIG_NAME} points outside the folder; pass "
+            "allow_external_parts=True if you trust where it points"
+        )
+    return path if path.is_absolute() else directory / path
+
+
+def _store_file_path(directory: Path, config: SeracConfig) -> Path | None:
+    """The saved edit store snapshot, ``None`` if the folder never had one (written by training)."""
+    if config.store_file is None:
+        # Folders of serac 0.1.0 do not record it: a snapshot there is used, its absence means none.
+        legacy = directory / STORE_FILE_NAME
+        return legacy if legacy.exists() else None
+    name = Path(config.store_file)
+    if name.is_absolute() or len(name.parts) != 1 or name.name in ("..", "."):
+        raise SeracConfigError(f"store_file must be a file name inside the folder, got {config.store_file!r}")
+    path = directory / name
+    if not path.is_file():
+        raise FileNotFoundError(f"the edit store {path} recorded in {directory / CONFIG_NAME} is missing")
+    return path
+
+
+def _open_store(
+    snapshot: Path | None, config: EditStoreConfig, embedder: Any, url: str | os.PathLike | None
+) -> EditStore:
+    """The editor's edit store: the snapshot loaded into ``url``'s database (memory by default), or the
+    database as it is when it already holds edits."""
+    if embedder is None:
+        from serac.offline import DEFAULT_EMBEDDER
+
+        if config.embedder_name_or_path not in (None, DEFAULT_EMBEDDER):
+            raise EditStoreError(
+                f"this editor was built with the embedder {config.embedder_name_or_path!r}; load it yourself "
+                "and pass it as embedder= (a name recorded in a file is not followed)"
+            )
+    if url is not None:
+        store = EditStore(embedder, config, url=url)
+        next_id, last_seq, _ = store._db.state()
+        if snapshot is None or next_id or last_seq:
+            if snapshot is not None:
+                logger.info("The database at %s already holds edits; the saved snapshot is not imported", url)
+            return store
+        embedder = store.embedder
+        store._db.dispose()
+    if snapshot is None:
+        return EditStore(embedder, config, url=url)
+    return EditStore.from_pretrained(snapshot, embedder, url=url)

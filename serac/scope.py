@@ -432,6 +432,15 @@ def load_scope_classifier(directory: str | os.PathLike) -> ScopeClassifier:
     config = ScopeClassifierConfig.load_json(config_path)
     if config.kind == "embedding":
         return EmbeddingScopeClassifier(config)
+    import sentence_transformers
+    from packaging.version import Version
+
+    # Before 6.0, a crafted modules.json in the folder runs code while the cross-encoder loads.
+    if Version(sentence_transformers.__version__) < Version("6.0"):
+        raise ImportError(
+            f"loading a cross-encoder scope classifier needs sentence-transformers>=6.0 (installed: "
+            f"{sentence_transformers.__version__}): pip install -U 'sentence-transformers>=6.0'"
+        )
     from sentence_transformers import CrossEncoder
 
     cross_encoder = CrossEncoder(

@@ -85,3 +85,18 @@ def embedder():
     from serac.offline import load_embedder
 
     return load_embedder()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the session (skipped only when PostgreSQL is not installed)."""
+    from .pg_server import find_postgres_bin, start_postgres
+
+    if find_postgres_bin() is None:
+        pytest.skip(
+            "PostgreSQL binaries (initdb, pg_ctl) are not installed: apt-get install -y postgresql-15"
+        )
+    pytest.importorskip("psycopg", reason="psycopg 3 is not installed: pip install 'serac-memory[postgres]'")
+    server = start_postgres()
+    yield server
+    server.stop()

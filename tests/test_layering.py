@@ -17,7 +17,16 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "serac"
 #: From the ground up. A module belongs to the floor of its longest listed prefix.
 FLOORS: list[tuple[str, ...]] = [
     # descriptors and helpers
-    ("serac._version", "serac.files", "serac.edits", "serac.chat", "serac.metrics", "serac.offline"),
+    (
+        "serac._version",
+        "serac.files",
+        "serac.edits",
+        "serac.chat",
+        "serac.metrics",
+        "serac.offline",
+        "serac.durable_folder",
+        "serac.store_backends",
+    ),
     # the parts
     ("serac.store", "serac.counterfactual", "serac.data"),
     ("serac.scope",),

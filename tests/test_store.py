@@ -7,7 +7,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from serac import Edit
-from serac.store import EditStore, EditStoreConfig, EditStoreError, UnknownEditError
+from serac.store import EditStore, EditStoreConfig, EditStoreError
 
 SPORT = Edit(prompt="{} plays the sport of", subject="LeBron James", target="football")
 CITIZEN = Edit(prompt="What is the country of citizenship of Ellie Kemper?", target="Croatia")
@@ -43,8 +43,7 @@ def test_duplicate_prompts_within_one_call_keep_the_last(store):
     ids = store.add([Edit(prompt="Who?", target="A"), Edit(prompt="who", target="B")])
     assert len(store) == 1
     assert store.get(ids[1]).target == "B"
-    with pytest.raises(UnknownEditError):
-        store.get(ids[0])
+    assert ids[0] == ids[1]  # both name the edit now stored for that prompt
 
 
 def test_remove_and_update(store):
