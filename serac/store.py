@@ -24,8 +24,8 @@ import logging
 import math
 import os
 import threading
-import warnings
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
