@@ -59,9 +59,10 @@ def load_benchmark_examples(config: BenchmarkConfig) -> list[EditExample]:
     elif config.dataset == "mquake":
         examples = loaders.load_mquake(config.data_path, seed=config.seed)
     elif config.dataset == "zsre":
-        examples = loaders.load_zsre(config.data_path)
+        # The public zsRE files hold a few records without a new answer: skipped with a warning.
+        examples = loaders.load_zsre(config.data_path, skip_invalid=True)
     elif config.dataset == "counterfact":
-        examples = loaders.load_counterfact(config.data_path)
+        examples = loaders.load_counterfact(config.data_path, skip_invalid=True)
     else:
         examples = loaders.load_examples_jsonl(config.data_path)
     if config.edit_form == "statement":
