@@ -157,6 +157,9 @@ class _Server:
         self.routing_pool = ThreadPoolExecutor(1, thread_name_prefix="serac-routing")
         self.generation_pool = ThreadPoolExecutor(1, thread_name_prefix="serac-generation")
         self.http: httpx.AsyncClient | None = None
+        self.pending_routes: list[tuple[str, asyncio.Future]] = []
+        self.routing_task: asyncio.Task | None = None
+        self.max_route_batch = 64
 
     @property
     def mode(self) -> str:
@@ -164,6 +167,38 @@ class _Server:
 
     async def run(self, pool: ThreadPoolExecutor, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+
+    async def route(self, query: str) -> tuple[Routing, Any]:
+        """This request's routing. Queries that arrive while the routing worker is busy are decided
+        together in its next pass: one batched embedding costs a fraction of one per query, and each
+        query still gets its own decision."""
+        if not self.router.enabled:
+            return self.router.route(query)  # no model work: a plain server
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.pending_routes.append((query, future))
+        if self.routing_task is None or self.routing_task.done():
+            self.routing_task = asyncio.create_task(self._route_pending())
+        return await future
+
+    async def _route_pending(self) -> None:
+        # Runs on the event loop; only the classification itself goes to the routing worker.
+        while self.pending_routes:
+            batch, self.pending_routes = (
+                self.pending_routes[: self.max_route_batch],
+                self.pending_routes[self.max_route_batch :],
+            )
+            try:
+                routed = await self.run(
+                    self.routing_pool, self.router.route_many, [query for query, _ in batch]
+                )
+            except Exception as error:  # every waiting request gets the failure, not a hang
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), result in zip(batch, routed, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
     # ------------------------------------------------------------------ auth
     def check_inference(self, request: Request) -> None:
@@ -235,7 +270,7 @@ class _Server:
                 raise APIError(400, "the request body is not valid JSON") from None
             parsed = parse_chat_request(body) if endpoint == "chat" else parse_completion_request(body)
             max_new_tokens = self.max_new_tokens(parsed, endpoint)
-            routing, decision = await self.run(self.routing_pool, self.router.route, parsed.query)
+            routing, decision = await self.route(parsed.query)
             self.metrics.routing.observe(time.perf_counter() - started)
             route = routing.route
             if routing.in_scope:

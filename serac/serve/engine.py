@@ -272,12 +272,20 @@ class EditRouter:
 
     def route(self, query: str) -> tuple[Routing, ScopeDecision]:
         """The routing of one query, from this call's own scope decision."""
+        (routed,) = self.route_many([query])
+        return routed
+
+    def route_many(self, queries: Sequence[str]) -> list[tuple[Routing, ScopeDecision]]:
+        """The routing of each query, decided for each on its own (one batched pass of the classifier)."""
         if not self.enabled:
-            return Routing(BASE_ROUTE), ScopeDecision(in_scope=False)
-        (decision,) = self.scope_classifier.classify([query], self.store)
-        if decision.in_scope:
-            return Routing(EDIT_ROUTE, decision.edit_id, decision.score), decision
-        return Routing(BASE_ROUTE, None, decision.score), decision
+            return [(Routing(BASE_ROUTE), ScopeDecision(in_scope=False)) for _ in queries]
+        routed = []
+        for decision in self.scope_classifier.classify(list(queries), self.store):
+            if decision.in_scope:
+                routed.append((Routing(EDIT_ROUTE, decision.edit_id, decision.score), decision))
+            else:
+                routed.append((Routing(BASE_ROUTE, None, decision.score), decision))
+        return routed
 
     def answer(
         self, decision: ScopeDecision, query: str, max_new_tokens: int, stops: Sequence[str] = ()
