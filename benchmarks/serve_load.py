@@ -262,7 +262,15 @@ async def one_request(
     return result
 
 
-async def run_load(url: str, plan: Plan, concurrency: int, max_tokens: int, churn: bool, seed: int) -> dict:
+async def run_load(
+    url: str,
+    plan: Plan,
+    concurrency: int,
+    max_tokens: int,
+    churn: bool,
+    seed: int,
+    edit_interval: tuple[float, float] = (0.2, 1.0),
+) -> dict:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(len(plan.requests)):
         queue.put_nowait(index)
@@ -300,13 +308,13 @@ async def run_load(url: str, plan: Plan, concurrency: int, max_tokens: int, chur
                     continue
                 (edit_id,) = response.json()["ids"]
                 lifetime = lifetimes[edit_id] = Lifetime(slot, sent, acked)
-                await asyncio.sleep(rng.uniform(0.05, 0.4))
+                await asyncio.sleep(rng.uniform(*edit_interval))
                 lifetime.delete_sent = time.perf_counter()
                 response = await http.delete(f"/v1/edits/{edit_id}", headers=headers)
                 lifetime.delete_acked = time.perf_counter()
                 if response.status_code != 200:
                     write_errors.append(response.text[:200])
-                await asyncio.sleep(rng.uniform(0.05, 0.4))
+                await asyncio.sleep(rng.uniform(*edit_interval))
 
         started = time.perf_counter()
         churners = [asyncio.create_task(churn_slot(slot)) for slot in range(len(SLOTS))] if churn else []
@@ -326,6 +334,7 @@ def summarize(
 ) -> dict:
     errors = [r for r in results if r.status != 200 or r.error]
     latencies = sorted(r.received - r.sent for r in results if r not in errors)
+    base_routed = sorted(r.received - r.sent for r in results if r not in errors and r.route == "base_model")
     contradictions, other_edit, unrelated_to_edit, in_scope_hits = [], 0, 0, 0
     for r in results:
         if r in errors:
@@ -351,17 +360,16 @@ def summarize(
                     contradictions.append((r.index, "base model although its edit was stored throughout"))
                     break
 
-    def percentile(q: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
-        )
+    def percentile(q: float, values: list[float] = latencies) -> float:
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1) if values else float("nan")
 
     return {
         "requests": len(results),
         "errors": len(errors),
         "error_examples": [r.error or f"HTTP {r.status}" for r in errors[:3]],
-        "p50_ms": round(percentile(0.50), 1),
-        "p95_ms": round(percentile(0.95), 1),
+        "p50_ms": percentile(0.50),
+        "p95_ms": percentile(0.95),
+        "p50_ms_base_routed": percentile(0.50, base_routed),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
         "throughput_rps": round(len(results) / elapsed, 1),
         "seconds": round(elapsed, 1),
@@ -386,63 +394,102 @@ def main(argv: list[str] | None = None) -> dict:
         "--in-scope-share", type=float, default=0.5, help="share of requests asking an edit slot"
     )
     parser.add_argument("--stream-share", type=float, default=0.5, help="share of streamed requests")
-    parser.add_argument("--model", help="base model id or path (default: a tiny random Llama built here)")
     parser.add_argument(
-        "--editor", help="editor folder (default: a tiny one with an embedding scope classifier)"
+        "--model",
+        help="base model id or path, e.g. smollm2-135m-instruct (default: a tiny random Llama built here)",
+    )
+    parser.add_argument(
+        "--editor",
+        help="editor folder (default: one built here: embedding scope classifier, tiny counterfactual model)",
+    )
+    parser.add_argument(
+        "--edit-interval",
+        type=float,
+        nargs=2,
+        default=(0.2, 1.0),
+        metavar=("MIN", "MAX"),
+        help="seconds each slot's edit stays stored, then stays removed (uniform in [MIN, MAX])",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="base and serac runs, alternated, this many times"
+    )
     parser.add_argument("--output", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="serac-serve-load-"))
-    if args.model is None:
-        model, editor = build_tiny_models(workdir)
-    else:
-        model, editor = args.model, args.editor
-    served = ["--model", str(model)] + (["--editor", str(editor)] if editor else [])
+    tiny_model, tiny_editor = build_tiny_models(workdir)
+    # The tiny editor (embedding scope classifier, tiny counterfactual model) fits any base model.
+    served = ["--model", str(args.model or tiny_model), "--editor", str(args.editor or tiny_editor)]
     plan = Plan.make(args.requests, args.in_scope_share, args.stream_share, args.seed)
-    runs = {}
-    for name, extra, churn in (
-        ("base", ["--no-edits"], False),
-        ("serac", ["--store", str(workdir / "edits.safetensors"), "--admin-token", ADMIN], True),
-    ):
-        server = ServerProcess(served + extra, workdir / f"{name}.log")
-        try:
-            server.wait_ready()
-            # A few requests first, so one-time costs (first forward pass, allocations) are not measured.
-            asyncio.run(run_load(server.url, Plan.make(20, 0.5, 0.5, 99), 4, args.max_tokens, False, 0))
-            runs[name] = asyncio.run(
-                run_load(server.url, plan, args.concurrency, args.max_tokens, churn, args.seed)
-            )
-        finally:
-            server.stop()
-    base, serac = runs["base"], runs["serac"]
+    rounds: list[dict[str, dict]] = []
+    for round_index in range(args.rounds):
+        # Base and serac runs alternate, so a change in the machine's load hits both alike.
+        runs = {}
+        for name, extra, churn in (
+            ("base", ["--no-edits"], False),
+            (
+                "serac",
+                ["--store", str(workdir / f"edits-{round_index}.safetensors"), "--admin-token", ADMIN],
+                True,
+            ),
+        ):
+            server = ServerProcess(served + extra, workdir / f"{name}-{round_index}.log")
+            try:
+                server.wait_ready()
+                # A few requests first, so one-time costs (first forward pass, allocations) are not measured.
+                asyncio.run(run_load(server.url, Plan.make(20, 0.5, 0.5, 99), 4, args.max_tokens, False, 0))
+                runs[name] = asyncio.run(
+                    run_load(
+                        server.url,
+                        plan,
+                        args.concurrency,
+                        args.max_tokens,
+                        churn,
+                        args.seed,
+                        tuple(args.edit_interval),
+                    )
+                )
+            finally:
+                server.stop()
+        rounds.append(runs)
+
+    def ratio(key: str, base_key: str | None = None) -> float:
+        return round(statistics.median(r["serac"][key] / r["base"][base_key or key] for r in rounds), 3)
+
     report = {
         "config": {**vars(args), "processes": 1, "workdir": str(workdir)},
-        "runs": runs,
+        "rounds": rounds,
         "serac_over_base": {
-            "p50": round(serac["p50_ms"] / base["p50_ms"], 3),
-            "p95": round(serac["p95_ms"] / base["p95_ms"], 3),
-            "throughput": round(serac["throughput_rps"] / base["throughput_rps"], 3),
+            "p50": ratio("p50_ms"),
+            "p95": ratio("p95_ms"),
+            "p50_of_base_routed_answers": ratio("p50_ms_base_routed", "p50_ms"),
+            "throughput": ratio("throughput_rps"),
         },
     }
     print(
-        f"{args.requests} requests, {args.concurrency} clients, {args.max_tokens} new tokens, one server process"
+        f"{args.requests} requests per run, {args.concurrency} clients, {args.max_tokens} new tokens, "
+        f"one server process, {args.rounds} round(s)"
     )
     print(
-        f"{'server':<8}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}{'edit writes':>13}{'contradictions':>16}"
+        f"{'round':<7}{'server':<8}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}{'edit writes':>13}"
+        f"{'contradictions':>16}{'routed to edit':>16}"
     )
-    for name, run in runs.items():
-        print(
-            f"{name:<8}{run['errors']:>8}{run['p50_ms']:>9}{run['p95_ms']:>9}{run['throughput_rps']:>8}"
-            f"{run['edit_writes']:>13}{run['contradictions'] if name == 'serac' else '-':>16}"
-        )
+    for round_index, runs in enumerate(rounds):
+        for name, run in runs.items():
+            print(
+                f"{round_index:<7}{name:<8}{run['errors']:>8}{run['p50_ms']:>9}{run['p95_ms']:>9}"
+                f"{run['throughput_rps']:>8}{run['edit_writes']:>13}"
+                f"{run['contradictions'] if name == 'serac' else '-':>16}{run['routed_to_edit']:>16}"
+            )
+    misroutes = sum(
+        r["serac"]["routed_to_another_slots_edit"] + r["serac"]["unrelated_routed_to_an_edit"] for r in rounds
+    )
     print(
-        f"serac / base: p50 {report['serac_over_base']['p50']}x, p95 {report['serac_over_base']['p95']}x, "
-        f"throughput {report['serac_over_base']['throughput']}x; routed to an edit: {serac['routed_to_edit']} "
-        f"({serac['in_scope_answered_by_their_edit']} by their own edit, "
-        f"{serac['routed_to_another_slots_edit']} to another slot's, "
-        f"{serac['unrelated_routed_to_an_edit']} unrelated)"
+        f"serac / base (median over rounds): p50 {report['serac_over_base']['p50']}x, "
+        f"p95 {report['serac_over_base']['p95']}x, throughput {report['serac_over_base']['throughput']}x, "
+        f"p50 of the answers routed to the base model {report['serac_over_base']['p50_of_base_routed_answers']}x; "
+        f"answers routed to the wrong edit or unrelated questions routed to an edit: {misroutes}"
     )
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2, default=str))

@@ -455,3 +455,43 @@ def test_cli_parser_knows_both_modes():
     assert (args.upstream, args.model, args.store, args.port) == ("http://x/v1", None, "edits.safetensors", 9)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--model", "m", "--upstream", "http://x/v1"])
+
+
+def test_cli_builds_both_modes_from_saved_folders(tmp_path, base_model, chat_tokenizer, embedder):
+    from fastapi.testclient import TestClient
+
+    from serac.modeling import EditableModel
+    from serac.serve.cli import build_app
+
+    model_dir, editor_dir = tmp_path / "model", tmp_path / "editor"
+    base_model.save_pretrained(model_dir)
+    chat_tokenizer.save_pretrained(model_dir)
+    scope = EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=0.6, top_k=2))
+    counterfactual = CounterfactualModel(make_tiny_llama(chat_tokenizer, seed=3), chat_tokenizer)
+    editor = EditableModel(
+        base_model,
+        chat_tokenizer,
+        scope_classifier=scope,
+        counterfactual_model=counterfactual,
+        store=EditStore(embedder),
+    )
+    editor.edit(Edit(**CITIZEN))
+    editor.save_pretrained(editor_dir)
+    store = tmp_path / "edits.safetensors"
+    local = build_app(
+        build_parser().parse_args(
+            ["--model", str(model_dir), "--editor", str(editor_dir), "--store", str(store)]
+        )
+    )
+    proxy = build_app(
+        build_parser().parse_args(["--upstream", "http://127.0.0.1:9/v1", "--editor", str(editor_dir)])
+    )
+    with TestClient(local) as local_client, TestClient(proxy) as proxy_client:
+        # --store replaces the editor folder's edits; without it the folder's edits are served.
+        assert local_client.get("/health").json()["store"] == {"kind": "file", "durable": True, "edits": 0}
+        assert proxy_client.get("/health").json()["store"] == {"kind": "memory", "durable": False, "edits": 1}
+        assert proxy_client.get("/health").json()["mode"] == "proxy"
+        body = {"model": "m", "messages": [{"role": "user", "content": CITIZEN["prompt"]}], **GREEDY}
+        answer = proxy_client.post("/v1/chat/completions", json=body).json()
+        assert answer["serac"]["route"] == "edit" and answer["serac"]["edit_id"] == 0
+        assert local_client.post("/v1/chat/completions", json=body).json()["serac"]["route"] == "base_model"
