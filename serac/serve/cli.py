@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 ADMIN_TOKEN_ENV = "SERAC_ADMIN_TOKEN"
 API_KEY_ENV = "SERAC_API_KEY"
 UPSTREAM_API_KEY_ENV = "SERAC_UPSTREAM_API_KEY"
+SHUTDOWN_TIMEOUT_SECONDS = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +137,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.store is None:
         logger.warning("No --store: edits posted to this server are kept in memory and lost when it stops")
     app = build_app(args)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # Requests still queued at shutdown are not worth waiting for minutes; their clients get a reset.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_SECONDS,
+    )
 
 
 if __name__ == "__main__":

@@ -97,9 +97,8 @@ class _TextAccumulator:
 class _Streamer:
     """A ``generate()`` streamer feeding new token ids to an accumulator (the first call is the prompt)."""
 
-    def __init__(self, accumulator: _TextAccumulator, special_ids: set[int]) -> None:
+    def __init__(self, accumulator: _TextAccumulator) -> None:
         self.accumulator = accumulator
-        self.special_ids = special_ids
         self.seen_prompt = False
         self.generated: list[int] = []
 
@@ -139,7 +138,7 @@ class BaseModelGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = getattr(model.config, "max_position_embeddings", None)
-        eos = getattr(model.generation_config, "eos_token_id", None)
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos = tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         self.pad_id = (
@@ -191,7 +190,7 @@ class BaseModelGenerator:
         if self.max_length is not None and not self.is_encoder_decoder:
             max_new_tokens = max(1, min(max_new_tokens, self.max_length - len(prompt_ids)))
         accumulator = _TextAccumulator(self.tokenizer, request.stop, on_text)
-        streamer = _Streamer(accumulator, self.eos_ids)
+        streamer = _Streamer(accumulator)
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         kwargs: dict[str, Any] = {

@@ -266,12 +266,14 @@ def parse_edits(body: Any) -> list[Edit]:
     if isinstance(body, dict) and set(body) == {"edits"}:
         body = body["edits"]
     if not isinstance(body, list):
-        raise APIError(400, "the body must be a JSON list of edits", param="edits")
+        raise APIError(400, "the body must be a JSON list of edits; nothing was stored", param="edits")
     if not body:
-        raise APIError(400, "the list of edits is empty", param="edits")
+        raise APIError(400, "the list of edits is empty; nothing was stored", param="edits")
     if len(body) > MAX_EDITS_PER_REQUEST:
         raise APIError(
-            400, f"at most {MAX_EDITS_PER_REQUEST} edits per request, got {len(body)}", param="edits"
+            400,
+            f"at most {MAX_EDITS_PER_REQUEST} edits per request, got {len(body)}; nothing was stored",
+            param="edits",
         )
     edits, problems = [], []
     for index, item in enumerate(body):
@@ -294,7 +296,7 @@ def parse_edits(body: Any) -> list[Edit]:
         raise APIError(
             400,
             f"edits[{first['index']}]: {first['message']}"
-            + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+            + (f" (and {len(problems) - 1} more, see details)" if len(problems) > 1 else "")
             + "; nothing was stored",
             param=f"edits[{first['index']}]",
             details=problems,
