@@ -3,8 +3,12 @@
 Two runs of the same request sequence, each against a fresh server process started with the CLI:
 
 * **base**: ``serac-serve --no-edits`` (the base model's own server: no routing, nothing in the store);
-* **serac**: ``serac-serve`` with a store file, while one admin task per edit slot adds its edit, keeps it a
-  moment, removes it, and so on, for the whole run.
+* **serac**: ``serac-serve`` with a store file, while one admin task per edit slot (8 slots) adds its edit,
+  keeps it ``--edit-interval`` seconds (0.2-1.0 by default), removes it, waits as long, and so on, for the
+  whole run.
+
+With ``--rounds N`` the two runs alternate N times, so a change in the machine's load hits both alike; the
+ratios are medians over rounds. Half the requests are streamed, half in scope of a slot (by default).
 
 Every inference request asks either the prompt of one edit slot (in scope exactly while that slot's edit is
 stored) or an unrelated question. Afterwards each answer's routing (the ``serac`` field) is checked against
@@ -18,10 +22,10 @@ the store's history, from the acknowledged times of the edit writes:
 
 By default both servers run a tiny random Llama with a character tokenizer built here (no download), an
 embedding scope classifier over the packaged MiniLM, and 8 new tokens per answer; ``--model`` and
-``--editor`` serve real ones instead. One process serves the edits: several processes sharing one store
-need the database-backed edit store.
+``--editor`` serve real ones instead (``--model smollm2-135m-instruct`` keeps the tiny editor). One process
+serves the edits: several processes sharing one store need the database-backed edit store.
 
-    python -m benchmarks.serve_load --requests 2000 --concurrency 16
+    python -m benchmarks.serve_load --requests 2000 --concurrency 16 --rounds 2
 """
 
 from __future__ import annotations
