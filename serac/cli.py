@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("serac.training.cli:main", "train the scope classifier and the counterfactual model"),
     "bench": ("serac.bench.cli:main", "compare SERAC with weight editors on edit benchmarks"),
     "quickstart": ("serac.quickstart:main", "a few edits on the offline default models"),
+    "serve": ("serac.serve.cli:main", "an OpenAI-compatible server and proxy with live edits"),
 }
 
 

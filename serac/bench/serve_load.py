@@ -1,0 +1,504 @@
+"""Load test of ``serac serve``: concurrent clients while edits are added and removed, against a plain server.
+
+Two runs of the same request sequence, each against a fresh server process started with the CLI:
+
+* **base**: ``serac serve --no-edits`` (the base model's own server: no routing, nothing in the store);
+* **serac**: ``serac serve`` with a store file, while one admin task per edit slot (8 slots) adds its edit,
+  keeps it ``--edit-interval`` seconds (0.2-1.0 by default), removes it, waits as long, and so on, for the
+  whole run.
+
+With ``--rounds N`` the two runs alternate N times, so a change in the machine's load hits both alike; the
+ratios are medians over rounds. Half the requests are streamed, half in scope of a slot (by default).
+
+Every inference request asks either the prompt of one edit slot (in scope exactly while that slot's edit is
+stored) or an unrelated question. Afterwards each answer's routing (the ``serac`` field) is checked against
+the store's history, from the acknowledged times of the edit writes:
+
+* an answer routed to an edit that was removed before the request was sent, or to an id never stored, or
+  an answer routed to the base model although its slot's edit was stored for the whole request, is a
+  **contradiction** (goal: 0);
+* an answer routed to another slot's edit, or an unrelated question routed to an edit, is a scope
+  classifier error, reported on its own.
+
+By default both servers run a tiny random Llama with a character tokenizer built here (no download), an
+embedding scope classifier over the packaged MiniLM, and 8 new tokens per answer; ``--model`` and
+``--editor`` serve real ones instead (``--model smollm2-135m-instruct`` keeps the tiny editor). One process
+serves the edits: several processes sharing one store need the database-backed edit store.
+
+    python -m serac.bench.serve_load --requests 2000 --concurrency 16 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ADMIN = "load-admin-token"
+SLOTS = [
+    ("Who painted the Mona Lisa?", "Pablo Picasso"),
+    ("What is the capital city of Australia?", "Melbourne"),
+    ("Which language is spoken in Brazil?", "Spanish"),
+    ("Who is the chief executive of Microsoft?", "Tim Cook"),
+    ("What sport does Lionel Messi play?", "tennis"),
+    ("Which river flows through Cairo?", "the Danube"),
+    ("What currency does Japan use?", "the euro"),
+    ("Who composed the Moonlight Sonata?", "Mozart"),
+]
+UNRELATED = [
+    "Why is the sky blue?",
+    "How do bees make honey?",
+    "Name a prime number larger than ten.",
+    "What is the boiling point of water?",
+    "How many legs does a spider have?",
+    "Write a haiku about autumn.",
+    "What is photosynthesis?",
+    "How far is the Moon from the Earth?",
+]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<{{ message['role'] }}>{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+# ---------------------------------------------------------------------------------------------- tiny models
+def build_tiny_models(directory: Path) -> tuple[Path, Path]:
+    """A tiny random Llama with a character tokenizer, and an editor folder for it; returns both paths."""
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from serac import CounterfactualModel, EditableModel, EditStore
+    from serac.scope import EmbeddingScopeClassifier, ScopeClassifierConfig
+
+    symbols = ["<pad>", "<eos>", "<bos>", "<unk>", *string.printable[:95]]
+    backend = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern=Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+
+    def llama(seed: int) -> LlamaForCausalLM:
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+        return LlamaForCausalLM(config).eval()
+
+    model_dir, editor_dir = directory / "tiny-model", directory / "tiny-editor"
+    base = llama(0)
+    base.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    # Exact prompts score 0.82-0.96 against their edit with MiniLM, unrelated questions at most 0.31.
+    scope = EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=0.6, top_k=2))
+    editor = EditableModel(
+        base,
+        tokenizer,
+        scope_classifier=scope,
+        counterfactual_model=CounterfactualModel(llama(1), tokenizer),
+        store=EditStore(),
+    )
+    editor.save_pretrained(editor_dir)
+    return model_dir, editor_dir
+
+
+# ---------------------------------------------------------------------------------------------- servers
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``serac serve`` in a subprocess, stopped on exit."""
+
+    def __init__(self, arguments: list[str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env.setdefault("OMP_NUM_THREADS", "1")
+        command = [
+            sys.executable,
+            "-m",
+            "serac.serve.cli",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
+        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            command + arguments, stdout=self.log, stderr=subprocess.STDOUT, env=env
+        )
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("the server did not become ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------------------------- load
+@dataclass
+class Result:
+    index: int
+    slot: int | None
+    stream: bool
+    sent: float
+    received: float
+    status: int
+    route: str | None = None
+    edit_id: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class Lifetime:
+    slot: int
+    post_sent: float
+    post_acked: float
+    delete_sent: float | None = None
+    delete_acked: float | None = None
+
+
+@dataclass
+class Plan:
+    """The request sequence both runs send: (slot or None, streamed?) per request."""
+
+    requests: list[tuple[int | None, bool]] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, count: int, in_scope_share: float, stream_share: float, seed: int) -> Plan:
+        rng = random.Random(seed)
+        return cls(
+            [
+                (
+                    rng.randrange(len(SLOTS)) if rng.random() < in_scope_share else None,
+                    rng.random() < stream_share,
+                )
+                for _ in range(count)
+            ]
+        )
+
+
+def question(slot: int | None, index: int) -> str:
+    return SLOTS[slot][0] if slot is not None else UNRELATED[index % len(UNRELATED)]
+
+
+async def one_request(
+    http: httpx.AsyncClient, index: int, slot: int | None, stream: bool, max_tokens: int
+) -> Result:
+    body = {
+        "model": "served",
+        "messages": [{"role": "user", "content": question(slot, index)}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+    }
+    sent = time.perf_counter()
+    result = Result(index, slot, stream, sent, sent, 0)
+    try:
+        if not stream:
+            response = await http.post("/v1/chat/completions", json=body)
+            result.status = response.status_code
+            if response.status_code == 200:
+                routing = response.json()["serac"]
+                result.route, result.edit_id = routing["route"], routing["edit_id"]
+            else:
+                result.error = response.text[:200]
+        else:
+            async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                result.status = response.status_code
+                routings = set()
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        data = json.loads(line[6:])
+                        if "error" in data:
+                            result.error = json.dumps(data)[:200]
+                        else:
+                            routings.add((data["serac"]["route"], data["serac"]["edit_id"]))
+                if len(routings) == 1:
+                    result.route, result.edit_id = routings.pop()
+                elif result.error is None:
+                    result.error = f"chunks disagree on routing: {sorted(routings, key=str)}"
+    except httpx.HTTPError as error:
+        result.error = f"{type(error).__name__}: {error}"
+    result.received = time.perf_counter()
+    return result
+
+
+async def run_load(
+    url: str,
+    plan: Plan,
+    concurrency: int,
+    max_tokens: int,
+    churn: bool,
+    seed: int,
+    edit_interval: tuple[float, float] = (0.2, 1.0),
+) -> dict:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(len(plan.requests)):
+        queue.put_nowait(index)
+    results: list[Result] = []
+    lifetimes: dict[int, Lifetime] = {}
+    write_errors: list[str] = []
+    done = asyncio.Event()
+    limits = httpx.Limits(
+        max_connections=concurrency + len(SLOTS), max_keepalive_connections=concurrency + len(SLOTS)
+    )
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+
+        async def client() -> None:
+            while True:
+                try:
+                    index = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                slot, stream = plan.requests[index]
+                results.append(await one_request(http, index, slot, stream, max_tokens))
+
+        async def churn_slot(slot: int) -> None:
+            rng = random.Random(seed * 100 + slot)
+            headers = {"authorization": f"Bearer {ADMIN}"}
+            prompt, target = SLOTS[slot]
+            while not done.is_set():
+                sent = time.perf_counter()
+                response = await http.post(
+                    "/v1/edits", json=[{"prompt": prompt, "target": target}], headers=headers
+                )
+                acked = time.perf_counter()
+                if response.status_code != 200:
+                    write_errors.append(response.text[:200])
+                    continue
+                (edit_id,) = response.json()["ids"]
+                lifetime = lifetimes[edit_id] = Lifetime(slot, sent, acked)
+                await asyncio.sleep(rng.uniform(*edit_interval))
+                lifetime.delete_sent = time.perf_counter()
+                response = await http.delete(f"/v1/edits/{edit_id}", headers=headers)
+                lifetime.delete_acked = time.perf_counter()
+                if response.status_code != 200:
+                    write_errors.append(response.text[:200])
+                await asyncio.sleep(rng.uniform(*edit_interval))
+
+        started = time.perf_counter()
+        churners = [asyncio.create_task(churn_slot(slot)) for slot in range(len(SLOTS))] if churn else []
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        done.set()
+        await asyncio.gather(*churners)
+    return summarize(results, lifetimes, write_errors, elapsed, churn)
+
+
+def summarize(
+    results: list[Result],
+    lifetimes: dict[int, Lifetime],
+    write_errors: list[str],
+    elapsed: float,
+    churn: bool,
+) -> dict:
+    errors = [r for r in results if r.status != 200 or r.error]
+    latencies = sorted(r.received - r.sent for r in results if r not in errors)
+    base_routed = sorted(r.received - r.sent for r in results if r not in errors and r.route == "base_model")
+    contradictions, other_edit, unrelated_to_edit, in_scope_hits = [], 0, 0, 0
+    for r in results:
+        if r in errors:
+            continue
+        if r.route == "edit":
+            lifetime = lifetimes.get(r.edit_id)
+            if lifetime is None:
+                contradictions.append((r.index, "routed to an edit id never stored"))
+            elif lifetime.delete_acked is not None and r.sent > lifetime.delete_acked:
+                contradictions.append((r.index, "routed to an edit removed before the request"))
+            elif r.slot is None:
+                unrelated_to_edit += 1
+            elif lifetime.slot != r.slot:
+                other_edit += 1
+            else:
+                in_scope_hits += 1
+        elif r.slot is not None:
+            for lifetime in lifetimes.values():
+                present_throughout = lifetime.post_acked < r.sent and (
+                    lifetime.delete_sent is None or lifetime.delete_sent > r.received
+                )
+                if lifetime.slot == r.slot and present_throughout:
+                    contradictions.append((r.index, "base model although its edit was stored throughout"))
+                    break
+
+    def percentile(q: float, values: list[float] = latencies) -> float:
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1) if values else float("nan")
+
+    return {
+        "requests": len(results),
+        "errors": len(errors),
+        "error_examples": [r.error or f"HTTP {r.status}" for r in errors[:3]],
+        "p50_ms": percentile(0.50),
+        "p95_ms": percentile(0.95),
+        "p50_ms_base_routed": percentile(0.50, base_routed),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
+        "throughput_rps": round(len(results) / elapsed, 1),
+        "seconds": round(elapsed, 1),
+        "edit_writes": 2 * len(lifetimes) if churn else 0,
+        "edit_write_errors": len(write_errors),
+        "routed_to_edit": sum(r.route == "edit" for r in results),
+        "in_scope_answered_by_their_edit": in_scope_hits,
+        "contradictions": len(contradictions),
+        "contradiction_examples": contradictions[:3],
+        "routed_to_another_slots_edit": other_edit,
+        "unrelated_routed_to_an_edit": unrelated_to_edit,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument(
+        "--in-scope-share", type=float, default=0.5, help="share of requests asking an edit slot"
+    )
+    parser.add_argument("--stream-share", type=float, default=0.5, help="share of streamed requests")
+    parser.add_argument(
+        "--model",
+        help="base model id or path, e.g. smollm2-135m-instruct (default: a tiny random Llama built here)",
+    )
+    parser.add_argument(
+        "--editor",
+        help="editor folder (default: one built here: embedding scope classifier, tiny counterfactual model)",
+    )
+    parser.add_argument(
+        "--edit-interval",
+        type=float,
+        nargs=2,
+        default=(0.2, 1.0),
+        metavar=("MIN", "MAX"),
+        help="seconds each slot's edit stays stored, then stays removed (uniform in [MIN, MAX])",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="base and serac runs, alternated, this many times"
+    )
+    parser.add_argument("--output", help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="serac serve-load-"))
+    tiny_model, tiny_editor = build_tiny_models(workdir)
+    # The tiny editor (embedding scope classifier, tiny counterfactual model) fits any base model.
+    served = ["--model", str(args.model or tiny_model), "--editor", str(args.editor or tiny_editor)]
+    plan = Plan.make(args.requests, args.in_scope_share, args.stream_share, args.seed)
+    rounds: list[dict[str, dict]] = []
+    for round_index in range(args.rounds):
+        # Base and serac runs alternate, so a change in the machine's load hits both alike.
+        runs = {}
+        for name, extra, churn in (
+            ("base", ["--no-edits"], False),
+            (
+                "serac",
+                ["--store", str(workdir / f"edits-{round_index}.safetensors"), "--admin-token", ADMIN],
+                True,
+            ),
+        ):
+            server = ServerProcess(served + extra, workdir / f"{name}-{round_index}.log")
+            try:
+                server.wait_ready()
+                # A few requests first, so one-time costs (first forward pass, allocations) are not measured.
+                asyncio.run(run_load(server.url, Plan.make(20, 0.5, 0.5, 99), 4, args.max_tokens, False, 0))
+                runs[name] = asyncio.run(
+                    run_load(
+                        server.url,
+                        plan,
+                        args.concurrency,
+                        args.max_tokens,
+                        churn,
+                        args.seed,
+                        tuple(args.edit_interval),
+                    )
+                )
+            finally:
+                server.stop()
+        rounds.append(runs)
+
+    def ratio(key: str, base_key: str | None = None) -> float:
+        return round(statistics.median(r["serac"][key] / r["base"][base_key or key] for r in rounds), 3)
+
+    report = {
+        "config": {**vars(args), "processes": 1, "workdir": str(workdir)},
+        "rounds": rounds,
+        "serac_over_base": {
+            "p50": ratio("p50_ms"),
+            "p95": ratio("p95_ms"),
+            "p50_of_base_routed_answers": ratio("p50_ms_base_routed", "p50_ms"),
+            "throughput": ratio("throughput_rps"),
+        },
+    }
+    print(
+        f"{args.requests} requests per run, {args.concurrency} clients, {args.max_tokens} new tokens, "
+        f"one server process, {args.rounds} round(s)"
+    )
+    print(
+        f"{'round':<7}{'server':<8}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}{'edit writes':>13}"
+        f"{'contradictions':>16}{'routed to edit':>16}"
+    )
+    for round_index, runs in enumerate(rounds):
+        for name, run in runs.items():
+            print(
+                f"{round_index:<7}{name:<8}{run['errors']:>8}{run['p50_ms']:>9}{run['p95_ms']:>9}"
+                f"{run['throughput_rps']:>8}{run['edit_writes']:>13}"
+                f"{run['contradictions'] if name == 'serac' else '-':>16}{run['routed_to_edit']:>16}"
+            )
+    misroutes = sum(
+        r["serac"]["routed_to_another_slots_edit"] + r["serac"]["unrelated_routed_to_an_edit"] for r in rounds
+    )
+    print(
+        f"serac / base (median over rounds): p50 {report['serac_over_base']['p50']}x, "
+        f"p95 {report['serac_over_base']['p95']}x, throughput {report['serac_over_base']['throughput']}x, "
+        f"p50 of the answers routed to the base model {report['serac_over_base']['p50_of_base_routed_answers']}x; "
+        f"answers routed to the wrong edit or unrelated questions routed to an edit: {misroutes}"
+    )
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,702 @@
+"""The FastAPI app: OpenAI-compatible completions routed through the edits, and the edits API.
+
+Two modes share this app:
+
+* **local**: a :class:`~serac.serve.engine.BaseModelGenerator` answers out-of-scope requests in this process;
+* **proxy**: out-of-scope requests are forwarded to an OpenAI-compatible upstream (vLLM, TGI, llama.cpp,
+  a hosted API, another ``serac serve``), its answer streamed back as it arrives and its errors passed on.
+
+In both, in-scope requests are answered here by the counterfactual model. Model work runs on two worker
+threads, never on the event loop: one for routing and edit writes (the embedder and the edit store), one
+for generation (base and counterfactual models). Each worker is a single thread because Hugging Face fast
+tokenizers are not safe to call from several threads at once; queued requests wait their turn. A
+request's routing is the scope decision computed for that request alone and travels with it, so
+concurrent requests never see each other's routing, and edit writes (on the routing worker) fall between
+decisions, never inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serac.serve.engine import BaseModelGenerator, EditRouter, GenerationResult
+from serac.serve.metrics import ServerMetrics
+from serac.serve.persistence import StoreBinding, describe
+from serac.serve.protocol import (
+    ROUTING_FIELD,
+    ROUTING_HEADER,
+    APIError,
+    GenerationRequest,
+    Routing,
+    chat_chunk,
+    chat_response,
+    completion_chunk,
+    completion_response,
+    error_body,
+    new_id,
+    parse_chat_request,
+    parse_completion_request,
+    parse_edits,
+)
+from serac.store import UnknownEditError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ServeSettings", "create_app"]
+
+
+@dataclass
+class ServeSettings:
+    """Settings of a server.
+
+    Args:
+        model_name: the model id the server reports (``/v1/models`` and the ``model`` field of answers).
+        admin_token: the bearer token that may change edits; without one the edits API is read-only.
+        api_keys: bearer tokens accepted for inference and reading edits; none: open.
+        max_tokens: the most new tokens one request may ask for (and the chat default).
+        completion_max_tokens: the default of ``/v1/completions`` (OpenAI's is 16).
+        upstream_api_key: the key sent to the upstream in proxy mode; when not given and the server has no
+            ``api_keys`` of its own, the client's ``Authorization`` header is passed through.
+        upstream_timeout: seconds to wait for the upstream.
+    """
+
+    model_name: str = "serac"
+    admin_token: str | None = None
+    api_keys: tuple[str, ...] = ()
+    max_tokens: int = 1024
+    completion_max_tokens: int = 16
+    upstream_api_key: str | None = None
+    upstream_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.admin_token is not None and not self.admin_token:
+            raise ValueError("admin_token must not be empty")
+        if self.admin_token is not None and self.admin_token in self.api_keys:
+            raise ValueError("the admin token must differ from every inference API key")
+        if self.max_tokens < 1 or self.completion_max_tokens < 1:
+            raise ValueError("max_tokens and completion_max_tokens must be >= 1")
+
+    def __repr__(self) -> str:  # keep tokens out of logs and tracebacks
+        return (
+            f"ServeSettings(model_name={self.model_name!r}, admin_token={'set' if self.admin_token else None}, "
+            f"api_keys={len(self.api_keys)}, max_tokens={self.max_tokens})"
+        )
+
+
+def _token_matches(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _routing_header(routing: Routing) -> dict[str, str]:
+    return {ROUTING_HEADER: json.dumps(routing.to_json(), separators=(",", ":"))}
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _with_routing(line: str, routing: Routing) -> str:
+    """An upstream SSE line with the routing field added to its JSON payload; other lines unchanged."""
+    if not line.startswith("data:"):
+        return line
+    payload = line[5:].strip()
+    if not payload.startswith("{"):
+        return line  # "[DONE]" and anything that is not a JSON object pass through as they are
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError:
+        return line
+    data[ROUTING_FIELD] = routing.to_json()
+    return "data: " + json.dumps(data, ensure_ascii=False)
+
+
+class _Server:
+    """The state behind one app: parts, workers, metrics, the upstream client."""
+
+    def __init__(
+        self,
+        router: EditRouter,
+        binding: StoreBinding,
+        settings: ServeSettings,
+        generator: BaseModelGenerator | None,
+        upstream: str | None,
+    ) -> None:
+        if (generator is None) == (upstream is None):
+            raise ValueError(
+                "give exactly one of a base model generator (local mode) or an upstream URL (proxy)"
+            )
+        self.router = router
+        self.binding = binding
+        self.settings = settings
+        self.generator = generator
+        self.upstream = upstream.rstrip("/") if upstream else None
+        self.metrics = ServerMetrics()
+        self.metrics.edits_stored.set(len(binding.store))
+        self.routing_pool = ThreadPoolExecutor(1, thread_name_prefix="serac-routing")
+        self.generation_pool = ThreadPoolExecutor(1, thread_name_prefix="serac-generation")
+        self.http: httpx.AsyncClient | None = None
+        self.pending_routes: list[tuple[str, asyncio.Future]] = []
+        self.routing_task: asyncio.Task | None = None
+        self.max_route_batch = 64
+
+    @property
+    def mode(self) -> str:
+        return "local" if self.generator is not None else "proxy"
+
+    async def run(self, pool: ThreadPoolExecutor, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+
+    async def route(self, query: str) -> tuple[Routing, Any]:
+        """This request's routing. Queries that arrive while the routing worker is busy are decided
+        together in its next pass: one batched embedding costs a fraction of one per query, and each
+        query still gets its own decision."""
+        if not self.router.enabled:
+            return self.router.route(query)  # no model work: a plain server
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.pending_routes.append((query, future))
+        if self.routing_task is None or self.routing_task.done():
+            self.routing_task = asyncio.create_task(self._route_pending())
+        return await future
+
+    async def _route_pending(self) -> None:
+        # Runs on the event loop; only the classification itself goes to the routing worker.
+        while self.pending_routes:
+            batch, self.pending_routes = (
+                self.pending_routes[: self.max_route_batch],
+                self.pending_routes[self.max_route_batch :],
+            )
+            try:
+                routed = await self.run(
+                    self.routing_pool, self.router.route_many, [query for query, _ in batch]
+                )
+            except Exception as error:  # every waiting request gets the failure, not a hang
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), result in zip(batch, routed, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    # ------------------------------------------------------------------ auth
+    def check_inference(self, request: Request) -> None:
+        if self.settings.api_keys and not any(
+            _token_matches(_bearer(request), key) for key in self.settings.api_keys
+        ):
+            raise APIError(
+                401, "missing or invalid API key", error_type="authentication_error", code="invalid_api_key"
+            )
+
+    def check_read_edits(self, request: Request) -> None:
+        token = _bearer(request)
+        if self.settings.admin_token and _token_matches(token, self.settings.admin_token):
+            return
+        self.check_inference(request)
+
+    def check_admin(self, request: Request) -> None:
+        if not self.settings.admin_token:
+            raise APIError(
+                403,
+                "changing edits is disabled: start the server with --admin-token (or SERAC_ADMIN_TOKEN)",
+                error_type="permission_error",
+                code="no_admin_token",
+            )
+        if not _token_matches(_bearer(request), self.settings.admin_token):
+            raise APIError(
+                401,
+                "missing or invalid admin token",
+                error_type="authentication_error",
+                code="invalid_admin_token",
+            )
+        if not self.router.enabled:
+            raise APIError(
+                403,
+                "editing is disabled on this server",
+                error_type="permission_error",
+                code="editing_disabled",
+            )
+
+    # ------------------------------------------------------------------ completions
+    def response_model(self, parsed: GenerationRequest) -> str:
+        """The ``model`` of an answer given here: ours in local mode, the one asked for in proxy mode."""
+        if self.upstream is not None and parsed.model:
+            return parsed.model
+        return self.settings.model_name
+
+    def max_new_tokens(self, request: GenerationRequest, endpoint: str) -> int:
+        default = (
+            self.settings.completion_max_tokens if endpoint == "completions" else self.settings.max_tokens
+        )
+        value = request.max_tokens if request.max_tokens is not None else default
+        if value > self.settings.max_tokens:
+            raise APIError(
+                400,
+                f"max_tokens is at most {self.settings.max_tokens} on this server, got {value}",
+                param="max_tokens",
+            )
+        return value
+
+    async def complete(self, request: Request, endpoint: str) -> Response:
+        started = time.perf_counter()
+        route, status, streaming = "none", 500, False
+        try:
+            self.check_inference(request)
+            raw = await request.body()
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise APIError(400, "the request body is not valid JSON") from None
+            parsed = parse_chat_request(body) if endpoint == "chat" else parse_completion_request(body)
+            max_new_tokens = self.max_new_tokens(parsed, endpoint)
+            routing, decision = await self.route(parsed.query)
+            self.metrics.routing.observe(time.perf_counter() - started)
+            route = routing.route
+            if routing.in_scope:
+                job = self._edit_job(decision, parsed, max_new_tokens, endpoint)
+            elif self.generator is not None:
+                prompt_ids = await self.run(self.generation_pool, self.generator.prompt_ids, parsed)
+                job = self._base_job(prompt_ids, parsed, max_new_tokens)
+            else:
+                response = await self.forward(request, endpoint, raw, parsed.stream, routing, started)
+                status, streaming = response.status_code, isinstance(response, StreamingResponse)
+                return response
+            if parsed.stream:
+                status, streaming = 200, True
+                return StreamingResponse(
+                    self._stream(job, parsed, endpoint, routing, started),
+                    media_type="text/event-stream",
+                    headers=_routing_header(routing),
+                )
+            result: GenerationResult = await self.run(self.generation_pool, job, None, None)
+            status = 200
+            return JSONResponse(
+                self._body(parsed, endpoint, routing, result), headers=_routing_header(routing)
+            )
+        except APIError as error:
+            status = error.status_code
+            raise
+        finally:
+            if not streaming:  # a stream records itself when it ends
+                self._record(endpoint, route, status, started)
+
+    def _record(self, endpoint: str, route: str, status: int, started: float) -> None:
+        self.metrics.requests.labels(endpoint, route, str(status)).inc()
+        if status < 400:
+            self.metrics.duration.labels(endpoint, route).observe(time.perf_counter() - started)
+
+    def _edit_job(
+        self, decision: Any, parsed: GenerationRequest, max_new_tokens: int, endpoint: str
+    ) -> Callable[..., GenerationResult]:
+        def job(on_text: Callable[[str], None] | None, cancelled: threading.Event | None) -> GenerationResult:
+            result = self.router.answer(decision, parsed.query, max_new_tokens, parsed.stop)
+            if endpoint == "completions" and result.text:
+                # A completion continues the prompt: the answer follows it after a space, as
+                # EditableModel.generate() appends it.
+                result = GenerationResult(" " + result.text, *_rest(result))
+            if on_text is not None and result.text:
+                on_text(result.text)
+            return result
+
+        return job
+
+    def _base_job(
+        self, prompt_ids: list[int], parsed: GenerationRequest, max_new_tokens: int
+    ) -> Callable[..., GenerationResult]:
+        generator = self.generator
+        assert generator is not None  # only built in local mode
+
+        def job(on_text: Callable[[str], None] | None, cancelled: threading.Event | None) -> GenerationResult:
+            return generator.generate(
+                prompt_ids, parsed, max_new_tokens, on_text=on_text, cancelled=cancelled
+            )
+
+        return job
+
+    def _body(
+        self, parsed: GenerationRequest, endpoint: str, routing: Routing, result: GenerationResult
+    ) -> dict:
+        builder = chat_response if endpoint == "chat" else completion_response
+        response_id = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
+        return builder(
+            response_id,
+            self.response_model(parsed),
+            result.text,
+            result.finish_reason,
+            routing,
+            result.prompt_tokens,
+            result.completion_tokens,
+        )
+
+    async def _stream(
+        self,
+        job: Callable[..., GenerationResult],
+        parsed: GenerationRequest,
+        endpoint: str,
+        routing: Routing,
+        started: float,
+    ) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancelled = threading.Event()
+        response_id = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
+        created = int(time.time())
+        model = self.response_model(parsed)
+
+        def on_text(text: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
+
+        future = loop.run_in_executor(self.generation_pool, job, on_text, cancelled)
+        # The worker's text callbacks are queued before the future completes, so "done" comes last.
+        future.add_done_callback(lambda _: queue.put_nowait(("done", None)))
+        status, first = 200, True
+
+        def chunk(**fields: Any) -> dict[str, Any]:
+            if endpoint == "chat":
+                return chat_chunk(response_id, created, model, routing, **fields)
+            return completion_chunk(response_id, created, model, routing, **fields)
+
+        try:
+            if endpoint == "chat":
+                yield _sse(chunk(delta={"role": "assistant", "content": ""}))
+            while True:
+                kind, value = await queue.get()
+                if kind == "done":
+                    break
+                if first:
+                    self.metrics.first_token.labels(endpoint, routing.route).observe(
+                        time.perf_counter() - started
+                    )
+                    first = False
+                yield _sse(chunk(delta={"content": value}) if endpoint == "chat" else chunk(text=value))
+            try:
+                result: GenerationResult = future.result()
+            except Exception as error:  # the status line is sent already: report the failure in the stream
+                logger.exception("generation failed during a stream")
+                status = 500
+                yield _sse(
+                    error_body(f"generation failed: {type(error).__name__}", error_type="server_error")
+                )
+                return
+            yield _sse(
+                chunk(delta={}, finish_reason=result.finish_reason)
+                if endpoint == "chat"
+                else chunk(finish_reason=result.finish_reason)
+            )
+            if parsed.include_usage:
+                yield _sse(chunk(usage=(result.prompt_tokens, result.completion_tokens)))
+            yield "data: [DONE]\n\n"
+        finally:
+            # A client that went away stops the generation at its next token.
+            cancelled.set()
+            self._record(endpoint, routing.route, status, started)
+
+    # ------------------------------------------------------------------ proxy
+    def upstream_headers(self, request: Request) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": request.headers.get("accept", "*/*")}
+        if self.settings.upstream_api_key:
+            headers["authorization"] = f"Bearer {self.settings.upstream_api_key}"
+        elif not self.settings.api_keys and "authorization" in request.headers:
+            # No keys of our own: the client's key is meant for the upstream.
+            headers["authorization"] = request.headers["authorization"]
+        return headers
+
+    async def forward(
+        self, request: Request, endpoint: str, raw: bytes, stream: bool, routing: Routing, started: float
+    ) -> Response:
+        """Send the request body, unchanged, to the upstream; pass its answer (or error) back."""
+        assert self.http is not None and self.upstream is not None  # set up by the app's lifespan
+        path = "/chat/completions" if endpoint == "chat" else "/completions"
+        upstream_request = self.http.build_request(
+            "POST", self.upstream + path, content=raw, headers=self.upstream_headers(request)
+        )
+        try:
+            response = await self.http.send(upstream_request, stream=True)
+        except httpx.HTTPError as error:
+            raise APIError(
+                502,
+                f"the upstream did not answer: {type(error).__name__}",
+                error_type="upstream_error",
+                code="upstream_unreachable",
+            ) from None
+        content_type = response.headers.get("content-type", "")
+        if stream and response.status_code == 200 and content_type.startswith("text/event-stream"):
+            return StreamingResponse(
+                self._relay(response, endpoint, routing, started),
+                status_code=200,
+                media_type="text/event-stream",
+                headers=_routing_header(routing),
+            )
+        try:
+            content = await response.aread()
+        finally:
+            await response.aclose()
+        if response.status_code == 200 and content_type.startswith("application/json"):
+            with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+                data = json.loads(content)
+                if isinstance(data, dict):
+                    data[ROUTING_FIELD] = routing.to_json()
+                    return JSONResponse(data, headers=_routing_header(routing))
+        # Errors (and anything unexpected) go back as the upstream sent them.
+        return Response(
+            content,
+            status_code=response.status_code,
+            media_type=content_type or None,
+            headers=_routing_header(routing),
+        )
+
+    async def _relay(
+        self, response: httpx.Response, endpoint: str, routing: Routing, started: float
+    ) -> AsyncIterator[str]:
+        status, first = 200, True
+        try:
+            async for line in response.aiter_lines():
+                if first:
+                    self.metrics.first_token.labels(endpoint, routing.route).observe(
+                        time.perf_counter() - started
+                    )
+                    first = False
+                yield _with_routing(line, routing) + "\n"
+        except httpx.HTTPError as error:
+            status = 502
+            yield _sse(
+                error_body(f"the upstream stream broke: {type(error).__name__}", error_type="upstream_error")
+            )
+        finally:
+            await response.aclose()
+            self._record(endpoint, routing.route, status, started)
+
+    # ------------------------------------------------------------------ edits
+    def add_edits(self, edits: list[Any]) -> list[int]:
+        ids = self.router.add_edits(edits)
+        self.binding.commit()
+        return ids
+
+    def remove_edit(self, edit_id: int) -> None:
+        self.router.remove_edit(edit_id)
+        self.binding.commit()
+
+
+def _rest(result: GenerationResult) -> tuple[str, int, int]:
+    return result.finish_reason, result.prompt_tokens, result.completion_tokens
+
+
+def _edit_json(edit_id: int, edit: Any) -> dict[str, Any]:
+    return {"id": edit_id, "object": "edit", **edit.to_dict()}
+
+
+def _parse_edit_id(text: str) -> int:
+    try:
+        edit_id = int(text)
+    except ValueError:
+        raise APIError(400, f"an edit id is an integer, got {text!r}", param="edit_id") from None
+    if edit_id < 0:
+        raise APIError(400, f"an edit id is a non-negative integer, got {edit_id}", param="edit_id")
+    return edit_id
+
+
+def create_app(
+    router: EditRouter,
+    *,
+    generator: BaseModelGenerator | None = None,
+    upstream: str | None = None,
+    store: StoreBinding | None = None,
+    settings: ServeSettings | None = None,
+) -> FastAPI:
+    """The OpenAI-compatible app: local mode with ``generator``, proxy mode with ``upstream``.
+
+    Args:
+        router: the scope classifier, counterfactual model and edit store.
+        generator: the base model's generation (local mode).
+        upstream: the base URL of an OpenAI-compatible API, e.g. ``http://127.0.0.1:8000/v1`` (proxy mode).
+        store: how edit changes are made durable (default: in memory, ``router.store``).
+        settings: names, tokens and limits.
+
+    Example:
+        >>> import uvicorn  # doctest: +SKIP
+        >>> model = EditableModel.from_defaults()  # doctest: +SKIP
+        >>> app = create_app(EditRouter.from_editable_model(model),
+        ...                  generator=BaseModelGenerator(model.base_model, model.tokenizer))  # doctest: +SKIP
+        >>> uvicorn.run(app, port=8080)  # doctest: +SKIP
+    """
+    settings = settings or ServeSettings()
+    binding = store or StoreBinding(router.store, "memory")
+    if binding.store is not router.store:
+        raise ValueError("the store binding must hold the router's edit store")
+    server = _Server(router, binding, settings, generator, upstream)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if server.upstream is not None:
+            server.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.upstream_timeout, connect=10.0))
+        logger.info(
+            "Serving %s in %s mode; edits: %s",
+            settings.model_name,
+            server.mode,
+            binding.description or binding.kind,
+        )
+        try:
+            yield
+        finally:
+            if server.http is not None:
+                await server.http.aclose()
+            server.routing_pool.shutdown(wait=False, cancel_futures=True)
+            server.generation_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="serac", summary="OpenAI-compatible serving with live edits", lifespan=lifespan)
+    app.state.serac = server
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body(str(error.detail), error_type="invalid_request_error"), status_code=error.status_code
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(str(error.errors()[:3])), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal server error", error_type="server_error"), status_code=500)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await server.complete(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await server.complete(request, "completions")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        server.check_inference(request)
+        if server.upstream is not None:
+            assert server.http is not None
+            try:
+                response = await server.http.get(
+                    server.upstream + "/models", headers=server.upstream_headers(request)
+                )
+            except httpx.HTTPError as error:
+                raise APIError(
+                    502, f"the upstream did not answer: {type(error).__name__}", error_type="upstream_error"
+                ) from None
+            return Response(
+                response.content,
+                status_code=response.status_code,
+                media_type=response.headers.get("content-type"),
+            )
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": settings.model_name, "object": "model", "created": 0, "owned_by": "serac"}],
+            }
+        )
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "mode": server.mode,
+            "model": settings.model_name,
+            "editing": router.enabled,
+            "store": describe(binding),
+        }
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        server.metrics.edits_stored.set(len(binding.store))
+        return Response(server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/v1/edits")
+    async def add_edits(request: Request) -> JSONResponse:
+        status = 500
+        try:
+            server.check_admin(request)
+            try:
+                body = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise APIError(400, "the request body is not valid JSON; nothing was stored") from None
+            edits = parse_edits(body)
+            ids = await server.run(server.routing_pool, server.add_edits, edits)
+            status = 200
+        except APIError as error:
+            status = error.status_code
+            raise
+        finally:
+            server.metrics.edit_writes.labels("add", str(status)).inc()
+        server.metrics.edits_stored.set(len(binding.store))
+        logger.info("Stored %d edit(s): ids %s", len(ids), ids)
+        return JSONResponse(
+            {
+                "object": "list",
+                "ids": ids,
+                "data": [_edit_json(edit_id, edit) for edit_id, edit in zip(ids, edits, strict=True)],
+            }
+        )
+
+    @app.get("/v1/edits")
+    async def list_edits(request: Request) -> JSONResponse:
+        server.check_read_edits(request)
+        items = binding.store.items()
+        return JSONResponse({"object": "list", "data": [_edit_json(i, e) for i, e in items]})
+
+    @app.get("/v1/edits/{edit_id}")
+    async def get_edit(request: Request, edit_id: str) -> JSONResponse:
+        server.check_read_edits(request)
+        number = _parse_edit_id(edit_id)
+        try:
+            edit = binding.store.get(number)
+        except (UnknownEditError, KeyError):
+            raise APIError(404, f"no edit with id {number}", param="edit_id", code="edit_not_found") from None
+        return JSONResponse(_edit_json(number, edit))
+
+    @app.delete("/v1/edits/{edit_id}")
+    async def delete_edit(request: Request, edit_id: str) -> JSONResponse:
+        status = 500
+        try:
+            server.check_admin(request)
+            number = _parse_edit_id(edit_id)
+            try:
+                await server.run(server.routing_pool, server.remove_edit, number)
+            except (UnknownEditError, KeyError):
+                raise APIError(
+                    404, f"no edit with id {number}", param="edit_id", code="edit_not_found"
+                ) from None
+            status = 200
+        except APIError as error:
+            status = error.status_code
+            raise
+        finally:
+            server.metrics.edit_writes.labels("remove", str(status)).inc()
+        server.metrics.edits_stored.set(len(binding.store))
+        logger.info("Removed edit %d", number)
+        return JSONResponse({"id": number, "object": "edit", "deleted": True})
+
+    return app

@@ -1,0 +1,148 @@
+"""``serac serve``: an OpenAI-compatible server with live edits, in front of a local model or an upstream API.
+
+Examples:
+    serac serve --model HuggingFaceTB/SmolLM2-135M-Instruct --editor my-editor/ --store edits.safetensors
+    serac serve --upstream http://127.0.0.1:8000/v1 --editor my-editor/ --admin-token "$TOKEN"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_app", "build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+ADMIN_TOKEN_ENV = "SERAC_ADMIN_TOKEN"
+API_KEY_ENV = "SERAC_API_KEY"
+UPSTREAM_API_KEY_ENV = "SERAC_UPSTREAM_API_KEY"
+SHUTDOWN_TIMEOUT_SECONDS = 10
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serac serve",
+        description="Serve a model through an OpenAI-compatible API whose answers follow live edits.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model",
+        help="local mode: a Hugging Face model id or path (default: the offline SmolLM2-135M-Instruct)",
+    )
+    source.add_argument(
+        "--upstream",
+        help="proxy mode: base URL of an OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1); "
+        "out-of-scope requests are forwarded to it",
+    )
+    parser.add_argument(
+        "--editor",
+        help="a saved SERAC editor folder (EditableModel.save_pretrained or serac train output); "
+        "default: the offline default parts",
+    )
+    parser.add_argument(
+        "--store",
+        help="where edits live: a database URL (sqlite:///..., postgresql://..., with a database-backed "
+        "edit store) or a store file path, rewritten after every change; default: in memory",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get(ADMIN_TOKEN_ENV),
+        help=f"bearer token for changing edits (or ${ADMIN_TOKEN_ENV}); without one the edits API is read-only",
+    )
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help=f"a bearer token accepted for inference (repeatable; or ${API_KEY_ENV}, comma-separated); "
+        "default: no key needed",
+    )
+    parser.add_argument(
+        "--upstream-api-key",
+        default=os.environ.get(UPSTREAM_API_KEY_ENV),
+        help=f"key sent to the upstream (or ${UPSTREAM_API_KEY_ENV}); default: the client's key, passed "
+        "through when this server has no --api-key",
+    )
+    parser.add_argument("--served-model-name", help="the model id this server reports")
+    parser.add_argument("--max-tokens", type=int, default=1024, help="most new tokens per request")
+    parser.add_argument(
+        "--no-edits",
+        action="store_true",
+        help="serve the base model only: no routing, edits API read-only (a baseline for measurements)",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _default_parts_dir() -> Path:
+    from serac.training.recipe import default_parts_dir
+
+    return default_parts_dir()
+
+
+def build_app(args: argparse.Namespace) -> Any:
+    """Load the parts named by the parsed arguments and return the app (without starting it)."""
+    from serac.serve.app import ServeSettings, create_app
+    from serac.serve.engine import BaseModelGenerator, EditRouter, load_editor_parts
+    from serac.serve.persistence import open_store
+
+    api_keys = tuple(args.api_key or [k for k in os.environ.get(API_KEY_ENV, "").split(",") if k])
+    if args.upstream is None:
+        from serac.modeling import EditableModel
+
+        if args.editor:
+            model = EditableModel.from_pretrained(args.model, args.editor)
+        else:
+            model = EditableModel.from_defaults(args.model)
+        binding = open_store(args.store, model.store)
+        model.store = binding.store
+        router = EditRouter.from_editable_model(model, enabled=not args.no_edits)
+        generator = BaseModelGenerator(model.base_model, model.tokenizer)
+        name = args.served_model_name or args.model or "smollm2-135m-instruct"
+        upstream = None
+    else:
+        scope_classifier, counterfactual_model, store = load_editor_parts(args.editor or _default_parts_dir())
+        binding = open_store(args.store, store)
+        router = EditRouter(scope_classifier, counterfactual_model, binding.store, enabled=not args.no_edits)
+        generator = None
+        name = args.served_model_name or "serac-proxy"
+        upstream = args.upstream
+    settings = ServeSettings(
+        model_name=name,
+        admin_token=args.admin_token or None,
+        api_keys=api_keys,
+        max_tokens=args.max_tokens,
+        upstream_api_key=args.upstream_api_key or None,
+    )
+    return create_app(router, generator=generator, upstream=upstream, store=binding, settings=settings)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse ``argv`` (default: the command line), load the parts and serve until interrupted."""
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.store is None:
+        logger.warning("No --store: edits posted to this server are kept in memory and lost when it stops")
+    app = build_app(args)
+    # Requests still queued at shutdown are not worth waiting for minutes; their clients get a reset.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_SECONDS,
+    )
+
+
+if __name__ == "__main__":
+    main()
