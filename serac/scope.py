@@ -321,7 +321,19 @@ class EmbeddingScopeClassifier(ScopeClassifier):
                 else []
                 for texts, row in zip(views, candidates, strict=True)
             ]
-        return [[similarity for _, similarity, _ in row] for row in candidates]
+        scores = []
+        for row_views, row in zip(views, candidates, strict=True):
+            # An edit found through the subject index has no similarity yet: embed the pair to get one.
+            missing = [index for index, (_, similarity, _) in enumerate(row) if not np.isfinite(similarity)]
+            row_scores = [similarity for _, similarity, _ in row]
+            if missing:
+                filled = self.score_pairs(
+                    [row[i][2].text for i in missing], [row_views[0]] * len(missing), store
+                )
+                for index, value in zip(missing, filled.tolist(), strict=True):
+                    row_scores[index] = value
+            scores.append(row_scores)
+        return scores
 
     def score_pairs(self, edit_texts: Sequence[str], queries: Sequence[str], store: EditStore) -> np.ndarray:
         """Cosine similarity of each (edit text, query) pair, embedded with the store's embedder."""

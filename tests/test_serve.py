@@ -392,8 +392,12 @@ def test_store_file_keeps_acknowledged_edits(tmp_path, base_model, chat_tokenize
         assert EditStore.from_pretrained(path, embedder).items() == [(edit_id, Edit(**CITIZEN))]
         httpx.delete(f"{url}/edits/{edit_id}", headers={"authorization": f"Bearer {ADMIN}"})
         assert len(EditStore.from_pretrained(path, embedder)) == 0
-    with pytest.raises(ValueError, match="database-backed"):
-        open_store("sqlite:///edits.db", router.store)
+    # A database URL opens the database-backed store: an edit stored there is there for the next process.
+    database = open_store(f"sqlite:///{tmp_path / 'edits.db'}", router.store)
+    assert database.kind == "database"
+    (stored,) = database.store.add([Edit(**CITIZEN)])
+    reopened = EditStore(embedder, url=f"sqlite:///{tmp_path / 'edits.db'}")
+    assert reopened.items() == [(stored, Edit(**CITIZEN))]
 
 
 # ---------------------------------------------------------------------------------------------- proxy mode
