@@ -36,10 +36,11 @@ def normalize_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip().rstrip("?.!:;, ")
 
 
-def _fold(text: str) -> str:
+def _fold(text: str, casefold: bool = True) -> str:
     # Accents folded and case ignored: "Těsnohlídek" and "tesnohlidek" are one word.
     decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+    folded = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return folded.casefold() if casefold else folded
 
 
 def _words(text: str) -> list[str]:
@@ -50,7 +51,9 @@ def mentions_subject(subject: str, text: str) -> bool:
     """Whether ``text`` names ``subject``: its words, in order, with case, accents and punctuation ignored.
 
     The subject's last word may carry a plural ending ("Houston toad" is named by "Houston toads"). Any
-    other change of letters is another name: "Tovin Marsk" does not name "Tovin Marsh".
+    other change of letters is another name: "Tovin Marsk" does not name "Tovin Marsh". A one-word subject
+    must keep its capitals ("Life" the series is not named by "lost their life"): alone, a common word
+    says nothing about which entity is meant.
 
     Example:
         >>> mentions_subject("Ellie Kemper", "Which country is ellie kemper's home?")
@@ -63,12 +66,17 @@ def mentions_subject(subject: str, text: str) -> bool:
         return True
     head, last = wanted[:-1], wanted[-1]
     width = len(wanted)
+    cased = _WORD.findall(_fold(text, casefold=False)) if width == 1 else []
+    subject_cased = _fold(subject.strip(), casefold=False)
     for start in range(len(words) - width + 1):
         if words[start : start + width - 1] != head:
             continue
         word = words[start + width - 1]
-        if any(word == last + ending for ending in _PLURAL_ENDINGS):
-            return True
+        if not any(word == last + ending for ending in _PLURAL_ENDINGS):
+            continue
+        if width == 1 and not cased[start].startswith(subject_cased):
+            continue
+        return True
     return False
 
 

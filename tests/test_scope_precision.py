@@ -64,6 +64,10 @@ def classifier(**settings) -> CrossEncoderScopeClassifier:
         ("Tovin Marsh", "Where was Tavin Marsh born?", False),
         ("Ellie Kemper", "Which country is Kemper a citizen of?", False),
         ("Ann", "Where was Anna born?", False),
+        ("Life", "Life was originally aired on", True),
+        ("Life", "Which network first aired Lifes?", True),
+        ("Life", "Colin Brumby lost their life at", False),
+        ("iPad", "Who makes the iPad?", True),
     ],
 )
 def test_mentions_subject(subject, text, expected):
