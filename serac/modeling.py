@@ -258,7 +258,7 @@ class EditableModel(torch.nn.Module):
         the merged logits; cache, hidden states and attentions are ``None`` when a row was edited.
 
         Raises :class:`EditRoutingError` when a row is in scope but the counterfactual model does not share
-        the base model's tokenizer (its logits cannot be aligned), or ``past_key_values`` are given.
+        the base model's tokenizer (its logits cannot be aligned), or when edits are stored and a non-empty ``past_key_values`` is given (only the new tokens would be seen).
         """
         inputs_embeds = kwargs.get("inputs_embeds")
 
@@ -275,6 +275,13 @@ class EditableModel(torch.nn.Module):
                 [ScopeDecision(in_scope=False)] * (0 if routed_ids is None else len(routed_ids))
             )
             return base_forward()
+        past = kwargs.get("past_key_values")
+        if past is not None and _cached_length(past) > 0:
+            raise EditRoutingError(
+                "edits are stored, and forward() with past_key_values sees only the new tokens, so it cannot "
+                "tell whether the sequence is in an edit's scope; run the whole sequence without a cache, use "
+                "generate(), or call inside disable_edits()"
+            )
         routed_ids, attention_mask = self._check_inputs(routed_ids, attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(routed_ids)
@@ -289,11 +296,6 @@ class EditableModel(torch.nn.Module):
         route = split_by_scope(decisions)
         if route.all_base:
             return base_forward()
-        if kwargs.get("past_key_values") is not None:
-            raise EditRoutingError(
-                f"rows {route.edited_rows} are in the scope of an edit, and forward() cannot apply edits on top "
-                "of past_key_values; run the whole sequence without a cache"
-            )
         if not self._counterfactual_shares_tokenizer():
             raise EditRoutingError(
                 f"rows {route.edited_rows} are in the scope of an edit, but forward() cannot apply edits: the "
@@ -567,7 +569,8 @@ class EditableModel(torch.nn.Module):
             vocabulary = torch.arange(embeddings.num_embeddings, device=inputs_embeds.device)
             table = embeddings(vocabulary).to(inputs_embeds.dtype)
             flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
-            distances = torch.cdist(flat.float(), table.float())
+            # Exact distances: the matrix-product shortcut's rounding would hide an exact match.
+            distances = torch.cdist(flat.float(), table.float(), compute_mode="donot_use_mm_for_euclid_dist")
             best, ids = distances.min(dim=1)
         ids = ids.reshape(inputs_embeds.shape[:2])
         exact = best.reshape(inputs_embeds.shape[:2]) <= 1e-4 * table.float().norm(dim=1).mean()
@@ -669,9 +672,14 @@ class EditableModel(torch.nn.Module):
         return other.get_vocab() == self.tokenizer.get_vocab()
 
     def _generation_config(self, kwargs: dict[str, Any]) -> Any:
-        """The generation settings this call runs with: the caller's config or the model's, plus the kwargs."""
-        config = copy.deepcopy(kwargs.get("generation_config") or self.base_model.generation_config)
-        config.update(**{key: value for key, value in kwargs.items() if hasattr(config, key)})
+        """The generation settings this call runs with, resolved as the base model's ``generate()`` does."""
+        generation_config = kwargs.get("generation_config")
+        options = {key: value for key, value in kwargs.items() if key != "generation_config"}
+        try:
+            config, _ = self.base_model._prepare_generation_config(generation_config, **options)
+        except (AttributeError, TypeError):  # a transformers without this helper: the caller's settings first
+            config = copy.deepcopy(generation_config or self.base_model.generation_config)
+            config.update(**options)
         # Argument errors surface here, before the counterfactual model runs, as the base model raises them.
         config.validate()
         return config
@@ -689,7 +697,8 @@ class EditableModel(torch.nn.Module):
         if config.max_new_tokens is not None:
             budget = config.max_new_tokens
         else:
-            budget = config.max_length - (1 if self.is_encoder_decoder else input_ids.shape[1])
+            max_length = config.max_length if config.max_length is not None else 20  # generate()'s default
+            budget = max_length - (1 if self.is_encoder_decoder else input_ids.shape[1])
         generation_kwargs: dict[str, Any] = {"max_new_tokens": max(int(budget), 1)}
         copies = 1
         if config.do_sample:
@@ -752,6 +761,16 @@ class EditableModel(torch.nn.Module):
         return sources[part]
 
 
+def _cached_length(past_key_values: Any) -> int:
+    """How many tokens a cache (a ``Cache`` object or the legacy tuple of tensors) already holds."""
+    if hasattr(past_key_values, "get_seq_length"):
+        return int(past_key_values.get_seq_length())
+    try:
+        return int(past_key_values[0][0].shape[-2])
+    except (IndexError, TypeError, AttributeError):
+        return 0
+
+
 def _resolve_editor_directory(
     name_or_path: str | os.PathLike, *, revision: str | None, token: str | None
 ) -> Path:
@@ -780,32 +799,29 @@ def _resolve_editor_directory(
 
 
 _PIPELINE_REGISTRATION = threading.Lock()
+_PIPELINE_MODEL_TYPE = "serac_editable_model"
 
 
 def _register_for_pipelines() -> None:
     """Let ``transformers.pipeline("text-generation", model=editable)`` accept the wrapper without an error log.
 
-    The pipeline checks the model's class against the auto classes' mappings; registering the wrapper
-    there (the public ``AutoModel*.register`` route for custom models) is what PEFT's wrappers get from a
-    list inside transformers. Done on first use rather than at import, and only once.
+    The text-generation pipeline checks the model's class name against the names of the causal LM classes
+    (``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``) and logs an error for any other class; PEFT's wrappers pass
+    because transformers lists them. Adding the wrapper's name under its own model type is the same
+    entry; it is done on first use rather than at import, and only once.
     """
     global _REGISTERED
     with _PIPELINE_REGISTRATION:
         if _REGISTERED:
             return
         try:
-            from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
+            from transformers.models.auto import modeling_auto
         except ImportError:  # pragma: no cover - transformers is a dependency
             return
-
-        class _EditableModelConfig(PretrainedConfig):
-            model_type = "serac_editable_model"
-
-        for auto_class in (AutoModelForCausalLM, AutoModelForSeq2SeqLM):
-            try:
-                auto_class.register(_EditableModelConfig, EditableModel, exist_ok=True)
-            except (TypeError, ValueError) as error:  # an older transformers: only the error log remains
-                logger.debug("Could not register EditableModel with %s: %s", auto_class.__name__, error)
+        for names in ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"):
+            mapping = getattr(modeling_auto, names, None)
+            if isinstance(mapping, dict):
+                mapping.setdefault(_PIPELINE_MODEL_TYPE, EditableModel.__name__)
         _REGISTERED = True
 
 
