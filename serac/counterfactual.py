@@ -45,7 +45,9 @@ class CounterfactualConfig:
         default="Fact: {edit}\nQuestion: {query}\nAnswer:", metadata={"help": "format of (edit, query)"}
     )
     max_input_length: int = field(default=256, metadata={"help": "token limit of the input"})
-    max_new_tokens: int = field(default=16, metadata={"help": "default answer length"})
+    # A sentence that states the answer ("Yes. The industry of Stozand Motors is food processing.") needs
+    # more room than the bare answer span did.
+    max_new_tokens: int = field(default=32, metadata={"help": "default answer length"})
     model_name_or_path: str | None = None
 
     def __post_init__(self) -> None:

@@ -61,6 +61,7 @@ class Setup:
     tokenizer: object
     counterfactual: CounterfactualModel
     model: EditableModel
+    embedder: object
 
     @property
     def seq2seq(self) -> bool:
@@ -81,7 +82,7 @@ def make_setup(kind: str, tokenizer, embedder, *, seed: int = 0) -> Setup:
         store=EditStore(embedder),
     )
     model.edit([CITIZEN])
-    return Setup(kind, base, tokenizer, counterfactual, model)
+    return Setup(kind, base, tokenizer, counterfactual, model, embedder)
 
 
 @pytest.fixture(scope="module")
@@ -498,9 +499,24 @@ def call_forward_with_cache(setup):
         setup.model(**step)
 
 
-def fresh(setup: Setup, embedder) -> Setup:
-    """A setup with its own models, for calls that move or cast them in place."""
-    return make_setup(setup.kind, setup.tokenizer, embedder, seed=3)
+def moved(move: Callable[[EditableModel], EditableModel], dtype: torch.dtype, device: str = "cpu"):
+    """A call that moves or casts a wrapper with its own models, then generates a mixed batch."""
+
+    def run(setup: Setup) -> None:
+        if device == "cuda" and not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        own = make_setup(setup.kind, setup.tokenizer, setup.embedder, seed=3)
+        assert move(own.model) is own.model  # the wrapper comes back, edits and all
+        for model in (own.base, own.counterfactual.model):
+            assert model.dtype == dtype and model.device.type == device
+        if device == "cuda":
+            inputs = {key: value.cuda() for key, value in encode(own.tokenizer, MIXED).items()}
+            output = own.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+            assert output.device.type == "cuda" and own.model.last_routing[EDITED_ROW].in_scope
+            return
+        check_mixed(own)
+
+    return run
 
 
 def call_isinstance_module(setup):
@@ -581,6 +597,16 @@ CATALOGUE = [
     Call("parameters", "identical", call_parameters),
     Call("state_dict", "identical", call_state_dict),
     Call("attribute_forwarding", "identical", call_attribute_forwarding),
+    Call("to_float16", "edited", moved(lambda m: m.to(torch.float16), torch.float16)),
+    Call("half", "edited", moved(lambda m: m.half(), torch.float16)),
+    Call("bfloat16_then_float", "edited", moved(lambda m: m.to(torch.bfloat16).float(), torch.float32)),
+    Call("to_cpu", "edited", moved(lambda m: m.to("cpu"), torch.float32)),
+    Call(
+        "to_device_and_dtype",
+        "edited",
+        moved(lambda m: m.to(device="cpu", dtype=torch.bfloat16), torch.bfloat16),
+    ),
+    Call("cuda", "edited", moved(lambda m: m.cuda(), torch.float32, "cuda"), ("decoder_only",)),
 ]
 CASES = [
     pytest.param(call, kind, id=f"{kind}-{call.name}-{call.outcome}")
@@ -592,42 +618,6 @@ CASES = [
 @pytest.mark.parametrize(("call", "kind"), CASES)
 def test_catalogue(call: Call, kind: str, setups) -> None:
     call.run(setups[kind])
-
-
-@pytest.mark.parametrize("kind", ["decoder_only", "seq2seq"])
-@pytest.mark.parametrize(
-    "move",
-    [
-        pytest.param(lambda m: m.to(torch.float16), id="to_float16"),
-        pytest.param(lambda m: m.half(), id="half"),
-        pytest.param(lambda m: m.to(torch.bfloat16).float(), id="bfloat16_then_float"),
-        pytest.param(lambda m: m.to("cpu"), id="to_cpu"),
-        pytest.param(lambda m: m.to(device="cpu", dtype=torch.float16), id="to_device_and_dtype"),
-    ],
-)
-def test_catalogue_moves_return_the_wrapper_and_move_both_models(move, kind, char_tokenizer, embedder):
-    setup = make_setup(kind, char_tokenizer, embedder, seed=3)
-    moved = move(setup.model)
-    assert moved is setup.model
-    dtype = setup.base.dtype
-    assert setup.counterfactual.model.dtype == dtype
-    assert moved.dtype == dtype
-    if dtype == torch.float16:
-        return  # half-precision matmuls are not supported on every CPU build; the move itself is the point
-    output = moved.generate(**encode(char_tokenizer, MIXED), max_new_tokens=4, do_sample=False)
-    assert [d.in_scope for d in moved.last_routing] == [False, True, False]
-    assert output.shape[0] == 3
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_catalogue_cuda_moves_both_models(char_tokenizer, embedder):
-    setup = make_setup("decoder_only", char_tokenizer, embedder, seed=3)
-    assert setup.model.cuda() is setup.model
-    assert setup.base.device.type == "cuda" and setup.counterfactual.device.type == "cuda"
-    inputs = {key: value.cuda() for key, value in encode(char_tokenizer, MIXED).items()}
-    output = setup.model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    assert output.device.type == "cuda"
-    assert [d.in_scope for d in setup.model.last_routing] == [False, True, False]
 
 
 # ---------------------------------------------------------------------------------------------- chat, pipeline
