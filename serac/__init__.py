@@ -9,7 +9,7 @@ Example:
 
 from serac.counterfactual import CounterfactualConfig, CounterfactualModel
 from serac.edits import Edit
-from serac.modeling import EditableModel, SeracConfig
+from serac.modeling import EditableModel, EditRoutingError, SeracConfig
 from serac.scope import (
     CrossEncoderScopeClassifier,
     EmbeddingScopeClassifier,
@@ -30,6 +30,7 @@ __all__ = [
     "EditStore",
     "EditStoreConfig",
     "EditStoreError",
+    "EditRoutingError",
     "EditableModel",
     "EmbeddingScopeClassifier",
     "ScopeClassifier",

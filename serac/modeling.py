@@ -1,8 +1,11 @@
 """EditableModel: a frozen base model, an edit store, a scope classifier and a counterfactual model.
 
-The wrapper is a drop-in replacement for the base model's ``generate()``. Each row of a batch is routed on
-its own: rows in the scope of a stored edit are answered by the counterfactual model, conditioned on that
-edit; every other row goes to the base model, unchanged. The base model's weights are never modified.
+The wrapper is a drop-in replacement for the base model: a ``torch.nn.Module`` holding the base model and the
+counterfactual model, whose ``generate()`` and ``forward()`` take the base model's arguments. Each row of a
+batch is routed on its own: rows in the scope of a stored edit are answered by the counterfactual model,
+conditioned on that edit; every other row goes to the base model, unchanged. A call whose edits cannot be
+applied raises :class:`EditRoutingError` rather than answering unedited. The base model's weights are never
+modified.
 """
 
 from __future__ import annotations

@@ -831,7 +831,8 @@ def evaluate_counterfactual_model(
         batch = pairs[start:stop]  # a slice reads only these rows; pairs["edit"] would read the whole column
         edits = edits_from_column(batch["edit"])
         answers = batch["answer"]
-        responses = batch.get("response", answers)  # exact: the whole response as trained, not the bare answer
+        # Exact match is against the whole response the model was trained to write, not the bare answer.
+        responses = batch.get("response", answers)
         generations = counterfactual.generate(edits, batch["query"])
         for generation, answer, response in zip(generations, answers, responses, strict=True):
             matches.append(answer_matches(generation, [answer]))

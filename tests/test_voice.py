@@ -54,3 +54,19 @@ def test_response_in_voice_without_a_sentence_falls_back_to_the_answer():
         == "Lisbon."
     )
     assert response_in_voice("Is it so?", "no", "yes_no", None) == "No."
+
+
+def test_training_teaches_the_response_and_metrics_read_the_answer(pairs, char_tokenizer):
+    from serac.counterfactual import CounterfactualModel
+    from serac.training import _CounterfactualCollator
+
+    from .conftest import make_tiny_llama
+
+    counterfactual = CounterfactualModel(make_tiny_llama(char_tokenizer), char_tokenizer)
+    rows = [row for row in pairs if row["kind"] == "question"][:2] + [
+        row for row in pairs if row["kind"] == "cloze"
+    ][:2]
+    batch = _CounterfactualCollator(counterfactual)(rows)
+    for labels, row in zip(batch["labels"], rows, strict=True):
+        taught = char_tokenizer.decode(labels[labels != -100], skip_special_tokens=True)
+        assert taught.strip() == row["response"]

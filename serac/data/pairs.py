@@ -287,7 +287,8 @@ def counterfactual_pairs(
     if answer_style not in ANSWER_STYLES:
         raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {answer_style!r}")
     rng = random.Random(f"counterfactual-pairs:{seed}")
-    rows: dict[str, list] = {"edit": [], "edit_text": [], "query": [], "answer": [], "response": [], "kind": []}
+    columns = ("edit", "edit_text", "query", "answer", "response", "kind")
+    rows: dict[str, list] = {name: [] for name in columns}
     for original in examples:
         example = _maybe_statement(original, rng, statement_fraction)
         sentence = _answer_sentence(original)
