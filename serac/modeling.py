@@ -226,7 +226,7 @@ class EditableModel(torch.nn.Module):
                 self._base_generate(input_ids, kwargs), [ScopeDecision(in_scope=False)] * rows
             )
 
-        queries, chat_rows = self._queries(routed_ids, attention_mask)
+        queries, chat_rows = self._queries_and_chat_rows(routed_ids, attention_mask)
         decisions = self.scope_classifier.classify(queries, self.store)
         route = split_by_scope(decisions)
         if route.all_base:
@@ -600,10 +600,14 @@ class EditableModel(torch.nn.Module):
         ]
         return queries, [turn is not None for turn in turns]
 
-    def _queries(
+    def _queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[str]:
+        """The query text of each row: the last user turn of a chat-formatted row, else the whole row."""
+        return self._queries_and_chat_rows(input_ids, attention_mask)[0]
+
+    def _queries_and_chat_rows(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[list[str], list[bool]]:
-        """The query text of each row: the last user turn of a chat-formatted row, else the whole row."""
+        """The query text of each row, and whether the row is chat-formatted."""
         rows = []
         for row, ids in enumerate(input_ids):
             if attention_mask is not None:

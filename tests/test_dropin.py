@@ -640,12 +640,12 @@ def test_chat_parsing_keeps_a_plain_text_system_prompt_out_of_the_query(llama2_s
     ]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    queries, chat_rows = llama2_setup.model._queries(ids, None)
+    queries, chat_rows = llama2_setup.model._queries_and_chat_rows(ids, None)
     assert queries == [IN_SCOPE] and chat_rows == [True]
     later = messages + [{"role": "assistant", "content": "Sure."}, {"role": "user", "content": OUT[0]}]
     text = tokenizer.apply_chat_template(later, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    assert llama2_setup.model._queries(ids, None)[0] == [OUT[0]]
+    assert llama2_setup.model._queries(ids, None) == [OUT[0]]
 
 
 def test_chat_reply_is_a_fresh_answer_not_a_continuation(llama2_setup):
