@@ -10,7 +10,7 @@ Example:
 from serac._version import __version__
 from serac.counterfactual import CounterfactualConfig, CounterfactualModel
 from serac.edits import Edit
-from serac.modeling import EditableModel, SeracConfig, SeracConfigError
+from serac.modeling import EditableModel, EditRoutingError, SeracConfig, SeracConfigError
 from serac.scope import (
     CrossEncoderScopeClassifier,
     EmbeddingScopeClassifier,
@@ -29,6 +29,7 @@ __all__ = [
     "EditStore",
     "EditStoreConfig",
     "EditStoreError",
+    "EditRoutingError",
     "EditableModel",
     "EmbeddingScopeClassifier",
     "ScopeClassifier",

@@ -45,7 +45,9 @@ class CounterfactualConfig(JsonConfigMixin):
         default="Fact: {edit}\nQuestion: {query}\nAnswer:", metadata={"help": "format of (edit, query)"}
     )
     max_input_length: int = field(default=256, metadata={"help": "token limit of the input"})
-    max_new_tokens: int = field(default=16, metadata={"help": "default answer length"})
+    # A sentence that states the answer ("Yes. The industry of Stozand Motors is food processing.") needs
+    # more room than the bare answer span did.
+    max_new_tokens: int = field(default=32, metadata={"help": "default answer length"})
     model_name_or_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -58,8 +60,11 @@ class CounterfactualConfig(JsonConfigMixin):
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
-class CounterfactualModel:
+class CounterfactualModel(torch.nn.Module):
     """A seq2seq or causal LM that answers a query conditioned on an edit.
+
+    It is a ``torch.nn.Module`` holding the underlying model, so moving or casting it (or an
+    :class:`~serac.modeling.EditableModel` that holds it) moves the underlying model too.
 
     Args:
         model: any ``AutoModelForSeq2SeqLM`` or ``AutoModelForCausalLM``.
@@ -76,6 +81,7 @@ class CounterfactualModel:
     def __init__(self, model: Any, tokenizer: Any, config: CounterfactualConfig | None = None) -> None:
         if not hasattr(model, "generate") or not hasattr(model, "config"):
             raise TypeError(f"model must be a Hugging Face generative model, got {type(model).__name__}")
+        super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or CounterfactualConfig(model_name_or_path=getattr(model, "name_or_path", None))
@@ -89,6 +95,10 @@ class CounterfactualModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The underlying model's forward pass."""
+        return self.model(*args, **kwargs)
 
     def format_input(self, edit: Edit, query: str) -> str:
         """The model's input for one (edit, query) pair."""
@@ -126,6 +136,29 @@ class CounterfactualModel:
             sequences = sequences[:, batch["input_ids"].shape[1] :]
         answers = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         return [_first_line(answer) for answer in answers]
+
+    def continuation_logits(self, edit: Edit, query: str, continuation_ids: Sequence[int]) -> torch.Tensor:
+        """Teacher-forced next-token logits of an answer given the edit and the query.
+
+        ``continuation_ids`` are answer tokens in this model's vocabulary. Returns a
+        ``(len(continuation_ids) + 1, vocab)`` tensor: row ``k`` is the distribution of answer token ``k``
+        given the formatted (edit, query) input and the answer tokens before it; the last row is the
+        distribution of the token after the whole continuation.
+        """
+        text = self.format_input(edit, query)
+        continuation = torch.as_tensor(list(continuation_ids), dtype=torch.long, device=self.device)
+        if self.is_encoder_decoder:
+            batch = self._tokenize_inputs([text])
+            start = self.model.generation_config.decoder_start_token_id
+            if start is None:
+                start = self.model.config.decoder_start_token_id
+            if start is None:
+                raise ValueError("the counterfactual model has no decoder_start_token_id")
+            decoder_ids = torch.cat([continuation.new_tensor([int(start)]), continuation])[None]
+            return self.model(**batch, decoder_input_ids=decoder_ids).logits[0]
+        prompt = torch.as_tensor(self._prompt_ids(text), dtype=torch.long, device=self.device)
+        logits = self.model(input_ids=torch.cat([prompt, continuation])[None]).logits[0]
+        return logits[len(prompt) - 1 :]
 
     # ------------------------------------------------------------------ training
     def training_features(
@@ -227,23 +260,20 @@ class CounterfactualModel:
     def _tokenize_inputs(self, texts: list[str], padding_side: str | None = None) -> dict[str, torch.Tensor]:
         # Causal models generate after the last input token, so their batches are padded on the left.
         side = padding_side or ("right" if self.is_encoder_decoder else "left")
-        old_side, old_truncation = self.tokenizer.padding_side, self.tokenizer.truncation_side
-        self.tokenizer.padding_side, self.tokenizer.truncation_side = side, "left"
-        try:
-            batch = self.tokenizer(
-                texts,
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.config.max_input_length,
-            )
-        finally:
-            self.tokenizer.padding_side, self.tokenizer.truncation_side = old_side, old_truncation
-        return {
-            key: value.to(self.device)
-            for key, value in batch.items()
-            if key in ("input_ids", "attention_mask")
-        }
+        # Padded and truncated here rather than through the tokenizer's padding_side/truncation_side: the
+        # tokenizer may be shared with the base model and other threads, so it must never be mutated.
+        rows = [
+            ids[-self.config.max_input_length :]
+            for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        ]
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            columns = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+            input_ids[i, columns] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, columns] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
 
     def _prompt_ids(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]

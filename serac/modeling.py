@@ -1,18 +1,23 @@
 """EditableModel: a frozen base model, an edit store, a scope classifier and a counterfactual model.
 
-The wrapper is a drop-in replacement for the base model's ``generate()``. Each row of a batch is routed on
-its own: rows in the scope of a stored edit are answered by the counterfactual model, conditioned on that
-edit; every other row goes to the base model, unchanged. The base model's weights are never modified.
+The wrapper is a drop-in replacement for the base model: a ``torch.nn.Module`` holding the base model and the
+counterfactual model, whose ``generate()`` and ``forward()`` take the base model's arguments. Each row of a
+batch is routed on its own: rows in the scope of a stored edit are answered by the counterfactual model,
+conditioned on that edit; every other row goes to the base model, unchanged. A call whose edits cannot be
+applied raises :class:`EditRoutingError` rather than answering unedited. The base model's weights are never
+modified.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from serac._version import __version__
 from serac.chat import chat_markers, last_user_turn
 from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
 from serac.files import JsonConfigMixin
-from serac.routing import expand_rows, merge_rows, select_rows, split_by_scope
+from serac.routing import AnswerForcing, split_by_scope
 from serac.scope import ScopeClassifier, ScopeDecision, load_scope_classifier
 from serac.store import STORE_FILE_NAME, EditStore, EditStoreConfig, EditStoreError
 
@@ -38,7 +44,7 @@ COUNTERFACTUAL_FOLDER = "counterfactual_model"
 
 CONFIG_FORMAT_VERSION = 1
 
-__all__ = ["EditableModel", "SeracConfig", "SeracConfigError"]
+__all__ = ["EditRoutingError", "EditableModel", "SeracConfig", "SeracConfigError"]
 
 
 class SeracConfigError(ValueError):
@@ -109,8 +115,20 @@ class SeracConfig(JsonConfigMixin):
         return cls(**data, store=store)
 
 
-class EditableModel:
+class EditRoutingError(RuntimeError):
+    """A call has rows in the scope of an edit, but the edits cannot be applied to this kind of call.
+
+    Raised instead of answering with the unedited base model; the message says why and what works instead.
+    """
+
+
+class EditableModel(torch.nn.Module):
     """A base model whose answers can be corrected by edits, without touching its weights.
+
+    A ``torch.nn.Module`` holding the base model and the counterfactual model (as PEFT's ``PeftModel`` holds
+    its base model): ``.to()``, ``.half()``, ``.eval()`` return the wrapper and move both models;
+    ``parameters()`` and ``state_dict()`` are theirs (edits are saved with :meth:`save_pretrained`); any
+    other attribute is the base model's. ``generate()`` and ``forward()`` apply the edits row by row.
 
     Args:
         base_model: any Hugging Face causal or seq2seq LM; it is used as is and never modified.
@@ -125,7 +143,7 @@ class EditableModel:
         >>> ids = model.edit([Edit(prompt="{} plays the sport of", subject="LeBron James", target="football")])
         >>> batch = model.tokenizer(["LeBron James plays the sport of"], return_tensors="pt")
         >>> model.tokenizer.decode(model.generate(**batch, max_new_tokens=4)[0], skip_special_tokens=True)
-        'LeBron James plays the sport of football'
+        'LeBron James plays the sport of football.'
     """
 
     def __init__(
@@ -149,18 +167,18 @@ class EditableModel:
             raise TypeError(
                 f"counterfactual_model must be a CounterfactualModel, got {type(counterfactual_model).__name__}"
             )
-        # Set through __dict__: __getattr__ forwards unknown names to the base model.
-        self.__dict__["base_model"] = base_model
+        super().__init__()
+        # Both models are submodules: moving, casting or switching the wrapper to eval mode reaches them.
+        self.base_model = base_model
+        self.counterfactual_model = counterfactual_model
         self.tokenizer = tokenizer
         self.scope_classifier = scope_classifier
-        self.counterfactual_model = counterfactual_model
         if store is not None and not isinstance(store, (EditStore, str, os.PathLike)):
             raise TypeError(f"store must be an EditStore or a database URL, got {type(store).__name__}")
         self.store = store if isinstance(store, EditStore) else EditStore(url=store)
         self._local = threading.local()
-        self._routing_lock = threading.Lock()
-        self._last_routing: list[ScopeDecision] = []
         self._chat_markers = chat_markers(tokenizer)
+        _register_for_pipelines()
 
     # ------------------------------------------------------------------ edits
     def edit(self, edits: Edit | Sequence[Edit], *, supersede: bool = True) -> list[int]:
@@ -198,7 +216,7 @@ class EditableModel:
 
     @contextlib.contextmanager
     def disable_edits(self) -> Iterator[None]:
-        """Within this block (in this thread), ``generate()`` is exactly the base model's."""
+        """Within this block (in this thread), ``generate()`` and ``forward()`` are exactly the base model's."""
         depth = getattr(self._local, "disabled", 0)
         self._local.disabled = depth + 1
         try:
@@ -212,9 +230,31 @@ class EditableModel:
 
     @property
     def last_routing(self) -> list[ScopeDecision]:
-        """Per row of the last ``generate()`` call: in scope or not, which edit, the score."""
-        with self._routing_lock:
-            return list(self._last_routing)
+        """Per row of this thread's last ``generate()`` or ``forward()`` call: in scope, which edit, the score.
+
+        Kept per thread, so concurrent callers each read their own call's routing. For the routing of one
+        particular call use :meth:`trace_routing`, or the ``routing`` attribute of a
+        ``return_dict_in_generate=True`` output.
+        """
+        return list(getattr(self._local, "routing", []))
+
+    @contextlib.contextmanager
+    def trace_routing(self) -> Iterator[list[list[ScopeDecision]]]:
+        """Collect the routing of every call made in this block, by this thread, one list per call.
+
+        Example:
+            >>> with model.trace_routing() as calls:  # doctest: +SKIP
+            ...     model.generate(**batch, max_new_tokens=8)
+            >>> calls[0][0].in_scope  # doctest: +SKIP
+            True
+        """
+        calls: list[list[ScopeDecision]] = []
+        traces = self._local.__dict__.setdefault("traces", [])
+        traces.append(calls)
+        try:
+            yield calls
+        finally:
+            traces.remove(calls)
 
     # ------------------------------------------------------------------ inference
     def route(self, queries: Sequence[str]) -> list[ScopeDecision]:
@@ -225,43 +265,137 @@ class EditableModel:
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        """Drop-in for ``base_model.generate()``: same arguments, same return type.
+        """Drop-in for ``base_model.generate()``: same arguments, same return type, edits applied per row.
 
-        Rows out of every edit's scope are generated by the base model with the arguments given; rows in
-        scope get the counterfactual model's answer, tokenized with the base tokenizer and appended to the
-        row's input (decoder-only) or after the decoder start token (seq2seq), followed by the end-of-sequence
-        token. Rows come back in the input order, right-padded with the pad token as ``generate()`` pads.
-        With ``return_dict_in_generate=True`` the base model's output class is returned; when some rows were
-        edited, its per-step fields (scores, logits, attentions, hidden states) are ``None``.
+        The whole batch runs through the base model's own ``generate()``. Rows in the scope of an edit are made
+        to write the counterfactual model's answer (then the end-of-sequence token) instead of the base model's
+        tokens, so lengths (``max_new_tokens``, ``max_length``, a ``GenerationConfig``), stopping criteria,
+        streamers, padding and the output format apply to them as to every other row; under sampling
+        (``do_sample``, ``temperature``, ``top_k``, ``top_p``), each of a row's ``num_return_sequences`` gets its
+        own sampled answer. Out-of-scope rows are exactly what the base model generates for the same batch.
+        With ``return_dict_in_generate=True`` the output has a ``routing`` attribute: this call's decisions.
+        ``inputs_embeds`` are routed when they are the base model's token embeddings; otherwise, with an edit
+        stored, the call raises :class:`EditRoutingError`.
         """
+        if inputs is not None and kwargs.get("input_ids") is not None:
+            raise ValueError(
+                "`inputs` were passed alongside `input_ids`, which is not allowed: pass one of them."
+            )
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
         input_ids, attention_mask = self._check_inputs(input_ids, kwargs.get("attention_mask"))
-        if input_ids is None or not self.edits_enabled or len(self.store) == 0:
-            self._set_routing([ScopeDecision(in_scope=False)] * (0 if input_ids is None else len(input_ids)))
-            return self._base_generate(input_ids, kwargs)
+        routed_ids = input_ids
+        if routed_ids is None and kwargs.get("inputs_embeds") is not None and self._edits_active():
+            routed_ids = self._ids_from_embeddings(kwargs["inputs_embeds"], attention_mask)
+        if routed_ids is None or not self._edits_active():
+            rows = 0 if routed_ids is None else len(routed_ids)
+            return self._finish(
+                self._base_generate(input_ids, kwargs), [ScopeDecision(in_scope=False)] * rows
+            )
 
-        queries = self._queries(input_ids, attention_mask)
+        queries, chat_rows = self._queries_and_chat_rows(routed_ids, attention_mask)
+        decisions = self.scope_classifier.classify(queries, self.store)
+        route = split_by_scope(decisions)
+        if route.all_base:
+            return self._finish(self._base_generate(input_ids, kwargs), decisions)
+        if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens"):
+            raise EditRoutingError(
+                "assisted generation cannot apply edits (rows in scope: "
+                f"{route.edited_rows}); generate without assistant_model/prompt_lookup_num_tokens"
+            )
+        config = self._generation_config(kwargs)
+        answers = self._forced_answers(routed_ids, route.edited_rows, queries, chat_rows, decisions, config)
+        forcing = AnswerForcing(answers, len(routed_ids), self._pad_token_id(config))
+        caller_processors = kwargs.get("logits_processor") or []
+        generate_kwargs = {**kwargs, "logits_processor": LogitsProcessorList([*caller_processors, forcing])}
+        return self._finish(self._base_generate(input_ids, generate_kwargs), decisions)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The base model's forward pass with the edits applied per row: logits (and loss) of the edited model.
+
+        Rows out of every edit's scope get exactly the base model's logits. In a row in scope, the tokens
+        that follow the query are scored by the counterfactual model, teacher-forced on its own input (the
+        edit and the query) and aligned to the caller's positions. The query is the row up to its first
+        labelled token (``labels`` not ``-100``, the usual convention for scoring an answer), or the whole row
+        without ``labels``, whose last position then gives the edited model's next token. For a seq2seq base
+        model the query is the encoder input and the decoder tokens are scored. ``loss`` is recomputed from
+        the merged logits; cache, hidden states and attentions are ``None`` when a row was edited.
+
+        Raises :class:`EditRoutingError` when a row is in scope but the counterfactual model does not share
+        the base model's tokenizer (its logits cannot be aligned), or when edits are stored and a non-empty ``past_key_values`` is given (only the new tokens would be seen).
+        """
+        inputs_embeds = kwargs.get("inputs_embeds")
+
+        def base_forward() -> Any:
+            return self.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
+            )
+
+        routed_ids = input_ids
+        if routed_ids is None and inputs_embeds is not None and self._edits_active():
+            routed_ids = self._ids_from_embeddings(inputs_embeds, attention_mask)
+        if routed_ids is None or not self._edits_active():
+            self._set_routing(
+                [ScopeDecision(in_scope=False)] * (0 if routed_ids is None else len(routed_ids))
+            )
+            return base_forward()
+        past = kwargs.get("past_key_values")
+        if past is not None and _cached_length(past) > 0:
+            raise EditRoutingError(
+                "edits are stored, and forward() with past_key_values sees only the new tokens, so it cannot "
+                "tell whether the sequence is in an edit's scope; run the whole sequence without a cache, use "
+                "generate(), or call inside disable_edits()"
+            )
+        routed_ids, attention_mask = self._check_inputs(routed_ids, attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(routed_ids)
+        splits = self._query_lengths(routed_ids, attention_mask, labels)
+        rows = [
+            ids[mask.bool()][:split].tolist()
+            for ids, mask, split in zip(routed_ids, attention_mask, splits, strict=True)
+        ]
+        queries, _ = self._query_texts(rows)
         decisions = self.scope_classifier.classify(queries, self.store)
         self._set_routing(decisions)
         route = split_by_scope(decisions)
         if route.all_base:
-            return self._base_generate(input_ids, kwargs)
-
-        batch_size = input_ids.shape[0]
-        copies = int(kwargs.get("num_return_sequences") or 1)
-        parts: list[tuple[list[int], torch.Tensor]] = []
-        base_output = None
-        if route.base_rows:
-            subset = select_rows({"input_ids": input_ids, **kwargs}, route.base_rows, batch_size)
-            base_output = self._base_generate(subset.pop("input_ids"), subset)
-            sequences = base_output.sequences if hasattr(base_output, "sequences") else base_output
-            parts.append((expand_rows(route.base_rows, copies), sequences))
-        edited = self._edited_sequences(input_ids, route.edited_rows, queries, decisions, kwargs)
-        parts.append((expand_rows(route.edited_rows, copies), edited.repeat_interleave(copies, dim=0)))
-        merged = merge_rows(parts, batch_size * copies, self._pad_token_id(kwargs))
-        if not kwargs.get("return_dict_in_generate", False):
-            return merged
-        return self._wrap_output(base_output, merged)
+            return base_forward()
+        if not self._counterfactual_shares_tokenizer():
+            raise EditRoutingError(
+                f"rows {route.edited_rows} are in the scope of an edit, but forward() cannot apply edits: the "
+                "counterfactual model's tokenizer differs from the base model's, so its logits cannot be "
+                "aligned to the caller's tokens; use generate(), or a counterfactual model with the base "
+                "model's tokenizer"
+            )
+        return_dict = kwargs.pop("return_dict", None)
+        base_kwargs = dict(kwargs)
+        if self.is_encoder_decoder and base_kwargs.get("decoder_input_ids") is None and labels is not None:
+            base_kwargs["decoder_input_ids"] = self.base_model.prepare_decoder_input_ids_from_labels(
+                labels=labels
+            )
+        output = self.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **base_kwargs
+        )
+        logits = output.logits.clone()
+        for row in route.edited_rows:
+            self._splice_edited_logits(
+                logits,
+                row,
+                routed_ids,
+                attention_mask,
+                splits[row],
+                queries[row],
+                decisions[row],
+                base_kwargs,
+            )
+        loss = None if labels is None else self._loss(logits, labels)
+        result = type(output)(loss=loss, logits=logits)
+        return result.to_tuple() if return_dict is False else result
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike, *, save_parts: bool = True) -> None:
@@ -278,7 +412,7 @@ class EditableModel:
 
         directory = Path(directory)
         config = SeracConfig(
-            base_model_name_or_path=getattr(self.base_model, "name_or_path", None) or None,
+            base_model_name_or_path=self._base_model_reference(),
             store=self.store.config,
             store_file=STORE_FILE_NAME,
         )
@@ -305,6 +439,63 @@ class EditableModel:
             (staging / CONFIG_NAME).write_text(config.to_json())
         logger.info("Saved %d edits and the editor config to %s", len(self.store), directory)
 
+    def model_card(self) -> str:
+        """A Hugging Face model card for this editor: the base model it edits, the edit count, how to load it."""
+        base = self._base_model_reference()
+        metadata = ["---", "library_name: serac-memory", "tags:", "- serac", "- model-editing"]
+        # The Hub reads base_model as a repository id; a local path there would be rejected.
+        if base and not Path(base).is_absolute() and not Path(base).exists():
+            metadata.append(f"base_model: {base}")
+        metadata.append("---")
+        loading = (
+            "```python\nfrom serac import EditableModel\n\n"
+            f'model = EditableModel.from_pretrained("{base or "BASE_MODEL"}", "REPO_ID")\n```'
+        )
+        body = [
+            f"# SERAC editor for {base or 'an unnamed base model'}",
+            "",
+            f"This repository holds a [SERAC](https://arxiv.org/abs/2206.06520) editor with {len(self.store)} "
+            "edits: the edit store, the scope classifier, the counterfactual model and their config. It does "
+            f"not contain the base model ({base or 'not recorded'}), whose weights are never modified.",
+            "",
+            loading,
+            "",
+        ]
+        return "\n".join(metadata + [""] + body)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Upload the editor (edit store, both parts, config and a model card) to a Hub repository.
+
+        Only what :meth:`save_pretrained` writes goes up, plus ``README.md``; the base model is referenced
+        by name, never uploaded. Returns ``huggingface_hub``'s commit information.
+        """
+        if not isinstance(repo_id, str) or not repo_id.strip():
+            raise ValueError(f"repo_id must be a non-empty string, got {repo_id!r}")
+        from huggingface_hub import HfApi
+
+        with tempfile.TemporaryDirectory() as staging:
+            folder = Path(staging) / "editor"
+            self.save_pretrained(folder)
+            (folder / "README.md").write_text(self.model_card().replace("REPO_ID", repo_id))
+            api = HfApi(token=token)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                revision=revision,
+                commit_message=commit_message or f"Upload SERAC editor with {len(self.store)} edits",
+                create_pr=create_pr,
+            )
+
     @classmethod
     def from_pretrained(
         cls,
@@ -315,19 +506,23 @@ class EditableModel:
         embedder: Any = None,
         store: str | os.PathLike | None = None,
         allow_external_parts: bool = False,
+        revision: str | None = None,
+        token: str | None = None,
     ) -> EditableModel:
         """Wrap ``base_model`` with the SERAC folder saved in ``directory`` (its edits, scope classifier, parts).
 
-        ``base_model`` may be a loaded model or a name or path to load. A directory with no edit store (as
-        written by training) gives an empty store. ``store`` is a database to keep the edits in (a SQLite
-        path or URL, a PostgreSQL URL): a database never written before is filled from the saved edits, one
-        that holds edits already is used as it is. Parts are only loaded from inside ``directory`` unless
+        ``directory`` is a local folder or a Hugging Face Hub repository id (``"user/my-editor"``, fetched
+        with ``huggingface_hub.snapshot_download``; ``revision`` and ``token`` go there). ``base_model`` may
+        be a loaded model or a name or path to load. A directory with no edit store (as written by
+        training) gives an empty store. ``store`` is a database to keep the edits in (a SQLite path or URL,
+        a PostgreSQL URL): a database never written before is filled from the saved edits, one that holds
+        edits already is used as it is. Parts are only loaded from inside ``directory`` unless
         ``allow_external_parts=True`` (a config may name any path; following one silently is how a folder
         from elsewhere would make this process load code or weights it was never meant to).
         """
         from serac.offline import DEFAULT_BASE_MODEL, load_base_model, resolve_base_model
 
-        directory = Path(directory)
+        directory = _resolve_editor_directory(directory, revision=revision, token=token)
         config_path = directory / CONFIG_NAME
         if not config_path.exists():
             raise FileNotFoundError(f"no SERAC folder in {directory} (missing {CONFIG_NAME})")
@@ -392,10 +587,19 @@ class EditableModel:
 
     # ------------------------------------------------------------------ forwarding
     def __getattr__(self, name: str) -> Any:
-        # Only called for names not found normally: forward them to the base model (config, device, ...).
-        if name.startswith("__") or "base_model" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.__dict__["base_model"], name)
+        # Submodules first (torch keeps them out of __dict__), then everything else from the base model
+        # (config, device, generation_config, can_generate, ...), as PeftModel does.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("__") or name in ("base_model", "_modules"):
+                raise
+            base_model = self._modules.get("base_model") if "_modules" in self.__dict__ else None
+            if base_model is None:
+                base_model = self.__dict__.get("base_model")
+            if base_model is None:
+                raise
+            return getattr(base_model, name)
 
     def __repr__(self) -> str:
         return (
@@ -408,6 +612,9 @@ class EditableModel:
     @property
     def is_encoder_decoder(self) -> bool:
         return bool(getattr(self.base_model.config, "is_encoder_decoder", False))
+
+    def _edits_active(self) -> bool:
+        return self.edits_enabled and len(self.store) > 0
 
     def _check_inputs(
         self, input_ids: Any, attention_mask: Any
@@ -438,102 +645,210 @@ class EditableModel:
             return self.base_model.generate(**kwargs)
         return self.base_model.generate(input_ids=input_ids, **kwargs)
 
+    def _finish(self, output: Any, decisions: Sequence[ScopeDecision]) -> Any:
+        """Record this call's routing and attach it to a dict-style output."""
+        self._set_routing(decisions)
+        if hasattr(output, "sequences"):
+            output.routing = list(decisions)
+        return output
+
+    def _ids_from_embeddings(self, inputs_embeds: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Token ids whose embeddings are exactly ``inputs_embeds``, to route rows given as embeddings."""
+        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3:
+            raise ValueError("inputs_embeds must be a (batch, length, hidden) tensor")
+        embeddings = self.base_model.get_input_embeddings()
+        with torch.no_grad():
+            vocabulary = torch.arange(embeddings.num_embeddings, device=inputs_embeds.device)
+            table = embeddings(vocabulary).to(inputs_embeds.dtype)
+            flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
+            # Exact distances: the matrix-product shortcut's rounding would hide an exact match.
+            distances = torch.cdist(flat.float(), table.float(), compute_mode="donot_use_mm_for_euclid_dist")
+            best, ids = distances.min(dim=1)
+        ids = ids.reshape(inputs_embeds.shape[:2])
+        exact = best.reshape(inputs_embeds.shape[:2]) <= 1e-4 * table.float().norm(dim=1).mean()
+        if attention_mask is not None:
+            exact |= ~attention_mask.bool()
+        if not bool(exact.all()):
+            raise EditRoutingError(
+                "edits are stored, and these inputs_embeds are not the base model's token embeddings, so their "
+                "text cannot be routed to an edit; pass input_ids, or call inside disable_edits()"
+            )
+        return ids
+
+    def _query_texts(self, rows: list[list[int]]) -> tuple[list[str], list[bool]]:
+        """The query text of each row of token ids, and whether the row is chat-formatted."""
+        plain = [text.strip() for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+        markers = self._chat_markers
+        if markers is None:
+            return plain, [False] * len(rows)
+        # Rows are parsed one by one: a batch may mix chat-formatted rows with raw prompts.
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False)
+        turns = [last_user_turn(text, *markers) for text in texts]
+        queries = [
+            plain_text if turn is None else turn for plain_text, turn in zip(plain, turns, strict=True)
+        ]
+        return queries, [turn is not None for turn in turns]
+
     def _queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[str]:
         """The query text of each row: the last user turn of a chat-formatted row, else the whole row."""
+        return self._queries_and_chat_rows(input_ids, attention_mask)[0]
+
+    def _queries_and_chat_rows(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[list[str], list[bool]]:
+        """The query text of each row, and whether the row is chat-formatted."""
         rows = []
         for row, ids in enumerate(input_ids):
             if attention_mask is not None:
                 ids = ids[attention_mask[row].bool()]
             rows.append(ids.tolist())
-        plain = [text.strip() for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
-        markers = self._chat_markers
-        if markers is None:
-            return plain
-        # Rows are parsed one by one: a batch may mix chat-formatted rows with raw prompts.
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False)
-        turns = [last_user_turn(text, *markers) for text in texts]
-        return [plain_text if turn is None else turn for plain_text, turn in zip(plain, turns, strict=True)]
+        return self._query_texts(rows)
 
-    def _edited_sequences(
+    def _query_lengths(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None
+    ) -> list[int]:
+        """Per row, how many attended tokens form the query (in ``forward()``); the rest is the continuation."""
+        lengths = []
+        for row in range(input_ids.shape[0]):
+            attended = attention_mask[row].bool()
+            count = int(attended.sum())
+            if self.is_encoder_decoder or labels is None:
+                lengths.append(count)
+                continue
+            labelled = (labels[row][attended] != -100).nonzero()
+            lengths.append(int(labelled[0]) if len(labelled) else count)
+        return lengths
+
+    def _splice_edited_logits(
+        self,
+        logits: torch.Tensor,
+        row: int,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        split: int,
+        query: str,
+        decision: ScopeDecision,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Overwrite the logits of one edited row with the counterfactual model's, aligned to the caller's."""
+        if self.is_encoder_decoder:
+            decoder_ids = kwargs.get("decoder_input_ids")
+            if decoder_ids is None:
+                raise EditRoutingError("forward() on a seq2seq base model needs decoder_input_ids or labels")
+            continuation = decoder_ids[row, 1:].tolist()
+            edited = self.counterfactual_model.continuation_logits(decision.edit, query, continuation)
+            positions = torch.arange(decoder_ids.shape[1], device=logits.device)
+        else:
+            columns = attention_mask[row].bool().nonzero().flatten()
+            continuation = input_ids[row, columns[split:]].tolist()
+            edited = self.counterfactual_model.continuation_logits(decision.edit, query, continuation)
+            # Caller position p-1+k predicts continuation token k; the first one has no position when p == 0.
+            first = max(0, 1 - split)
+            edited = edited[first:]
+            positions = columns[split - 1 + first : split + len(continuation)].to(logits.device)
+        width = min(logits.shape[-1], edited.shape[-1])
+        block = torch.full(
+            (len(positions), logits.shape[-1]), -float("inf"), dtype=logits.dtype, device=logits.device
+        )
+        block[:, :width] = edited[:, :width].to(logits.dtype)
+        logits[row, positions] = block
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(logits.device)
+        if not self.is_encoder_decoder:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        return torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+        )
+
+    def _counterfactual_shares_tokenizer(self) -> bool:
+        other = self.counterfactual_model.tokenizer
+        if other is self.tokenizer:
+            return True
+        return other.get_vocab() == self.tokenizer.get_vocab()
+
+    def _generation_config(self, kwargs: dict[str, Any]) -> Any:
+        """The generation settings this call runs with, resolved as the base model's ``generate()`` does."""
+        generation_config = kwargs.get("generation_config")
+        options = {key: value for key, value in kwargs.items() if key != "generation_config"}
+        try:
+            config, _ = self.base_model._prepare_generation_config(generation_config, **options)
+        except (AttributeError, TypeError):  # a transformers without this helper: the caller's settings first
+            config = copy.deepcopy(generation_config or self.base_model.generation_config)
+            config.update(**options)
+        # Argument errors surface here, before the counterfactual model runs, as the base model raises them.
+        config.validate()
+        return config
+
+    def _forced_answers(
         self,
         input_ids: torch.Tensor,
         rows: list[int],
         queries: Sequence[str],
+        chat_rows: Sequence[bool],
         decisions: Sequence[ScopeDecision],
-        kwargs: dict[str, Any],
-    ) -> torch.Tensor:
-        """Each edited row as ``generate()`` would return it: prompt (decoder-only) + answer + eos."""
-        max_new_tokens = kwargs.get("max_new_tokens") or self._generation_setting("max_new_tokens") or 20
+        config: Any,
+    ) -> dict[int, list[list[int]]]:
+        """For each edited row, the token sequences its generation is made to write (answer, then eos)."""
+        if config.max_new_tokens is not None:
+            budget = config.max_new_tokens
+        else:
+            max_length = config.max_length if config.max_length is not None else 20  # generate()'s default
+            budget = max_length - (1 if self.is_encoder_decoder else input_ids.shape[1])
+        generation_kwargs: dict[str, Any] = {"max_new_tokens": max(int(budget), 1)}
+        copies = 1
+        if config.do_sample:
+            copies = int(config.num_return_sequences or 1)
+            generation_kwargs.update(
+                do_sample=True,
+                temperature=config.temperature,
+                top_k=config.top_k,
+                top_p=config.top_p,
+                num_return_sequences=copies,
+            )
         edits = [decisions[row].edit for row in rows]
-        answers = self.counterfactual_model.generate(
-            edits, [queries[row] for row in rows], max_new_tokens=max_new_tokens
-        )
-        eos = self._eos_token_id(kwargs)
-        pad = self._pad_token_id(kwargs)
-        pieces = []
-        for row, answer in zip(rows, answers, strict=True):
-            # A leading space makes the answer a continuation of the prompt, as the base model would write it.
-            answer_ids = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-            new_tokens = (answer_ids + ([eos] if eos is not None else []))[:max_new_tokens]
-            if self.is_encoder_decoder:
-                start = self.base_model.generation_config.decoder_start_token_id
-                if start is None:
-                    start = self.base_model.config.decoder_start_token_id
-                prefix = [start] if start is not None else []
-            else:
-                prefix = input_ids[row].tolist()
-            pieces.append(prefix + new_tokens)
-        width = max(len(piece) for piece in pieces)
-        sequences = torch.full((len(pieces), width), pad, dtype=input_ids.dtype, device=input_ids.device)
-        for i, piece in enumerate(pieces):
-            sequences[i, : len(piece)] = torch.tensor(piece, dtype=input_ids.dtype)
-        return sequences
-
-    def _generation_setting(self, name: str) -> Any:
-        generation_config = getattr(self.base_model, "generation_config", None)
-        return getattr(generation_config, name, None)
-
-    def _eos_token_id(self, kwargs: dict[str, Any]) -> int | None:
-        eos = kwargs.get("eos_token_id")
-        if eos is None and kwargs.get("generation_config") is not None:
-            eos = kwargs["generation_config"].eos_token_id
-        if eos is None:
-            eos = self._generation_setting("eos_token_id")
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
+        device = self.counterfactual_model.device
+        # The counterfactual model samples from a fork of the random state, so the base model's own draws
+        # (and with them every unedited row) are the same as without edits.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            answers = self.counterfactual_model.generate(
+                edits, [queries[row] for row in rows], **generation_kwargs
+            )
+        eos = config.eos_token_id
         if isinstance(eos, (list, tuple)):
             eos = eos[0] if eos else None
-        return eos
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        texts = self.tokenizer.batch_decode(input_ids[rows].tolist(), skip_special_tokens=True)
+        forced: dict[int, list[list[int]]] = {}
+        for index, row in enumerate(rows):
+            # A raw prompt is continued after a space, as the base model would write it; a chat reply or a
+            # seq2seq answer starts fresh.
+            space = not (self.is_encoder_decoder or chat_rows[row] or texts[index][-1:].isspace())
+            forced[row] = []
+            for answer in answers[index * copies : (index + 1) * copies]:
+                answer_ids = self.tokenizer((" " if space else "") + answer, add_special_tokens=False)[
+                    "input_ids"
+                ]
+                forced[row].append(answer_ids + ([eos] if eos is not None else []))
+        return forced
 
-    def _pad_token_id(self, kwargs: dict[str, Any]) -> int:
-        pad = kwargs.get("pad_token_id")
-        if pad is None and kwargs.get("generation_config") is not None:
-            pad = kwargs["generation_config"].pad_token_id
-        if pad is None:
-            pad = self._generation_setting("pad_token_id")
+    def _pad_token_id(self, config: Any) -> int:
+        pad = config.pad_token_id
         if pad is None:
             pad = self.tokenizer.pad_token_id
         if pad is None:
-            pad = self._eos_token_id(kwargs)
+            eos = config.eos_token_id
+            pad = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
         return int(pad) if pad is not None else 0
 
-    def _wrap_output(self, base_output: Any, sequences: torch.Tensor) -> Any:
-        if base_output is None or not hasattr(base_output, "sequences"):
-            from transformers.generation.utils import (
-                GenerateDecoderOnlyOutput,
-                GenerateEncoderDecoderOutput,
-            )
-
-            output_class = (
-                GenerateEncoderDecoderOutput if self.is_encoder_decoder else GenerateDecoderOnlyOutput
-            )
-            return output_class(sequences=sequences)
-        # Per-step tensors cover only the base rows; returning them under merged rows would misalign them.
-        return type(base_output)(sequences=sequences)
-
     def _set_routing(self, decisions: Sequence[ScopeDecision]) -> None:
-        with self._routing_lock:
-            self._last_routing = list(decisions)
+        self._local.routing = list(decisions)
+        for calls in getattr(self._local, "traces", []):
+            calls.append(list(decisions))
+
+    def _base_model_reference(self) -> str | None:
+        return getattr(self.base_model, "name_or_path", None) or None
 
     def _part_source(self, part: str) -> str:
         sources = getattr(self, "_sources", {})
@@ -552,6 +867,73 @@ def _part_path(directory: Path, recorded: str, part: str, allow_external: bool) 
             "allow_external_parts=True if you trust where it points"
         )
     return path if path.is_absolute() else directory / path
+
+
+def _cached_length(past_key_values: Any) -> int:
+    """How many tokens a cache (a ``Cache`` object or the legacy tuple of tensors) already holds."""
+    if hasattr(past_key_values, "get_seq_length"):
+        return int(past_key_values.get_seq_length())
+    try:
+        return int(past_key_values[0][0].shape[-2])
+    except (IndexError, TypeError, AttributeError):
+        return 0
+
+
+def _resolve_editor_directory(
+    name_or_path: str | os.PathLike, *, revision: str | None, token: str | None
+) -> Path:
+    """A local editor folder as is; otherwise a Hub repository id, downloaded with ``snapshot_download``."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    looks_like_repo_id = (
+        isinstance(name_or_path, str)
+        and 0 < text.count("/") <= 1
+        and not text.startswith(("/", ".", "~"))
+        and not path.exists()
+    )
+    if not looks_like_repo_id:
+        raise FileNotFoundError(f"no serac editor in {path} (not a folder)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=text, revision=revision, token=token))
+    except Exception as error:
+        raise FileNotFoundError(
+            f"no serac editor at {text!r}: it is not a local folder, and the Hugging Face Hub repository could "
+            f"not be fetched ({type(error).__name__}: {error})"
+        ) from error
+
+
+_PIPELINE_REGISTRATION = threading.Lock()
+_PIPELINE_MODEL_TYPE = "serac_editable_model"
+
+
+def _register_for_pipelines() -> None:
+    """Let ``transformers.pipeline("text-generation", model=editable)`` accept the wrapper without an error log.
+
+    The text-generation pipeline checks the model's class name against the names of the causal LM classes
+    (``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``) and logs an error for any other class; PEFT's wrappers pass
+    because transformers lists them. Adding the wrapper's name under its own model type is the same
+    entry; it is done on first use rather than at import, and only once.
+    """
+    global _REGISTERED
+    with _PIPELINE_REGISTRATION:
+        if _REGISTERED:
+            return
+        try:
+            from transformers.models.auto import modeling_auto
+        except ImportError:  # pragma: no cover - transformers is a dependency
+            return
+        for names in ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"):
+            mapping = getattr(modeling_auto, names, None)
+            if isinstance(mapping, dict):
+                mapping.setdefault(_PIPELINE_MODEL_TYPE, EditableModel.__name__)
+        _REGISTERED = True
+
+
+_REGISTERED = False
 
 
 def _store_file_path(directory: Path, config: SeracConfig) -> Path | None:

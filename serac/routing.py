@@ -14,7 +14,7 @@ import torch
 
 from serac.scope import ScopeDecision
 
-__all__ = ["Route", "expand_rows", "merge_rows", "select_rows", "split_by_scope"]
+__all__ = ["AnswerForcing", "Route", "expand_rows", "merge_rows", "select_rows", "split_by_scope"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,42 @@ def merge_rows(
             merged.device
         )
     return merged
+
+
+class AnswerForcing:
+    """A ``generate()`` logits processor that makes the edited rows of a batch write their new answers.
+
+    Args:
+        answers: for each edited input row, one or more token sequences (answer and end-of-sequence); when
+            ``generate()`` expands a row into several sequences (sampling with ``num_return_sequences``,
+            beams), sequence ``j`` of the row gets ``answers[row][j % len(answers[row])]``.
+        batch_size: rows of the caller's input.
+        pad_token_id: forced once a row's answer is written, for a generation with no end-of-sequence token.
+
+    Every other row is left untouched, so the base model's generation loop (its lengths, stopping criteria,
+    streamers, output format) applies to edited and unedited rows alike.
+    """
+
+    def __init__(self, answers: Mapping[int, Sequence[Sequence[int]]], batch_size: int, pad_token_id: int):
+        if any(not copies for copies in answers.values()):
+            raise ValueError("every edited row needs at least one answer")
+        self.answers = {row: [list(tokens) for tokens in copies] for row, copies in answers.items()}
+        self.batch_size = batch_size
+        self.pad_token_id = pad_token_id
+        self._start: int | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        # The first call sees the sequences as generation starts; later steps are counted from there.
+        if self._start is None:
+            self._start = input_ids.shape[1]
+        step = input_ids.shape[1] - self._start
+        factor = max(scores.shape[0] // self.batch_size, 1)
+        scores = scores.clone()
+        for row, copies in self.answers.items():
+            for copy in range(factor):
+                tokens = copies[copy % len(copies)]
+                token = tokens[step] if step < len(tokens) else self.pad_token_id
+                index = row * factor + copy
+                scores[index, :] = -float("inf")
+                scores[index, token] = 0.0
+        return scores

@@ -13,12 +13,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(2)
 
 
-def make_char_tokenizer():
-    """A character-level tokenizer: any printable ASCII text round-trips through it exactly."""
+def make_char_tokenizer(extra_symbols=()):
+    """A character-level tokenizer: any printable ASCII text round-trips through it exactly.
+
+    ``extra_symbols`` are appended to the vocabulary (a tokenizer that differs from the default one).
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    symbols = ["<pad>", "<eos>", "<bos>", "<unk>", *string.printable[:95]]
+    symbols = ["<pad>", "<eos>", "<bos>", "<unk>", *string.printable[:95], *extra_symbols]
     backend = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(pattern=Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()

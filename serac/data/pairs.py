@@ -3,8 +3,11 @@
 * :func:`examples_to_dataset`: one row per example, every field kept (for saving or inspecting);
 * :func:`scope_pairs`: (edit text, query, label) rows for the scope classifier, in-scope against easy and
   hard out-of-scope pairs, balanced per edit;
-* :func:`counterfactual_pairs`: (edit, query, answer) rows for the counterfactual model: the edit with its
-  paraphrases, its statement form, yes/no questions and single-edit multi-hop questions.
+* :func:`counterfactual_pairs`: (edit, query, answer, response) rows for the counterfactual model: the edit
+  with its paraphrases, its statement form, yes/no questions and single-edit multi-hop questions. The
+  *response* is what the model learns to write, in the base model's voice: a question gets a sentence that
+  states the new answer, a cloze prompt its continuation; the *answer* stays the bare target that metrics
+  look for.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import Sequence
 
 from datasets import Dataset, Features, List, Value
@@ -22,15 +26,22 @@ from serac.edits import Edit, mentions_subject, normalize_text
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ANSWER_STYLES",
     "COUNTERFACTUAL_KINDS",
     "counterfactual_pairs",
     "edits_from_column",
     "examples_to_dataset",
+    "is_question",
+    "response_in_voice",
     "scope_pairs",
 ]
 
 #: In-scope kinds with an exact answer, used to train the counterfactual model by default.
 COUNTERFACTUAL_KINDS: tuple[str, ...] = ("edit", "question", "cloze", "paraphrase", "yes_no")
+
+#: How the counterfactual model's training responses are written: ``"voice"`` (a sentence for a question, a
+#: continuation for a cloze prompt, as the base model would answer) or ``"bare"`` (the answer span alone).
+ANSWER_STYLES: tuple[str, ...] = ("voice", "bare")
 
 _EDIT_FEATURES = {name: Value("string") for name in ("prompt", "target", "subject", "statement")}
 _QUERY_FEATURES = {"text": Value("string"), "answer": Value("string"), "aliases": List(Value("string"))}
@@ -207,15 +218,75 @@ def scope_pairs(
     return dataset
 
 
+def is_question(text: str) -> bool:
+    """Whether a query asks a question (and so is answered with a sentence) rather than being a cloze."""
+    return text.rstrip().endswith("?")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text[-1:] in ".!?" else f"{text}."
+
+
+def _without_label(statement: str) -> str:
+    # A label in front of a statement ("Update: ...") is not part of an answer.
+    statement = re.sub(r"^[A-Z][\w ]{0,30}:\s+", "", statement.strip())
+    return _sentence(statement[:1].upper() + statement[1:])
+
+
+def _answer_sentence(example: EditExample) -> str | None:
+    """One sentence stating the edit's new answer, from the example's own forms; ``None`` if it has none."""
+    edit, target = example.edit, example.answer
+    if edit.is_statement:
+        return _without_label(edit.statement)
+    if target is None:
+        return None
+    if not is_question(edit.query):
+        return _sentence(edit.text)
+    # A question-form edit: its cloze paraphrases, or its statement, state the same fact as a sentence.
+    for query in example.in_scope:
+        if query.kind == "cloze" and query.answer == target:
+            return _sentence(f"{query.text} {target}")
+    if example.statement and normalize_text(target) in normalize_text(example.statement):
+        return _without_label(example.statement)
+    return None
+
+
+def response_in_voice(query: str, answer: str, kind: str, sentence: str | None) -> str:
+    """What the counterfactual model should write for ``query``, in the voice of an instruction-tuned model.
+
+    A cloze prompt gets its continuation (``"football."``); a question gets a sentence stating the answer
+    (``sentence``, the edit stated with its new target), a yes/no question ``"Yes."`` or ``"No."`` followed
+    by it. Without a sentence that holds the answer (a multi-hop question), the answer alone.
+
+    Example:
+        >>> response_in_voice("What sport does LeBron James play?", "football", "question",
+        ...                   "LeBron James plays the sport of football.")
+        'LeBron James plays the sport of football.'
+        >>> response_in_voice("LeBron James plays the sport of", "football", "cloze", None)
+        'football.'
+    """
+    answer = answer.strip()
+    if kind == "yes_no" and answer.lower() in ("yes", "no"):
+        opening = f"{answer.capitalize()}."
+        return f"{opening} {sentence}" if sentence else opening
+    if not is_question(query):
+        return _sentence(answer)
+    if sentence and normalize_text(answer) in normalize_text(sentence):
+        return sentence
+    return _sentence(answer)
+
+
 def counterfactual_pairs(
     examples: Sequence[EditExample],
     *,
     kinds: Sequence[str] = COUNTERFACTUAL_KINDS,
     statement_fraction: float = 0.25,
     include_portability: bool = True,
+    answer_style: str = "voice",
     seed: int = 0,
 ) -> Dataset:
-    """(edit, query, answer) rows for teacher-forced training of the counterfactual model.
+    """(edit, query, answer, response) rows for teacher-forced training of the counterfactual model.
 
     Args:
         examples: the edit examples.
@@ -224,11 +295,14 @@ def counterfactual_pairs(
             so the model learns to read statement edits too.
         include_portability: add the multi-hop questions of examples without companion edits (the
             counterfactual model sees one edit, so questions that need several are left out).
+        answer_style: one of :data:`ANSWER_STYLES`: ``"voice"`` trains responses in the base model's voice
+            (:func:`response_in_voice`), ``"bare"`` the answer span alone.
         seed: seeds the statement choice.
 
     Returns:
         A ``Dataset`` with columns ``edit`` (the edit as JSON, see :func:`edits_from_column`), ``edit_text``,
-        ``query``, ``answer`` and ``kind``.
+        ``query``, ``answer`` (the bare answer, for answer-match metrics), ``response`` (the text to train
+        on) and ``kind``.
     """
     examples = _check_examples(examples)
     unknown = [kind for kind in kinds if kind not in IN_SCOPE_KINDS]
@@ -236,10 +310,14 @@ def counterfactual_pairs(
         raise ValueError(f"unknown in-scope kinds {unknown}; expected some of {IN_SCOPE_KINDS}")
     if not 0.0 <= statement_fraction <= 1.0:
         raise ValueError(f"statement_fraction must be in [0, 1], got {statement_fraction}")
+    if answer_style not in ANSWER_STYLES:
+        raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {answer_style!r}")
     rng = random.Random(f"counterfactual-pairs:{seed}")
-    rows: dict[str, list] = {"edit": [], "edit_text": [], "query": [], "answer": [], "kind": []}
+    columns = ("edit", "edit_text", "query", "answer", "response", "kind")
+    rows: dict[str, list] = {name: [] for name in columns}
     for original in examples:
         example = _maybe_statement(original, rng, statement_fraction)
+        sentence = _answer_sentence(original)
         edit_json = json.dumps(example.edit.to_dict(), sort_keys=True)
         items = [(query.text, query.answer, query.kind) for query in example.in_scope if query.kind in kinds]
         if include_portability and not example.companion_edits:
@@ -249,6 +327,8 @@ def counterfactual_pairs(
             rows["edit_text"].append(example.edit.text)
             rows["query"].append(query)
             rows["answer"].append(answer)
+            voiced = answer_style == "voice"
+            rows["response"].append(response_in_voice(query, answer, kind, sentence) if voiced else answer)
             rows["kind"].append(kind)
     logger.info("Counterfactual pairs: %d rows from %d examples", len(rows["query"]), len(examples))
     return Dataset.from_dict(rows, features=Features({name: Value("string") for name in rows}))

@@ -53,7 +53,10 @@ class _CounterfactualCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         edits = edits_from_column([row["edit"] for row in rows])
         return self.counterfactual.training_features(
-            edits, [row["query"] for row in rows], [row["answer"] for row in rows]
+            # The response is the answer written in the base model's voice; older pair sets have only the answer.
+            edits,
+            [row["query"] for row in rows],
+            [row.get("response", row["answer"]) for row in rows],
         )
 
 
@@ -83,7 +86,7 @@ def evaluate_counterfactual_model(
     """Greedy answers to ``counterfactual_pairs`` rows: the share that match their answer, overall and per kind.
 
     A generation matches when the answer's words occur in it (:func:`serac.metrics.answer_matches`); it is
-    *exact* when the normalized generation equals the normalized answer.
+    *exact* when the normalized generation equals the normalized response it was trained to write.
     """
     from serac.metrics import answer_matches, normalize_answer
 
@@ -97,10 +100,12 @@ def evaluate_counterfactual_model(
         batch = pairs[start:stop]  # a slice reads only these rows; pairs["edit"] would read the whole column
         edits = edits_from_column(batch["edit"])
         answers = batch["answer"]
+        # Exact match is against the whole response the model was trained to write, not the bare answer.
+        responses = batch.get("response", answers)
         generations = counterfactual.generate(edits, batch["query"])
-        for generation, answer in zip(generations, answers, strict=True):
+        for generation, answer, response in zip(generations, answers, responses, strict=True):
             matches.append(answer_matches(generation, [answer]))
-            exact.append(normalize_answer(generation) == normalize_answer(answer))
+            exact.append(normalize_answer(generation) == normalize_answer(response))
     by_kind: dict[str, list[bool]] = defaultdict(list)
     for kind, match in zip(kinds, matches, strict=True):
         by_kind[kind].append(match)
