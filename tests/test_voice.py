@@ -58,7 +58,7 @@ def test_response_in_voice_without_a_sentence_falls_back_to_the_answer():
 
 def test_training_teaches_the_response_and_metrics_read_the_answer(pairs, char_tokenizer):
     from serac.counterfactual import CounterfactualModel
-    from serac.training import _CounterfactualCollator
+    from serac.training.counterfactual import _CounterfactualCollator
 
     from .conftest import make_tiny_llama
 
