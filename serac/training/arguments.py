@@ -7,6 +7,7 @@ from typing import Any
 
 from serac.counterfactual import CounterfactualConfig
 from serac.data import COUNTERFACTUAL_KINDS, IN_SCOPE_KINDS
+from serac.data.pairs import ANSWER_STYLES
 from serac.scope import ScopeClassifierConfig
 
 __all__ = [
@@ -229,6 +230,11 @@ class CounterfactualTrainingArguments(LoopArguments):
         metadata=_help("in-scope query kinds trained on (comma-separated on the CLI)"),
     )
     statement_fraction: float = field(default=0.25, metadata=_help("share of edits shown in statement form"))
+    answer_style: str = field(
+        default="voice",
+        metadata=_help("'voice': a sentence for a question, a continuation for a cloze; 'bare': the answer "
+                       "span alone"),
+    )  # fmt: skip
     include_portability: bool = field(
         default=True, metadata=_help("train on single-edit multi-hop questions")
     )
@@ -246,6 +252,8 @@ class CounterfactualTrainingArguments(LoopArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.kinds = tuple(self.kinds.split(",")) if isinstance(self.kinds, str) else tuple(self.kinds)
+        if self.answer_style not in ANSWER_STYLES:
+            raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
         unknown = [kind for kind in self.kinds if kind not in IN_SCOPE_KINDS]
         if unknown or not self.kinds:
             raise ValueError(f"kinds must be some of {IN_SCOPE_KINDS}, got {self.kinds}")

@@ -154,6 +154,7 @@ def train_counterfactual_model(
         "kinds": arguments.kinds,
         "statement_fraction": arguments.statement_fraction,
         "include_portability": arguments.include_portability,
+        "answer_style": arguments.answer_style,
     }
     train_pairs = counterfactual_pairs(train_examples, seed=arguments.seed, **pair_options)
     eval_pairs = counterfactual_pairs(held_out, seed=arguments.seed + 1, **pair_options)

@@ -102,6 +102,9 @@ def train_default_parts(
             batch_size=DEFAULT_COUNTERFACTUAL_BATCH_SIZE,
             learning_rate=DEFAULT_COUNTERFACTUAL_LEARNING_RATE,
             seed=seed,
+            # The default parts' figures are measured with bare answers; answers in the base model's voice
+            # are trained with answer_style="voice" (the default of serac train).
+            answer_style="bare",
         ),
         base_model_name_or_path=DEFAULT_BASE_MODEL,
     )
