@@ -21,7 +21,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Edit", "mask_subject", "mentions_subject", "name_words", "named_keys", "normalize_text"]
+__all__ = [
+    "Edit",
+    "mask_subject",
+    "mentions_subject",
+    "name_words",
+    "named_keys",
+    "normalize_text",
+    "shared_name",
+]
 
 _WHITESPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
@@ -99,6 +107,42 @@ def named_keys(text: str, longest: int) -> set[tuple[str, ...]]:
             head = tuple(words[end - width + 1 : end])
             keys.update((*head, stem) for stem in endings)
     return keys
+
+
+def shared_name(edit_text: str, query: str) -> str | None:
+    """The longest name (a run of capitalized words or numbers) of ``edit_text`` that ``query`` names too.
+
+    For an edit that states no subject, the entity both texts name stands in for it. A capitalized first
+    word alone ("What", "The") is no name.
+
+    Example:
+        >>> shared_name("What is the country of citizenship of Ellie Kemper?", "Is Ellie Kemper Croatian?")
+        'Ellie Kemper'
+    """
+    words = re.findall(r"[\w'’.-]+", edit_text)
+    runs, current = [], []
+    for index, word in enumerate(words):
+        core = word.strip("'’.-")
+        if core and (core[0].isupper() or core[0].isdigit()):
+            current.append((index, core))
+        else:
+            if current:
+                runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    candidates = []
+    for run in runs:
+        if len(run) == 1 and run[0][0] == 0:
+            continue
+        names = [
+            " ".join(core for _, core in run[i:j])
+            for i in range(len(run))
+            for j in range(i + 1, len(run) + 1)
+        ]
+        candidates += [name for name in names if not (name == run[0][1] and run[0][0] == 0)]
+    named = [name for name in candidates if mentions_subject(name, query)]
+    return max(named, key=lambda name: (len(name.split()), len(name))) if named else None
 
 
 def mask_subject(subject: str, text: str, placeholder: str = "X") -> str:

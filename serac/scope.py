@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from serac.edits import Edit, mask_subject, mentions_subject
+from serac.edits import Edit, mask_subject, mentions_subject, shared_name
 from serac.files import JsonConfigMixin
 from serac.store import EditStore
 
@@ -127,6 +127,10 @@ class ScopeClassifierConfig(JsonConfigMixin):
 
     def pair(self, edit_view: str, subject: str | None, query: str) -> tuple[str, str]:
         """The two texts a cross-encoder reads for an edit (its :meth:`edit_view` and subject) and a query."""
+        if self.mask_subject and not subject:
+            # An edit that names no subject: the name it shares with the query stands in for one, so the
+            # cross-encoder reads the pair as it was trained to.
+            subject = shared_name(edit_view, query)
         if self.mask_subject and subject:
             return mask_subject(subject, edit_view), mask_subject(subject, query)
         return edit_view, query

@@ -201,3 +201,19 @@ def test_an_edit_named_by_the_query_is_scored_however_far_it_is_in_embedding_spa
     for subject_candidates, expected in ((0, None), (8, named)):
         decision = classifier(top_k=1, subject_candidates=subject_candidates).classify([query], store)[0]
         assert decision.edit_id == expected
+
+
+def test_an_edit_without_a_subject_is_read_with_the_name_it_shares_with_the_query_masked(embedder):
+    store = EditStore(embedder)
+    store.add([Edit(prompt="What is the country of citizenship of Ellie Kemper?", target="Croatia")])
+    gated = classifier()
+    gated.classify(["Which country is Ellie Kemper a citizen of?"], store)
+    assert gated.cross_encoder.pairs[0] == (
+        "what is the country of citizenship of X ?",
+        "which country is X a citizen of ?",
+    )
+    # Nothing shared, nothing masked.
+    assert ScopeClassifierConfig().pair("What is the capital of France?", None, "Why is the sky blue?") == (
+        "What is the capital of France?",
+        "Why is the sky blue?",
+    )
