@@ -404,32 +404,26 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
         return super()._prefilter(query, row)
 
     def _score_candidates(self, views, candidates, store, pairwise=False):
-        if pairwise:
-            pairs = [
-                self.config.pair(self.config.edit_view(edit), edit.subject, text)
-                for texts, row in zip(views, candidates, strict=True)
-                for (_, _, edit), text in zip(row, texts, strict=True)
-            ]
-            flat = self.score_pairs([p[0] for p in pairs], [p[1] for p in pairs]).tolist()
-            scores, start = [], 0
-            for row in candidates:
-                scores.append(flat[start : start + len(row)])
-                start += len(row)
-            return scores
-        pairs = [
-            self.config.pair(self.config.edit_view(edit), edit.subject, view)
+        # The texts each candidate is scored against: its own one (pairwise) or all of its query's views.
+        texts = [
+            [[text] for text in row_views] if pairwise else [list(row_views)] * len(row)
             for row_views, row in zip(views, candidates, strict=True)
-            for _, _, edit in row
-            for view in row_views
         ]
-        flat = self.score_pairs([p[0] for p in pairs], [p[1] for p in pairs])
+        pairs = [
+            self.config.pair(self.config.edit_view(edit), edit.subject, text)
+            for row, row_texts in zip(candidates, texts, strict=True)
+            for (_, _, edit), candidate_texts in zip(row, row_texts, strict=True)
+            for text in candidate_texts
+        ]
+        flat = self.score_pairs([p[0] for p in pairs], [p[1] for p in pairs]).tolist()
         scores, start = [], 0
-        for row_views, row in zip(views, candidates, strict=True):
-            size = len(row) * len(row_views)
-            # Each candidate counts with the best score over the query's views.
-            block = flat[start : start + size].reshape(len(row), len(row_views))
-            scores.append(block.max(axis=1).tolist() if len(row) else [])
-            start += size
+        for row_texts in texts:
+            # Each candidate counts with its best score over its texts.
+            row_scores = []
+            for candidate_texts in row_texts:
+                row_scores.append(max(flat[start : start + len(candidate_texts)]))
+                start += len(candidate_texts)
+            scores.append(row_scores)
         return scores
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
