@@ -189,7 +189,8 @@ def target_logprob(model: Any, tokenizer: Any, prompt: str, target: str) -> floa
 
     The length-normalized score that ROME's CounterFact evaluation compares between the new and the true
     object. Causal LMs score ``prompt + " " + target``; encoder-decoder models read the prompt and score the
-    target as the decoder output.
+    target as the decoder output. The model is called as an evaluation loop calls it (``labels`` of -100 on
+    the prompt), so an :class:`~serac.modeling.EditableModel` scores with its edits applied.
 
     Raises:
         ValueError: if ``target`` tokenizes to nothing.
@@ -211,7 +212,10 @@ def target_logprob(model: Any, tokenizer: Any, prompt: str, target: str) -> floa
     if target_ids.numel() == 0:
         raise ValueError(f"target {target!r} has no tokens")
     input_ids = torch.cat([prompt_ids, target_ids]).unsqueeze(0).to(device)
-    logits = model(input_ids=input_ids).logits[0]
+    # Labels mark where the answer starts (-100 on the prompt), the usual convention for scoring an answer:
+    # a wrapper that routes by the prompt (EditableModel.forward) reads the prompt alone.
+    labels = torch.cat([torch.full_like(prompt_ids, -100), target_ids]).unsqueeze(0).to(device)
+    logits = model(input_ids=input_ids, labels=labels).logits[0]
     # Logits at position i predict token i + 1: the target's tokens are predicted by the positions before them.
     predicting = logits[len(prompt_ids) - 1 : -1]
     return _mean_logprob(predicting, target_ids.to(device))

@@ -831,3 +831,27 @@ def test_from_pretrained_with_an_unreachable_hub_id_says_so(setups, monkeypatch,
 
 def test_catalogue_is_large_enough():
     assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("kind", ["decoder_only", "seq2seq"])
+def test_benchmark_scores_serac_through_the_public_forward(kind, setups):
+    """The benchmark's teacher-forced SERAC scores are what forward() gives any log-likelihood loop."""
+    from serac.bench.methods import Method, SeracEditor
+    from serac.metrics import target_logprob
+
+    setup = setups[kind]
+    tokenizer = setup.tokenizer
+    score = Method("serac", SeracEditor(setup.model), setup.model, tokenizer).scorer(setup.model)
+    answer = "Croatia"
+    if setup.seq2seq:
+        target_ids = tokenizer(text_target=answer)["input_ids"]
+        logits = setup.counterfactual.continuation_logits(CITIZEN, IN_SCOPE, target_ids[:-1])
+    else:
+        target_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+        logits = setup.counterfactual.continuation_logits(CITIZEN, IN_SCOPE, target_ids)[:-1]
+    expected = torch.log_softmax(logits.detach().float(), -1).gather(-1, torch.tensor(target_ids)[:, None]).mean()
+    edited = score(IN_SCOPE, answer)
+    assert edited == pytest.approx(float(expected), abs=1e-5)
+    assert [d.in_scope for d in setup.model.last_routing] == [True]
+    assert edited != pytest.approx(target_logprob(setup.base, tokenizer, IN_SCOPE, answer), abs=1e-3)
+    assert score(MIXED[0], answer) == target_logprob(setup.base, tokenizer, MIXED[0], answer)

@@ -23,7 +23,6 @@ from serac.editors import Editor, get_editor
 from serac.edits import Edit
 from serac.metrics import rate, target_logprob
 from serac.modeling import EditableModel
-from serac.scope import ScopeDecision
 
 logger = logging.getLogger(__name__)
 
@@ -119,18 +118,6 @@ class SeracEditor(Editor):
     def restore(self) -> None:
         self.editable.store.clear()
 
-    def target_logprob(self, prompt: str, target: str, decision: ScopeDecision | None = None) -> float:
-        """Mean log-probability of ``target`` after ``prompt`` as SERAC would answer it.
-
-        The scope classifier routes the prompt (unless its ``decision`` is given): in scope of an edit, the
-        counterfactual model scores the target given that edit; otherwise the base model scores it.
-        """
-        if decision is None:
-            decision = self.editable.route([prompt])[0]
-        if not decision.in_scope or decision.edit is None:
-            return target_logprob(self.editable.base_model, self.editable.tokenizer, prompt, target)
-        return self.editable.counterfactual_model.target_logprob(decision.edit, prompt, target)
-
 
 def _rate_and_count(values: Sequence[bool]) -> dict[str, Any]:
     return {"rate": rate(values).value, "count": len(values), "positives": sum(values)}
@@ -204,16 +191,10 @@ class Method:
     def scorer(self, generator: Any) -> Callable[[str, str], float] | None:
         """Mean target log-probability after a prompt through the edited model, if the method exposes it."""
         if isinstance(self.editor, SeracEditor):
-            editor = self.editor
-            decisions: dict[str, ScopeDecision] = {}
-
-            def score(prompt: str, target: str) -> float:
-                # Both targets of a prompt are scored under one routing decision (and one retrieval).
-                if prompt not in decisions:
-                    decisions[prompt] = editor.editable.route([prompt])[0]
-                return editor.target_logprob(prompt, target, decisions[prompt])
-
-            return score
+            # The public path: the wrapper's forward() routes the prompt and splices in the counterfactual
+            # model's logits for a prompt in scope, as any log-likelihood evaluation loop would see them.
+            editable = self.editor.editable
+            return lambda prompt, target: target_logprob(editable, self.tokenizer, prompt, target)
         # Weight editors return the edited model itself, whose forward pass gives log-probabilities; a
         # wrapper without a forward pass (the cache) has none to give.
         if isinstance(generator, nn.Module) and hasattr(generator, "config"):
