@@ -22,16 +22,24 @@ the store's history, from the acknowledged times of the edit writes:
 
 By default both servers run a tiny random Llama with a character tokenizer built here (no download), an
 embedding scope classifier over the packaged MiniLM, and 8 new tokens per answer; ``--model`` and
-``--editor`` serve real ones instead (``--model smollm2-135m-instruct`` keeps the tiny editor). One process
-serves the edits: several processes sharing one store need the database-backed edit store.
+``--editor`` serve real ones instead (``--model smollm2-135m-instruct`` keeps the tiny editor).
+
+With ``--processes N`` each run starts N server processes (the serac ones on one SQLite edit store): requests
+and edit writes are spread over them in turn, so an answer often comes from a process that did not take the
+write. Each process sees the others' writes within the store's ``sync_interval_s``; routings that contradict
+the store only within that bound are counted apart from the contradictions. After the load, ``--propagation
+K`` trials post an edit to one process and ask the others until they route to it (then delete it and ask
+until they stop): the measured delay.
 
     python -m serac.bench.serve_load --requests 2000 --concurrency 16 --rounds 2
+    python -m serac.bench.serve_load --requests 2000 --concurrency 16 --rounds 2 --processes 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -267,14 +275,16 @@ async def one_request(
 
 
 async def run_load(
-    url: str,
+    urls: str | list[str],
     plan: Plan,
     concurrency: int,
     max_tokens: int,
     churn: bool,
     seed: int,
     edit_interval: tuple[float, float] = (0.2, 1.0),
+    staleness_s: float = 0.05,
 ) -> dict:
+    urls = [urls] if isinstance(urls, str) else list(urls)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(len(plan.requests)):
         queue.put_nowait(index)
@@ -286,7 +296,11 @@ async def run_load(
         max_connections=concurrency + len(SLOTS), max_keepalive_connections=concurrency + len(SLOTS)
     )
 
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=120, limits=limits))
+            for url in urls
+        ]
 
         async def client() -> None:
             while True:
@@ -295,10 +309,12 @@ async def run_load(
                 except asyncio.QueueEmpty:
                     return
                 slot, stream = plan.requests[index]
+                http = clients[index % len(clients)]
                 results.append(await one_request(http, index, slot, stream, max_tokens))
 
         async def churn_slot(slot: int) -> None:
             rng = random.Random(seed * 100 + slot)
+            http = clients[slot % len(clients)]
             headers = {"authorization": f"Bearer {ADMIN}"}
             prompt, target = SLOTS[slot]
             while not done.is_set():
@@ -326,7 +342,7 @@ async def run_load(
         elapsed = time.perf_counter() - started
         done.set()
         await asyncio.gather(*churners)
-    return summarize(results, lifetimes, write_errors, elapsed, churn)
+    return summarize(results, lifetimes, write_errors, elapsed, churn, staleness_s if len(urls) > 1 else 0.0)
 
 
 def summarize(
@@ -335,11 +351,13 @@ def summarize(
     write_errors: list[str],
     elapsed: float,
     churn: bool,
+    staleness_s: float = 0.0,
 ) -> dict:
+    """Figures of one run; ``staleness_s``: how late another process may see a write (0: one process)."""
     errors = [r for r in results if r.status != 200 or r.error]
     latencies = sorted(r.received - r.sent for r in results if r not in errors)
     base_routed = sorted(r.received - r.sent for r in results if r not in errors and r.route == "base_model")
-    contradictions, other_edit, unrelated_to_edit, in_scope_hits = [], 0, 0, 0
+    contradictions, stale, other_edit, unrelated_to_edit, in_scope_hits = [], [], 0, 0, 0
     for r in results:
         if r in errors:
             continue
@@ -348,7 +366,9 @@ def summarize(
             if lifetime is None:
                 contradictions.append((r.index, "routed to an edit id never stored"))
             elif lifetime.delete_acked is not None and r.sent > lifetime.delete_acked:
-                contradictions.append((r.index, "routed to an edit removed before the request"))
+                late = (r.index, "routed to an edit removed before the request")
+                within = r.sent <= lifetime.delete_acked + staleness_s
+                (stale if within else contradictions).append(late)
             elif r.slot is None:
                 unrelated_to_edit += 1
             elif lifetime.slot != r.slot:
@@ -361,7 +381,9 @@ def summarize(
                     lifetime.delete_sent is None or lifetime.delete_sent > r.received
                 )
                 if lifetime.slot == r.slot and present_throughout:
-                    contradictions.append((r.index, "base model although its edit was stored throughout"))
+                    late = (r.index, "base model although its edit was stored throughout")
+                    within = r.sent <= lifetime.post_acked + staleness_s
+                    (stale if within else contradictions).append(late)
                     break
 
     def percentile(q: float, values: list[float] = latencies) -> float:
@@ -383,9 +405,70 @@ def summarize(
         "in_scope_answered_by_their_edit": in_scope_hits,
         "contradictions": len(contradictions),
         "contradiction_examples": contradictions[:3],
+        "staleness_bound_s": staleness_s,
+        "contradicting_only_within_staleness_bound": len(stale),
         "routed_to_another_slots_edit": other_edit,
         "unrelated_routed_to_an_edit": unrelated_to_edit,
     }
+
+
+async def measure_propagation(urls: list[str], trials: int, max_tokens: int = 1) -> dict:
+    """Post an edit to one process and ask another until it routes to it; then delete it and ask until not.
+
+    A delay is the time from the write's acknowledgement to the reply of the first request that saw it
+    (an upper bound: the request may have seen the change before its reply).
+    """
+    added, removed, errors = [], [], 0
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=120)) for url in urls
+        ]
+
+        async def seen_after(reader: httpx.AsyncClient, slot: int, acked: float, wanted) -> float | None:
+            for _ in range(2000):
+                result = await one_request(reader, 0, slot, False, max_tokens)
+                if result.error:
+                    return None
+                if wanted(result):
+                    return result.received - acked
+            return None
+
+        for trial in range(trials):
+            writer, reader = clients[trial % len(clients)], clients[(trial + 1) % len(clients)]
+            slot = trial % len(SLOTS)
+            prompt, target = SLOTS[slot]
+            response = await writer.post(
+                "/v1/edits", json=[{"prompt": prompt, "target": target}], headers=headers
+            )
+            acked = time.perf_counter()
+            if response.status_code != 200:
+                errors += 1
+                continue
+            (edit_id,) = response.json()["ids"]
+            delay = await seen_after(
+                reader, slot, acked, lambda r, edit_id=edit_id: r.route == "edit" and r.edit_id == edit_id
+            )
+            added.append(delay)
+            response = await writer.delete(f"/v1/edits/{edit_id}", headers=headers)
+            acked = time.perf_counter()
+            delay = await seen_after(reader, slot, acked, lambda r, edit_id=edit_id: r.edit_id != edit_id)
+            removed.append(delay)
+            errors += response.status_code != 200
+
+    def summary(delays: list[float | None]) -> dict:
+        seen = sorted(d for d in delays if d is not None)
+        if not seen:
+            return {"trials": len(delays), "never_seen": len(delays)}
+        return {
+            "trials": len(delays),
+            "never_seen": len(delays) - len(seen),
+            "p50_ms": round(statistics.median(seen) * 1000, 1),
+            "p95_ms": round(seen[min(len(seen) - 1, int(0.95 * len(seen)))] * 1000, 1),
+            "max_ms": round(seen[-1] * 1000, 1),
+        }
+
+    return {"add": summary(added), "remove": summary(removed), "write_errors": errors}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -418,6 +501,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--rounds", type=int, default=1, help="base and serac runs, alternated, this many times"
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="server processes per run (serac: sharing one SQLite store)"
+    )
+    parser.add_argument(
+        "--propagation",
+        type=int,
+        default=50,
+        help="with several processes: edit-propagation trials after the last round's load",
+    )
     parser.add_argument("--output", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -426,7 +518,10 @@ def main(argv: list[str] | None = None) -> dict:
     # The tiny editor (embedding scope classifier, tiny counterfactual model) fits any base model.
     served = ["--model", str(args.model or tiny_model), "--editor", str(args.editor or tiny_editor)]
     plan = Plan.make(args.requests, args.in_scope_share, args.stream_share, args.seed)
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
     rounds: list[dict[str, dict]] = []
+    propagation = None
     for round_index in range(args.rounds):
         # Base and serac runs alternate, so a change in the machine's load hits both alike.
         runs = {}
@@ -434,18 +529,25 @@ def main(argv: list[str] | None = None) -> dict:
             ("base", ["--no-edits"], False),
             (
                 "serac",
-                ["--store", str(workdir / f"edits-{round_index}.safetensors"), "--admin-token", ADMIN],
+                ["--store", f"sqlite:///{workdir / f'edits-{round_index}.db'}", "--admin-token", ADMIN],
                 True,
             ),
         ):
-            server = ServerProcess(served + extra, workdir / f"{name}-{round_index}.log")
+            servers = []
             try:
-                server.wait_ready()
+                for process in range(args.processes):
+                    # One at a time: the first creates the store's tables, the others open them.
+                    servers.append(
+                        ServerProcess(served + extra, workdir / f"{name}-{round_index}-{process}.log")
+                    )
+                    servers[-1].wait_ready()
+                urls = [server.url for server in servers]
                 # A few requests first, so one-time costs (first forward pass, allocations) are not measured.
-                asyncio.run(run_load(server.url, Plan.make(20, 0.5, 0.5, 99), 4, args.max_tokens, False, 0))
+                for url in urls:
+                    asyncio.run(run_load(url, Plan.make(20, 0.5, 0.5, 99), 4, args.max_tokens, False, 0))
                 runs[name] = asyncio.run(
                     run_load(
-                        server.url,
+                        urls,
                         plan,
                         args.concurrency,
                         args.max_tokens,
@@ -454,16 +556,21 @@ def main(argv: list[str] | None = None) -> dict:
                         tuple(args.edit_interval),
                     )
                 )
+                last_round = round_index == args.rounds - 1
+                if churn and last_round and args.processes > 1 and args.propagation > 0:
+                    propagation = asyncio.run(measure_propagation(urls, args.propagation))
             finally:
-                server.stop()
+                for server in servers:
+                    server.stop()
         rounds.append(runs)
 
     def ratio(key: str, base_key: str | None = None) -> float:
         return round(statistics.median(r["serac"][key] / r["base"][base_key or key] for r in rounds), 3)
 
     report = {
-        "config": {**vars(args), "processes": 1, "workdir": str(workdir)},
+        "config": {**vars(args), "workdir": str(workdir)},
         "rounds": rounds,
+        "propagation": propagation,
         "serac_over_base": {
             "p50": ratio("p50_ms"),
             "p95": ratio("p95_ms"),
@@ -473,18 +580,20 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(
         f"{args.requests} requests per run, {args.concurrency} clients, {args.max_tokens} new tokens, "
-        f"one server process, {args.rounds} round(s)"
+        f"{args.processes} server process(es) per run, {args.rounds} round(s)"
     )
     print(
         f"{'round':<7}{'server':<8}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}{'edit writes':>13}"
-        f"{'contradictions':>16}{'routed to edit':>16}"
+        f"{'contradictions':>16}{'within bound':>14}{'routed to edit':>16}"
     )
     for round_index, runs in enumerate(rounds):
         for name, run in runs.items():
             print(
                 f"{round_index:<7}{name:<8}{run['errors']:>8}{run['p50_ms']:>9}{run['p95_ms']:>9}"
                 f"{run['throughput_rps']:>8}{run['edit_writes']:>13}"
-                f"{run['contradictions'] if name == 'serac' else '-':>16}{run['routed_to_edit']:>16}"
+                f"{run['contradictions'] if name == 'serac' else '-':>16}"
+                f"{run['contradicting_only_within_staleness_bound'] if name == 'serac' else '-':>14}"
+                f"{run['routed_to_edit']:>16}"
             )
     misroutes = sum(
         r["serac"]["routed_to_another_slots_edit"] + r["serac"]["unrelated_routed_to_an_edit"] for r in rounds
@@ -495,6 +604,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"p50 of the answers routed to the base model {report['serac_over_base']['p50_of_base_routed_answers']}x; "
         f"answers routed to the wrong edit or unrelated questions routed to an edit: {misroutes}"
     )
+    if propagation is not None:
+        print(
+            f"edit propagation between processes ({propagation['add']['trials']} trials): an added edit is "
+            f"routed by another process after {propagation['add']}; a removed one stops after "
+            f"{propagation['remove']}; write errors {propagation['write_errors']}"
+        )
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2, default=str))
     return report
