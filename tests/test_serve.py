@@ -400,6 +400,51 @@ def test_store_file_keeps_acknowledged_edits(tmp_path, base_model, chat_tokenize
     assert reopened.items() == [(stored, Edit(**CITIZEN))]
 
 
+def database_server(url, base_model, tokenizer, counterfactual, embedder):
+    """A server of its own (its own store object and FAISS index) on the database at ``url``."""
+    router = make_router(embedder, counterfactual, tokenizer)
+    binding = open_store(url, router.store)
+    assert binding.kind == "database"
+    router.store = binding.store
+    app = create_app(
+        router,
+        generator=BaseModelGenerator(base_model, tokenizer),
+        store=binding,
+        settings=ServeSettings(admin_token=ADMIN),
+    )
+    return serving(app)
+
+
+def routed_edit_after(url, question, wanted, timeout_s=10.0):
+    """Ask ``question`` until the answer's routed edit id is ``wanted``; the seconds it took, or ``None``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if chat(url, question).model_extra["serac"]["edit_id"] == wanted:
+            return time.monotonic() - start
+        time.sleep(0.01)
+    return None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_servers_on_one_database_serve_each_others_edits(
+    backend, tmp_path, request, base_model, chat_tokenizer, counterfactual, embedder
+):
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'edits.db'}"
+    else:
+        url = request.getfixturevalue("postgres").create_database(f"serve_{tmp_path.name[-20:].lower()}")
+    with database_server(url, base_model, chat_tokenizer, counterfactual, embedder) as first:
+        with database_server(url, base_model, chat_tokenizer, counterfactual, embedder) as second:
+            assert chat(second, CITIZEN["prompt"]).model_extra["serac"]["route"] == "base_model"
+            (edit_id,) = post_edits(first, [CITIZEN]).json()["ids"]
+            assert routed_edit_after(second, CITIZEN["prompt"], edit_id) is not None
+            assert chat(second, CITIZEN["prompt"]).choices[0].message.content == "Croatia"
+            # A removal through the other server reaches the first one too.
+            headers = {"authorization": f"Bearer {ADMIN}"}
+            assert httpx.delete(f"{second}/edits/{edit_id}", headers=headers).status_code == 200
+            assert routed_edit_after(first, CITIZEN["prompt"], None) is not None
+
+
 # ---------------------------------------------------------------------------------------------- proxy mode
 def test_proxy_forwards_out_of_scope_requests_unchanged(proxy_server, upstream):
     url, _ = proxy_server

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +53,6 @@ class StoreBinding:
             self.store.save_pretrained(self.path)
 
 
-def _supports_url() -> bool:
-    return hasattr(EditStore, "from_url") or "url" in inspect.signature(EditStore).parameters
-
-
 def open_store(spec: str | None, current: EditStore) -> StoreBinding:
     """The store named by ``--store`` (see the module docstring); ``current`` is the editor's own store.
 
@@ -74,15 +69,7 @@ def open_store(spec: str | None, current: EditStore) -> StoreBinding:
         logger.warning("--store is given: the %d edits saved in the editor folder are not used", len(current))
     scheme, separator, rest = spec.partition("://")
     if separator and scheme.split("+")[0].lower() in DATABASE_SCHEMES:
-        if not _supports_url():
-            raise ValueError(
-                f"--store {scheme}://... needs the database-backed edit store, which this version of serac "
-                "does not have; pass a file path to keep the edits in a store file"
-            )
-        if hasattr(EditStore, "from_url"):
-            store = EditStore.from_url(spec, embedder=embedder)
-        else:
-            store = EditStore(embedder=embedder, config=config, url=spec)
+        store = EditStore(embedder=embedder, config=config, url=spec)
         return StoreBinding(store, "database", description=f"database store ({scheme})")
     if separator and scheme.lower() != "file":
         raise ValueError(
