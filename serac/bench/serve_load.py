@@ -55,6 +55,8 @@ from pathlib import Path
 
 import httpx
 
+from serac.serve.protocol import ROUTING_HEADER
+
 ADMIN = "load-admin-token"
 SLOTS = [
     ("Who painted the Mona Lisa?", "Pablo Picasso"),
@@ -415,8 +417,8 @@ def summarize(
 async def measure_propagation(urls: list[str], trials: int, max_tokens: int = 1) -> dict:
     """Post an edit to one process and ask another until it routes to it; then delete it and ask until not.
 
-    A delay is the time from the write's acknowledgement to the reply of the first request that saw it
-    (an upper bound: the request may have seen the change before its reply).
+    A delay is the time from the write's acknowledgement to the routing header of the first request that
+    saw it (an upper bound: the request may have seen the change before its header arrived).
     """
     added, removed, errors = [], [], 0
     headers = {"authorization": f"Bearer {ADMIN}"}
@@ -426,12 +428,23 @@ async def measure_propagation(urls: list[str], trials: int, max_tokens: int = 1)
         ]
 
         async def seen_after(reader: httpx.AsyncClient, slot: int, acked: float, wanted) -> float | None:
-            for _ in range(2000):
-                result = await one_request(reader, 0, slot, False, max_tokens)
-                if result.error:
-                    return None
-                if wanted(result):
-                    return result.received - acked
+            # A streamed request's routing header comes before any token is generated, so the delay
+            # measured is the store's, not the model's.
+            body = {
+                "model": "served",
+                "messages": [{"role": "user", "content": question(slot, 0)}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+            }
+            for _ in range(5000):
+                async with reader.stream("POST", "/v1/chat/completions", json=body) as response:
+                    if response.status_code != 200:
+                        return None
+                    routing = json.loads(response.headers[ROUTING_HEADER])
+                    seen = time.perf_counter()
+                if wanted(routing):
+                    return seen - acked
             return None
 
         for trial in range(trials):
@@ -447,12 +460,15 @@ async def measure_propagation(urls: list[str], trials: int, max_tokens: int = 1)
                 continue
             (edit_id,) = response.json()["ids"]
             delay = await seen_after(
-                reader, slot, acked, lambda r, edit_id=edit_id: r.route == "edit" and r.edit_id == edit_id
+                reader,
+                slot,
+                acked,
+                lambda r, edit_id=edit_id: r["route"] == "edit" and r["edit_id"] == edit_id,
             )
             added.append(delay)
             response = await writer.delete(f"/v1/edits/{edit_id}", headers=headers)
             acked = time.perf_counter()
-            delay = await seen_after(reader, slot, acked, lambda r, edit_id=edit_id: r.edit_id != edit_id)
+            delay = await seen_after(reader, slot, acked, lambda r, edit_id=edit_id: r["edit_id"] != edit_id)
             removed.append(delay)
             errors += response.status_code != 200
 
