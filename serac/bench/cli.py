@@ -198,7 +198,7 @@ class ModelArguments:
 class EvaluationArguments:
     _argument_group_name: ClassVar[str] = "evaluation"
 
-    max_new_tokens: int = _option("tokens generated per query", 16)
+    max_new_tokens: int = _option("tokens generated per query", 32)
     match_window: int | None = _option("the answer must start within this many words (default: anywhere)")
     limit_queries: int = _option("queries per metric and setting (0: all)", DEFAULT_LIMIT_QUERIES)
     latency_pairs: int = _option(

@@ -79,7 +79,7 @@ class BenchmarkConfig:
     model: str | None = None
     serac_path: str | None = None
     output: str = DEFAULT_OUTPUT
-    max_new_tokens: int = 16
+    max_new_tokens: int = 32
     match_window: int | None = None
     limit_queries: int | None = DEFAULT_LIMIT_QUERIES
     max_edits: dict[str, int | None] = field(default_factory=dict)
