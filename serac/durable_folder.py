@@ -135,17 +135,17 @@ def staging_folder(directory: str | os.PathLike) -> Iterator[Path]:
 
 def replace_folder(staging: Path, directory: Path) -> None:
     """Put the complete, synced ``staging`` folder at ``directory`` in one rename, then sync the parent."""
+    # Named after the target, whatever the staging folder is called, so the next save's sweep finds it.
+    retired = directory.parent / f".{directory.name}{RETIRED_MARK}{uuid.uuid4().hex[:12]}"
     if not directory.exists():
         os.rename(staging, directory)
     elif _rename_exchange(staging, directory):
         # The old contents now sit at the staging name; a kill before this deletion leaves them to the sweep.
-        retired = staging.with_name(staging.name.replace(STAGING_MARK, RETIRED_MARK))
         os.rename(staging, retired)
         shutil.rmtree(retired, ignore_errors=True)
     else:
         # No atomic exchange on this system: two renames. A kill between them leaves the previous folder at
         # the retired name, which the next save or load puts back.
-        retired = staging.with_name(staging.name.replace(STAGING_MARK, RETIRED_MARK))
         os.rename(directory, retired)
         os.rename(staging, directory)
         shutil.rmtree(retired, ignore_errors=True)

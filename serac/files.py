@@ -1,17 +1,14 @@
-"""Small file helpers: atomic file and folder writes, and JSON configs stamped with the library version.
+"""Small file helpers: atomic file writes, and JSON configs stamped with the library version.
 
-Every saver in the library writes through these, so a crash mid-write leaves the previous file or folder,
-never half of a new one.
+Every saver in the library writes files through these, so a crash mid-write leaves the previous file,
+never half of a new one; whole folders are replaced with :mod:`serac.durable_folder`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,8 +18,6 @@ from serac._version import __version__
 __all__ = [
     "JsonConfigMixin",
     "VERSION_KEY",
-    "replace_folder",
-    "staged_folder",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
@@ -70,46 +65,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """:func:`write_bytes_atomic` for indented JSON (NaN is refused: missing values are ``null``)."""
     return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Move the finished folder ``staging`` to ``target``, replacing what is there.
-
-    A new ``target`` appears by one rename. An existing one is first renamed aside and removed only once
-    the new one is in place, so a crash leaves either folder whole.
-    """
-    staging, target = Path(staging), Path(target)
-    if not target.exists():
-        os.replace(staging, target)
-        return target
-    if not target.is_dir():
-        raise NotADirectoryError(f"{target} exists and is not a directory")
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    os.replace(target, retired / target.name)
-    os.replace(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
-    return target
-
-
-@contextmanager
-def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh folder next to ``target``; on success it replaces ``target``, on error it is removed.
-
-    Example:
-        >>> with staged_folder("out/model") as staging:  # doctest: +SKIP
-        ...     (staging / "config.json").write_text("{}")
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-        # mkdtemp creates 0700 folders; a saved folder should read like any other.
-        staging.chmod(0o755)
-        replace_folder(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 class JsonConfigMixin:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serac.files import staged_folder
+from serac.durable_folder import staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def smollm2_checkpoint_dir() -> Path:
     del dequantized
     # Convert in a staging folder renamed into place, so an interrupted conversion never leaves a
     # half-written checkpoint that later loads would trust.
-    with staged_folder(target) as staging:
+    with staging_folder(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return target

@@ -261,6 +261,25 @@ def test_a_killed_save_keeps_the_previous_save_and_the_next_save_leaves_no_lefto
     assert sorted(p.name for p in tmp_path.iterdir()) == ["editor"]
 
 
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replace_folder_takes_any_staging_folder_with_or_without_atomic_exchange(
+    exchange, tmp_path, monkeypatch
+):
+    """The default parts are trained in a resumable staging folder of their own name, then put in place."""
+    from serac import durable_folder
+
+    if not exchange:
+        monkeypatch.setattr(durable_folder, "_rename_exchange", lambda first, second: False)
+    target, staging = tmp_path / "parts", tmp_path / ".parts.training"
+    target.mkdir()
+    (target / "old").write_text("old")
+    staging.mkdir()
+    (staging / "new").write_text("new")
+    durable_folder.replace_folder(staging, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
+    assert [p.name for p in target.iterdir()] == ["new"]
+
+
 # ---------------------------------------------------------------- 4. tampered and hand-made store files
 def test_a_tampered_next_id_is_rejected(embedder, tmp_path):
     store = EditStore(embedder)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from serac.data import EditExample, SyntheticDataConfig, generate_synthetic_examples
-from serac.files import replace_folder
+from serac.durable_folder import fsync_tree, replace_folder
 from serac.modeling import CONFIG_NAME, SeracConfig
 from serac.offline import DEFAULT_BASE_MODEL, MissingDefaultModelError, cache_dir
 from serac.training.arguments import CounterfactualTrainingArguments, ScopeTrainingArguments
@@ -110,5 +110,6 @@ def train_default_parts(
     )
     # Record the base model by its default name, not by the cache path it was converted to.
     SeracConfig(base_model_name_or_path=DEFAULT_BASE_MODEL).save_json(staging / CONFIG_NAME)
-    replace_folder(staging, output_dir)
+    fsync_tree(staging)
+    replace_folder(staging, output_dir.absolute())
     return output_dir
