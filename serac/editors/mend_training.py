@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from serac.data import EditExample, load_examples
+from serac.data import EditExample, load_counterfact, load_examples, load_examples_jsonl, load_zsre
 from serac.editors.base import model_device, pad_batch, pad_token_id, token_ids
 from serac.editors.layer_stats import model_fingerprint
 from serac.editors.layout import get_module
@@ -61,6 +62,7 @@ __all__ = [
     "MENDTrainingArguments",
     "TrainingPairs",
     "cached_mend_network",
+    "load_training_examples",
     "mend_cache_path",
     "train_mend",
     "training_losses",
@@ -146,10 +148,20 @@ def training_pairs(examples: Sequence[EditExample]) -> list[TrainingPairs]:
     return pairs
 
 
+def load_training_examples(spec: str, *, seed: int = 0) -> list[EditExample]:
+    """The examples of one data spec (as :func:`serac.data.load_examples`); malformed file records are skipped
+    with a warning, since public training splits hold a few (zsRE: empty new answers)."""
+    kind, _, path = spec.strip().partition(":")
+    loaders = {"zsre": load_zsre, "counterfact": load_counterfact, "jsonl": load_examples_jsonl}
+    if kind.lower() in loaders and path:
+        return loaders[kind.lower()](path, skip_invalid=True)
+    return load_examples(spec, seed=seed)
+
+
 def _load_training_pairs(arguments: MENDTrainingArguments) -> list[TrainingPairs]:
     examples: list[EditExample] = []
     for spec in arguments.train_data:
-        examples.extend(load_examples(spec, seed=arguments.seed))
+        examples.extend(load_training_examples(spec, seed=arguments.seed))
     pairs = training_pairs(examples)
     if len(pairs) < arguments.batch_size:
         raise ValueError(
@@ -422,5 +434,7 @@ def cached_mend_network(
     # A fixed staging name lets a killed training resume from its checkpoint on the next call.
     staging = target.parent / f".{target.name}.training"
     network = train_mend(model, tokenizer, config, arguments, staging)
+    # The finished network and its report are kept; the optimizer state is only needed to resume.
+    shutil.rmtree(staging / CHECKPOINT_FOLDER, ignore_errors=True)
     replace_folder(staging, target)
     return network

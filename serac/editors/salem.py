@@ -27,11 +27,11 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from serac.data import load_examples
 from serac.editors.layer_stats import model_fingerprint
 from serac.editors.layout import get_layout, get_module
 from serac.editors.mend import MENDEditor, MENDEditorConfig
 from serac.editors.mend_network import UP_PROJ_NAMES
+from serac.editors.mend_training import load_training_examples
 from serac.editors.saliency import layer_saliency
 from serac.files import write_json_atomic
 from serac.offline import cache_dir
@@ -99,7 +99,7 @@ def salient_layers(
         examples = [
             example
             for spec in config.train_data
-            for example in load_examples(spec, seed=config.seed)
+            for example in load_training_examples(spec, seed=config.seed)
             if not example.edit.is_statement
         ]
         if not examples:
