@@ -210,4 +210,6 @@ def teacher_forced_metrics(
             top1_correct(generator, tokenizer, query.text, query.answers[0]) for query in known
         ).value
         metrics["drawdown"] = before - after
+        # Both accuracies are kept: a drawdown of 0 says little where the unedited model knew nothing.
+        metrics["out_of_scope_top1_unedited"], metrics["out_of_scope_top1"] = before, after
     return metrics
