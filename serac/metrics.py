@@ -22,6 +22,15 @@ identical (or their first ``window`` words, if given).
 For CounterFact-style data the probability comparison of ROME is available through :func:`target_logprob`:
 the mean per-token log-probability of a target after a prompt, teacher-forced.
 
+The hypernetwork-editing literature (MEND, Mitchell et al. 2022, Sec. 5; SaLEM, Mishra et al. 2024) reads
+two teacher-forced numbers instead of generations, both through :func:`top1_correct`:
+
+* **edit success (ES)**: the share of edit prompts after which the new target is the model's top-1
+  prediction at every one of its tokens (teacher-forced);
+* **drawdown (DD)**: how much accuracy the edit costs on out-of-scope queries: the share of out-of-scope
+  queries with a known answer that the unedited model gets top-1 right at every token, minus the same share
+  for the edited model (positive: the edit broke answers; 0: no harm).
+
 Example:
     >>> normalize_answer("The  U.S.A.!")
     'usa'
@@ -52,6 +61,7 @@ __all__ = [
     "percentile",
     "rate",
     "target_logprob",
+    "top1_correct",
 ]
 
 # SQuAD-style normalization (Rajpurkar et al. 2016), the usual one for short-answer exact match.
@@ -224,3 +234,31 @@ def target_logprob(model: Any, tokenizer: Any, prompt: str, target: str) -> floa
 def _mean_logprob(logits: torch.Tensor, labels: torch.Tensor) -> float:
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     return float(logprobs.gather(-1, labels.unsqueeze(-1)).mean())
+
+
+@torch.no_grad()
+def top1_correct(model: Any, tokenizer: Any, prompt: str, target: str) -> bool:
+    """Whether every token of ``target`` after ``prompt`` is the model's top-1 prediction (teacher-forced).
+
+    Tokenized as in :func:`target_logprob`; the unit of edit success and drawdown.
+
+    Raises:
+        ValueError: if ``target`` tokenizes to nothing.
+    """
+    device = _model_device(model)
+    if getattr(model.config, "is_encoder_decoder", False):
+        encoded = tokenizer(prompt, return_tensors="pt").to(device)
+        labels = tokenizer(text_target=target, return_tensors="pt").input_ids.to(device)
+        if labels.numel() == 0:
+            raise ValueError(f"target {target!r} has no tokens")
+        logits = model(**encoded, labels=labels).logits[0]
+        return bool((logits.argmax(-1) == labels[0]).all())
+    prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids[0]
+    if prompt_ids.numel() == 0:
+        raise ValueError(f"prompt {prompt!r} has no tokens")
+    target_ids = tokenizer(" " + target.strip(), add_special_tokens=False, return_tensors="pt").input_ids[0]
+    if target_ids.numel() == 0:
+        raise ValueError(f"target {target!r} has no tokens")
+    input_ids = torch.cat([prompt_ids, target_ids]).unsqueeze(0).to(device)
+    predicted = model(input_ids=input_ids).logits[0, len(prompt_ids) - 1 : -1].argmax(-1)
+    return bool((predicted == target_ids.to(device)).all())

@@ -33,7 +33,14 @@ FLOORS: list[tuple[str, ...]] = [
     ("serac.routing",),
     # what wraps or edits a base model: SERAC's wrapper, and the editors it is compared with (the edit
     # cache routes rows with serac.routing)
-    ("serac.modeling", "serac.editors"),
+    (
+        "serac.modeling",
+        "serac.editors",
+        "serac.editors.mend",
+        "serac.editors.mend_network",
+        "serac.editors.mend_training",
+        "serac.editors.salem",
+    ),
     ("serac.training",),
     # entry points; the package's __init__ is the public face over all of them
     ("serac.bench", "serac.quickstart", "serac.cli", "serac.__main__", "serac.serve", "serac"),

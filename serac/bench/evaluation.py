@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,9 +13,9 @@ from serac.bench.data import Setting, evenly_spaced
 from serac.bench.generation import QueryFormatter, generate_answer
 from serac.bench.latency import paired_ratio
 from serac.bench.methods import Method, SeracEditor
-from serac.metrics import answer_matches, answers_agree, latency_summary, rate
+from serac.metrics import answer_matches, answers_agree, latency_summary, rate, top1_correct
 
-__all__ = ["Harness", "evaluate"]
+__all__ = ["Harness", "evaluate", "reference_top1", "teacher_forced_metrics"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class Harness:
     reference: Mapping[str, str]
     device: torch.device
     encoder_decoder: bool
+    #: Whether the unedited model gets each out-of-scope query's known answer top-1 right at every token
+    #: (teacher-forced), the reference drawdown is measured against.
+    reference_top1: Mapping[str, bool] = field(default_factory=dict)
 
 
 def evaluate(
@@ -128,6 +131,7 @@ def evaluate(
         # Routing alone is cheap: measured on every query of the evaluated edits, not on the sample.
         metrics.update(method.editor.routing_rates(setting.routing_in_scope, setting.routing_out_of_scope))
     metrics.update(_probability_metrics(method, generator, setting, config))
+    metrics.update(teacher_forced_metrics(method, generator, setting, harness))
     if config.save_generations:
         run["generations"] = generations
     return metrics
@@ -162,4 +166,50 @@ def _probability_metrics(
             outcomes.append(new > true if new_wins else true > new)
         value = rate(outcomes)
         metrics[name], metrics[f"{name}_count"] = value.value, value.count
+    return metrics
+
+
+def reference_top1(model: Any, tokenizer: Any, queries: Any) -> dict[str, bool]:
+    """:func:`~serac.metrics.top1_correct` of the unedited model on each out-of-scope query with a known answer."""
+    return {
+        query.text: top1_correct(model, tokenizer, query.text, query.answers[0])
+        for query in queries
+        if query.answers
+    }
+
+
+def teacher_forced_metrics(
+    method: Method, generator: Any, setting: Setting, harness: Harness
+) -> dict[str, Any]:
+    """Edit success (ES) and drawdown (DD) as MEND and SaLEM define them (see :mod:`serac.metrics`).
+
+    Only for methods whose edited model has a forward pass (the weight editors and the unedited model);
+    ``None`` for the others. DD compares with ``harness.reference_top1``, measured before any edit.
+    """
+    empty = {"edit_success": None, "edit_success_count": 0, "drawdown": None, "drawdown_count": 0}
+    if isinstance(method.editor, SeracEditor) or not (
+        isinstance(generator, torch.nn.Module) and hasattr(generator, "config")
+    ):
+        return empty
+    tokenizer = harness.tokenizer
+    success = rate(
+        top1_correct(generator, tokenizer, query.text, query.answers[0])
+        for query in setting.efficacy
+        if query.answers
+    )
+    known = [query for query in setting.locality if query.answers and query.text in harness.reference_top1]
+    metrics = {
+        "edit_success": success.value,
+        "edit_success_count": success.count,
+        "drawdown": None,
+        "drawdown_count": len(known),
+    }
+    if known:
+        before = rate(harness.reference_top1[query.text] for query in known).value
+        after = rate(
+            top1_correct(generator, tokenizer, query.text, query.answers[0]) for query in known
+        ).value
+        metrics["drawdown"] = before - after
+        # Both accuracies are kept: a drawdown of 0 says little where the unedited model knew nothing.
+        metrics["out_of_scope_top1_unedited"], metrics["out_of_scope_top1"] = before, after
     return metrics

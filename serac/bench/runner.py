@@ -29,7 +29,7 @@ from serac.bench.data import (
     load_benchmark_examples,
     order_examples,
 )
-from serac.bench.evaluation import Harness, evaluate
+from serac.bench.evaluation import Harness, evaluate, reference_top1
 from serac.bench.generation import QueryFormatter, generate_answer
 from serac.bench.latency import add_latency_ratios
 from serac.bench.methods import Method, build_method, load_editable_model, sum_stats
@@ -162,7 +162,10 @@ def run_benchmark(
         reference[text], _ = generate_answer(
             model, tokenizer, formatter(text, device), config.max_new_tokens, encoder_decoder=encoder_decoder
         )
-    harness = Harness(model, tokenizer, formatter, reference, device, encoder_decoder)
+    # Drawdown compares with the unedited model's teacher-forced accuracy on the same queries.
+    locality_queries = {query.text: query for setting in settings.values() for query in setting.locality}
+    top1 = reference_top1(model, tokenizer, list(locality_queries.values()))
+    harness = Harness(model, tokenizer, formatter, reference, device, encoder_decoder, top1)
     pristine = weights_fingerprint(model)
 
     factory = editable_factory or load_editable_model

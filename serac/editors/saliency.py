@@ -6,6 +6,11 @@ loss of the *desired* outputs on the edit data is back-propagated once per edit,
 *saliency* is the mean absolute gradient of its weight. The layer (or layers) whose weights the loss is
 most sensitive to are edited.
 
+A layer may hold several edited matrices (MEND edits the MLP's input and output projections): each
+template then names one of them, and SaLEM's averaging goes parameter -> column -> layer: a column's
+saliency is the mean absolute gradient of its parameters (the weights reading one input unit), a matrix's
+the mean over its columns, and a layer's the mean over its matrices.
+
 Here a layer is one module of a stack named by a template (``"model.layers.{}.mlp.down_proj"`` for a
 Llama-style causal LM, ``"encoder.block.{}.layer.1.DenseReluDense.wo"`` for T5's encoder feed-forward
 blocks), so the same code serves ROME-style editors of causal LMs and the encoder-decoder rank-one editor.
@@ -97,27 +102,55 @@ def _loss_inputs(model: nn.Module, tokenizer: Any, edit: Edit) -> dict[str, torc
     }
 
 
+def _templates(module_template: str | Sequence[str]) -> list[str]:
+    templates = [module_template] if isinstance(module_template, str) else list(module_template)
+    if not templates:
+        raise ValueError("module_template must name at least one module")
+    return templates
+
+
+def _column_mean(gradient: torch.Tensor, weight: nn.Parameter, model: nn.Module) -> float:
+    """Mean over the matrix's input columns of each column's mean absolute gradient."""
+    magnitude = gradient.abs().float()
+    # nn.Linear stores [out, in] (a column is a dim-0 slice); GPT-2's Conv1D stores [in, out].
+    column_dim = 0 if magnitude.dim() == 2 and not _stores_in_out(weight, model) else -1
+    return float(magnitude.mean(dim=column_dim).mean()) if magnitude.dim() == 2 else float(magnitude.mean())
+
+
+def _stores_in_out(weight: nn.Parameter, model: nn.Module) -> bool:
+    for module in model.modules():
+        if getattr(module, "weight", None) is weight:
+            return not isinstance(module, nn.Linear)
+    return False
+
+
 def layer_saliency(
-    model: nn.Module, tokenizer: Any, edits: Sequence[Edit], module_template: str
+    model: nn.Module, tokenizer: Any, edits: Sequence[Edit], module_template: str | Sequence[str]
 ) -> list[float]:
     """The saliency profile: one score per layer ``0..L-1`` of ``module_template``.
 
     ``score[l]`` is the mean over edits of ``mean(|d loss_e / d W_l|)``, where ``loss_e`` is the mean
     token NLL of edit ``e``'s target. Absolute values are taken per edit, so edits pulling a weight in
-    opposite directions do not cancel. The model's weights, ``.grad`` fields, ``requires_grad`` flags
-    and train/eval mode are left as they were.
+    opposite directions do not cancel. With several templates (several matrices per layer), the layer's
+    score is the mean of its matrices' column saliencies (see the module docstring). The model's weights,
+    ``.grad`` fields, ``requires_grad`` flags and train/eval mode are left as they were.
     """
     if isinstance(edits, Edit) or not isinstance(edits, Sequence):
         raise TypeError("edits must be a sequence of Edit objects")
     if not edits:
         raise ValueError("edits must not be empty")
     edits = [_as_edit(e) for e in edits]
-    weights = _layer_weights(model, module_template)
+    stacks = [_layer_weights(model, template) for template in _templates(module_template)]
+    if len({len(stack) for stack in stacks}) != 1:
+        raise ValueError(f"the modules {module_template} do not have the same number of layers")
+    per_layer = len(stacks)
+    # Layer-major: the matrices of layer 0, then those of layer 1, ...
+    weights = [stack[layer] for layer in range(len(stacks[0])) for stack in stacks]
     batches = [_loss_inputs(model, tokenizer, e) for e in edits]  # validate all before any work
 
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
-    totals = torch.zeros(len(weights), dtype=torch.float64)
+    totals = torch.zeros(len(stacks[0]), dtype=torch.float64)
     try:
         model.eval()
         for p, _ in flags:
@@ -133,7 +166,10 @@ def layer_saliency(
                 logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
             )
             grads = torch.autograd.grad(loss, weights)
-            totals += torch.tensor([float(g.abs().float().mean()) for g in grads], dtype=torch.float64)
+            scores = torch.tensor(
+                [_column_mean(g, w, model) for g, w in zip(grads, weights, strict=True)], dtype=torch.float64
+            )
+            totals += scores.view(-1, per_layer).mean(1)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
@@ -147,7 +183,7 @@ def select_layers(
     model: nn.Module,
     tokenizer: Any,
     edits: Sequence[Edit],
-    module_template: str,
+    module_template: str | Sequence[str],
     num_layers: int = 1,
     *,
     candidate_layers: Sequence[int] | None = None,
@@ -158,7 +194,7 @@ def select_layers(
     """
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-    total = len(_layer_weights(model, module_template))
+    total = len(_layer_weights(model, _templates(module_template)[0]))
     layers = list(range(total)) if candidate_layers is None else list(candidate_layers)
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < total:
