@@ -23,7 +23,7 @@ from serac.editors.mend_training import (
     train_mend,
     training_losses,
 )
-from serac.editors.salem import SaLEMEditor, module_templates
+from serac.editors.salem import SaLEMEditor, SaLEMEditorConfig, module_templates, salient_layers
 from serac.editors.saliency import layer_saliency
 from serac.edits import Edit
 
@@ -217,3 +217,18 @@ def test_bad_input_raises_before_anything_changes(tiny_llama, char_tokenizer, tr
     with pytest.raises(ValueError, match="out of range"):
         MENDNetwork.for_model(tiny_llama, MENDConfig(layers=[5]))
     assert all(torch.equal(value, before[name]) for name, value in tiny_llama.state_dict().items())
+
+
+def test_salem_chooses_among_the_candidate_blocks_only(tiny_llama, char_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("SERAC_CACHE", str(tmp_path))
+    settings = {"train_data": ["synthetic:8"], "saliency_edits": 4}
+    profile = salient_layers(tiny_llama, char_tokenizer, SaLEMEditorConfig(**settings))[1]
+    least = min(range(2), key=lambda layer: (profile[layer], layer))
+    config = SaLEMEditorConfig(**settings, candidate_layers=[least])
+    assert salient_layers(tiny_llama, char_tokenizer, config)[0] == [least]
+    with pytest.raises(ValueError, match="not blocks of this model"):
+        salient_layers(tiny_llama, char_tokenizer, SaLEMEditorConfig(**settings, candidate_layers=[5]))
+    with pytest.raises(ValueError, match="candidate_layers"):
+        SaLEMEditorConfig(candidate_layers=[])
+    with pytest.raises(ValueError, match="exceeds"):
+        SaLEMEditorConfig(candidate_layers=[1], num_salient_layers=2)

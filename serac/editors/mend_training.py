@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from serac.data import EditExample, load_counterfact, load_examples, load_examples_jsonl, load_zsre
+from serac.durable_folder import fsync_tree, replace_folder, staging_folder
 from serac.editors.base import model_device, pad_batch, pad_token_id, token_ids
 from serac.editors.layer_stats import model_fingerprint
 from serac.editors.layout import get_module
@@ -53,7 +54,7 @@ from serac.editors.mend_network import (
     matrix_names,
     predicted_updates,
 )
-from serac.files import JsonConfigMixin, replace_folder, write_json_atomic
+from serac.files import JsonConfigMixin, write_json_atomic
 from serac.offline import cache_dir
 
 __all__ = [
@@ -241,13 +242,11 @@ class _Checkpoint:
         from safetensors.torch import save_file
 
         # Written into a fresh folder renamed over the old one: a kill mid-write keeps the last checkpoint.
-        staging = self.directory.parent / f".{self.directory.name}.partial"
-        staging.mkdir(parents=True, exist_ok=True)
         state = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
-        save_file(state, str(staging / "network.safetensors"))
-        torch.save(optimizer.state_dict(), staging / _OPTIMIZER_NAME)
-        write_json_atomic(staging / _STATE_NAME, {"key": self.key, "step": step, "history": history})
-        replace_folder(staging, self.directory)
+        with staging_folder(self.directory) as staging:
+            save_file(state, str(staging / "network.safetensors"))
+            torch.save(optimizer.state_dict(), staging / _OPTIMIZER_NAME)
+            write_json_atomic(staging / _STATE_NAME, {"key": self.key, "step": step, "history": history})
 
 
 def _settings_key(config: MENDConfig, arguments: MENDTrainingArguments) -> str:
@@ -436,5 +435,6 @@ def cached_mend_network(
     network = train_mend(model, tokenizer, config, arguments, staging)
     # The finished network and its report are kept; the optimizer state is only needed to resume.
     shutil.rmtree(staging / CHECKPOINT_FOLDER, ignore_errors=True)
-    replace_folder(staging, target)
+    fsync_tree(staging)
+    replace_folder(staging, target.absolute())
     return network

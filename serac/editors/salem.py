@@ -49,6 +49,9 @@ class SaLEMEditorConfig(MENDEditorConfig):
     """
 
     num_salient_layers: int = field(default=1, metadata={"help": "blocks edited (the most salient)"})
+    candidate_layers: list[int] | None = field(
+        default=None, metadata={"help": "blocks the saliency chooses among (None: every block)"}
+    )
     saliency_edits: int = field(default=64, metadata={"help": "training edits the saliency is averaged over"})
 
     def __post_init__(self) -> None:
@@ -57,6 +60,23 @@ class SaLEMEditorConfig(MENDEditorConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.candidate_layers is not None:
+            candidates = self.candidate_layers
+            if (
+                not isinstance(candidates, list)
+                or not candidates
+                or not all(
+                    isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0
+                    for layer in candidates
+                )
+            ):
+                raise ValueError(
+                    f"candidate_layers must be a non-empty list of block indices, got {candidates!r}"
+                )
+            if self.num_salient_layers > len(candidates):
+                raise ValueError(
+                    f"num_salient_layers={self.num_salient_layers} exceeds the {len(candidates)} candidate blocks"
+                )
 
 
 def module_templates(model: nn.Module, projections: list[str]) -> list[str]:
@@ -114,10 +134,16 @@ def salient_layers(
         )
         if use_cache:
             write_json_atomic(path, {"settings": settings, "profile": profile})
-    if config.num_salient_layers > len(profile):
-        raise ValueError(f"num_salient_layers={config.num_salient_layers} exceeds the {len(profile)} blocks")
+    candidates = list(range(len(profile))) if config.candidate_layers is None else config.candidate_layers
+    outside = [layer for layer in candidates if layer >= len(profile)]
+    if outside:
+        raise ValueError(f"candidate_layers {outside} are not blocks of this model ({len(profile)} blocks)")
+    if config.num_salient_layers > len(candidates):
+        raise ValueError(
+            f"num_salient_layers={config.num_salient_layers} exceeds the {len(candidates)} blocks"
+        )
     # Stable sort: equal saliency keeps the lower block first.
-    chosen = sorted(range(len(profile)), key=lambda layer: -profile[layer])[: config.num_salient_layers]
+    chosen = sorted(candidates, key=lambda layer: -profile[layer])[: config.num_salient_layers]
     return chosen, profile
 
 
