@@ -849,7 +849,9 @@ def test_benchmark_scores_serac_through_the_public_forward(kind, setups):
     else:
         target_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
         logits = setup.counterfactual.continuation_logits(CITIZEN, IN_SCOPE, target_ids)[:-1]
-    expected = torch.log_softmax(logits.detach().float(), -1).gather(-1, torch.tensor(target_ids)[:, None]).mean()
+    expected = (
+        torch.log_softmax(logits.detach().float(), -1).gather(-1, torch.tensor(target_ids)[:, None]).mean()
+    )
     edited = score(IN_SCOPE, answer)
     assert edited == pytest.approx(float(expected), abs=1e-5)
     assert [d.in_scope for d in setup.model.last_routing] == [True]

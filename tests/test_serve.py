@@ -433,16 +433,18 @@ def test_servers_on_one_database_serve_each_others_edits(
         url = f"sqlite:///{tmp_path / 'edits.db'}"
     else:
         url = request.getfixturevalue("postgres").create_database(f"serve_{tmp_path.name[-20:].lower()}")
-    with database_server(url, base_model, chat_tokenizer, counterfactual, embedder) as first:
-        with database_server(url, base_model, chat_tokenizer, counterfactual, embedder) as second:
-            assert chat(second, CITIZEN["prompt"]).model_extra["serac"]["route"] == "base_model"
-            (edit_id,) = post_edits(first, [CITIZEN]).json()["ids"]
-            assert routed_edit_after(second, CITIZEN["prompt"], edit_id) is not None
-            assert chat(second, CITIZEN["prompt"]).choices[0].message.content == "Croatia"
-            # A removal through the other server reaches the first one too.
-            headers = {"authorization": f"Bearer {ADMIN}"}
-            assert httpx.delete(f"{second}/edits/{edit_id}", headers=headers).status_code == 200
-            assert routed_edit_after(first, CITIZEN["prompt"], None) is not None
+    with (
+        database_server(url, base_model, chat_tokenizer, counterfactual, embedder) as first,
+        database_server(url, base_model, chat_tokenizer, counterfactual, embedder) as second,
+    ):
+        assert chat(second, CITIZEN["prompt"]).model_extra["serac"]["route"] == "base_model"
+        (edit_id,) = post_edits(first, [CITIZEN]).json()["ids"]
+        assert routed_edit_after(second, CITIZEN["prompt"], edit_id) is not None
+        assert chat(second, CITIZEN["prompt"]).choices[0].message.content == "Croatia"
+        # A removal through the other server reaches the first one too.
+        headers = {"authorization": f"Bearer {ADMIN}"}
+        assert httpx.delete(f"{second}/edits/{edit_id}", headers=headers).status_code == 200
+        assert routed_edit_after(first, CITIZEN["prompt"], None) is not None
 
 
 # ---------------------------------------------------------------------------------------------- proxy mode
