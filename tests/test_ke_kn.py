@@ -7,8 +7,12 @@ import os
 import pytest
 import torch
 
+from serac.data import EditExample, InScopeQuery, OutOfScopeQuery
 from serac.editors import available_editors, get_editor
 from serac.editors.base import token_ids
+from serac.editors.ke import KEEditor
+from serac.editors.ke_network import EditPass, KEConfig, KEHypernetwork, hypernetwork_for
+from serac.editors.ke_training import KETrainingArguments, train_hypernetwork, training_step
 from serac.editors.knowledge_neurons import KNConfig, KnowledgeNeuronsEditor, neuron_attributions
 from serac.edits import Edit
 
@@ -42,7 +46,7 @@ def snapshot(model):
 
 
 def test_registered():
-    assert {"kn"} <= set(available_editors())
+    assert {"kn", "ke"} <= set(available_editors())
     assert isinstance(get_editor("kn", steps=4), KnowledgeNeuronsEditor)
 
 
@@ -153,4 +157,112 @@ def test_kn_bad_input_changes_nothing(model, char_tokenizer):
         KnowledgeNeuronsEditor(**KN_FAST).apply(model, char_tokenizer, "not edits")
     with pytest.raises(ValueError):
         neuron_attributions(model, "model.layers.1.mlp.down_proj", [1, 2], 3, steps=0)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+# --- KE ---------------------------------------------------------------------------------------------
+
+
+KE_EXAMPLES = [
+    EditExample(
+        edit=Edit(prompt="{} is a citizen of", subject="Ellie Kemper", target="Croatia"),
+        in_scope=(InScopeQuery("Ellie Kemper's country is", "Croatia"),),
+        out_of_scope=(OutOfScopeQuery("The sky is"),),
+    ),
+    EditExample(
+        edit=Edit(prompt="The capital of {} is", subject="France", target="Rome"),
+        out_of_scope=(OutOfScopeQuery("Water boils at"),),
+    ),
+]
+KE_TINY = KEConfig(layers=(0, 1), hidden_size=16, initial_step=0.05)
+
+
+def test_ke_one_training_step_reduces_the_edit_loss(model, char_tokenizer):
+    torch.manual_seed(0)
+    network = hypernetwork_for(model, KE_TINY)
+    edit_pass = EditPass(model, network)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    rows = [("Ellie Kemper is a citizen of", "Croatia")]
+    losses = []
+    for _ in range(2):
+        lagrangian, edit_loss, kl = training_step(
+            model, char_tokenizer, edit_pass, rows, "The sky is", 1.0, 1e-3
+        )
+        losses.append(edit_loss)
+        optimizer.zero_grad()
+        lagrangian.backward()
+        optimizer.step()
+    assert losses[1] < losses[0]
+    assert kl >= 0
+
+
+def test_ke_saved_hypernetwork_reproduces_the_update(model, char_tokenizer, tmp_path):
+    arguments = KETrainingArguments(config=KE_TINY, num_steps=3, checkpoint_every=1, learning_rate=1e-2)
+    folder = train_hypernetwork(
+        model, char_tokenizer, KE_EXAMPLES, arguments, tmp_path / "ke", show_progress=False
+    )
+    before = snapshot(model)
+    first = KEEditor(folder)
+    first.apply(model, char_tokenizer, EDITS[:1])
+    edited = snapshot(model)
+    assert first.edited_parameters == [
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+    ]
+    first.restore()
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    second = KEEditor(KEHypernetwork.from_pretrained(folder))
+    second.apply(model, char_tokenizer, EDITS[:1])
+    assert all(torch.equal(p, edited[name]) for name, p in model.named_parameters())
+    changed = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
+    assert changed == second.edited_parameters
+    second.restore()
+
+
+def test_ke_training_resumes_after_a_kill(model, char_tokenizer, tmp_path):
+    arguments = KETrainingArguments(config=KE_TINY, num_steps=4, checkpoint_every=1, learning_rate=1e-2)
+    straight = train_hypernetwork(
+        model, char_tokenizer, KE_EXAMPLES, arguments, tmp_path / "a", show_progress=False
+    )
+
+    def kill(step, logs):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_hypernetwork(
+            model, char_tokenizer, KE_EXAMPLES, arguments, tmp_path / "b", on_step=kill, show_progress=False
+        )
+    resumed = train_hypernetwork(
+        model, char_tokenizer, KE_EXAMPLES, arguments, tmp_path / "b", show_progress=False
+    )
+    a = KEHypernetwork.from_pretrained(straight).state_dict()
+    b = KEHypernetwork.from_pretrained(resumed).state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    other = KETrainingArguments(config=KE_TINY, num_steps=5, checkpoint_every=1)
+    with pytest.raises(ValueError, match="other training arguments"):
+        train_hypernetwork(model, char_tokenizer, KE_EXAMPLES, other, tmp_path / "b", show_progress=False)
+
+
+def test_ke_bad_input(model, char_tokenizer, tmp_path):
+    with pytest.raises(TypeError):
+        KEConfig(layers="1")
+    with pytest.raises(ValueError):
+        KEConfig(layers=(1, 1))
+    with pytest.raises(ValueError):
+        KETrainingArguments(num_steps=0)
+    with pytest.raises(TypeError):
+        KEEditor(hypernetwork_name_or_path=3)
+    with pytest.raises(ValueError):
+        KEEditor(hypernetwork_name_or_path=str(tmp_path), training={"num_steps": 2})
+    before = snapshot(model)
+    with pytest.raises(FileNotFoundError):
+        KEEditor(str(tmp_path / "missing")).apply(model, char_tokenizer, EDITS)
+    network = hypernetwork_for(model, KE_TINY)
+    with pytest.raises(ValueError, match="statement"):
+        KEEditor(network).apply(model, char_tokenizer, [Edit.from_statement("Paris is in Italy.")])
+    with pytest.raises(ValueError, match="out of range"):
+        KEEditor(KEHypernetwork(KEConfig(layers=(5,)), 32, [(32, 64)])).apply(model, char_tokenizer, EDITS)
+    with pytest.raises(ValueError, match="no"):
+        train_hypernetwork(model, char_tokenizer, [], KETrainingArguments(config=KE_TINY), tmp_path / "x")
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())

@@ -119,6 +119,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "mom2_update_weight": 2000.0,
         },
         "ft": {"layer": 4, "lr": 5e-3, "norm_constraint": 1e-2},
+        "kn": {
+            "layers": [24, 25, 26, 27, 28, 29],
+            "steps": 10,
+            "context_templates": [[5, 2]],
+            "insert_scale": 8.0,
+        },
+        "ke": {"config": {"layers": [2, 3]}, "num_steps": 200, "checkpoint_every": 20},
     },
 }
 
