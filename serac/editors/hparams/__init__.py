@@ -135,7 +135,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             "context_templates": [[5, 2]],
             "insert_scale": 8.0,
         },
-        "ke": {"config": {"layers": [2, 3]}, "num_steps": 200, "checkpoint_every": 20},
+        "ke": {
+            "config": {"layers": [8, 9], "initial_step": 0.3},
+            "num_steps": 200,
+            "kl_margin": 0.1,
+            "lambda_init": 0.5,
+            "lambda_lr": 1.0,
+            "checkpoint_every": 20,
+        },
     },
 }
 
