@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -24,10 +25,13 @@ from torch import nn
 from serac.editors.base import WeightEditor, check_edits, model_device
 from serac.editors.ke_network import EditPass, KEHypernetwork
 from serac.editors.ke_training import default_hypernetwork_dir
+from serac.editors.layer_stats import model_fingerprint
 from serac.editors.layout import check_layer, get_layout
 from serac.edits import Edit
 
 __all__ = ["KEEditor"]
+
+logger = logging.getLogger(__name__)
 
 
 class KEEditor(WeightEditor):
@@ -87,10 +91,15 @@ class KEEditor(WeightEditor):
         start = time.perf_counter()
         edits = check_edits(edits, method="KE", require_subject=False)
         layout = get_layout(model)
-        for layer in self._network.config.layers if self._network is not None else ():
+        network = self.hypernetwork(model, tokenizer)
+        for layer in network.config.layers:
             check_layer(model, layer, layout)
+        fingerprint = network.config.base_model_fingerprint
+        if fingerprint is not None and fingerprint != model_fingerprint(model, layout):
+            # Allowed (a fine-tuned variant of the same model may still edit well), but worth knowing.
+            logger.warning("this KE hypernetwork was trained for another base model (%s)", fingerprint)
         self._claim_model(model)
-        network = self.hypernetwork(model, tokenizer).to(model_device(model))
+        network = network.to(model_device(model))
         edit_pass = EditPass(model, network)
         self._backup(model, edit_pass.names)
         norms = []
