@@ -26,6 +26,15 @@ KN_FAST = {"layers": (0, 1), "steps": 8, "context_templates": ((3, 2),), "max_ne
 
 
 @pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Models this small gain nothing from a second thread, and on a busy machine its waits dominate.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def isolated_cache(tmp_path_factory):
     previous = os.environ.get("SERAC_CACHE")
     os.environ["SERAC_CACHE"] = str(tmp_path_factory.mktemp("serac-cache"))
