@@ -72,7 +72,11 @@ SMOLLM2_FINDINGS = """How the SmolLM2-135M-Instruct values were found (benchmark
   100 steps and the hypernetwork to no edit at all (edit loss about 10, KL 0). Kept: layers 8-9, initial
   step 0.3, KL margin 0.1, multiplier step 1, 200 steps (about 7 minutes of wall time on 2 shared cores,
   load average about 11); mean edit loss / KL per 50 training steps: 6.93 / 0.29, 6.77 / 0.13, 6.70 / 0.14,
-  5.97 / 0.05.
+  5.97 / 0.05. Edit success against steps (``serac bench --dataset mquake --methods ke --num-edits 1,10
+  --limit-queries 10``, the 500-step run through ``--editor-hparams`` with ``{"ke": {"training":
+  {"num_steps": 500}}}``): 200 steps -> efficacy 0.4 / locality 0.0 on 10 rewrites; 500 steps (456 s) ->
+  0.3 / 0.0, although its training edit loss kept falling (per 100 steps: 6.85, 6.33, 5.01, 4.58, 4.16 at
+  KL 0.07-0.21). With no measured gain on the benchmark, 200 steps are kept.
 """
 
 PRESETS: dict[str, dict[str, Any]] = {
