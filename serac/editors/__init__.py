@@ -33,7 +33,17 @@ __all__ = [
 ]
 
 # Imported on first lookup so `import serac.editors` stays light; a missing optional module is skipped.
-_EDITOR_MODULES = ("rome", "memit", "finetune", "cache", "encdec", "mend", "salem")
+_EDITOR_MODULES = (
+    "rome",
+    "memit",
+    "finetune",
+    "cache",
+    "encdec",
+    "mend",
+    "salem",
+    "knowledge_neurons",
+    "ke",
+)
 
 
 def _registry() -> dict[str, type[Editor]]:

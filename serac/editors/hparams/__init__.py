@@ -59,6 +59,29 @@ SMOLLM2_FINDINGS = """How the SmolLM2-135M-Instruct values were found (benchmark
   (2.0); (1e-2, 5e-3) 0.9 / 0.4 (0.58); (2e-2, 5e-3) 1.0 / 0.4 (0.17); layer 2 at (5e-3, 2e-3) 0.8 / 0.4.
   (1e-2, 5e-3) is kept: the smallest bound at which fine-tuning fits the edits, as FT+L does in the ROME
   paper (high efficacy, paid for in locality).
+* Knowledge neurons: a sweep over the first 6 rewrites, 10 integrated-gradients steps, the prompt and 2
+  context prefixes (``python -m serac.bench.kn_sweep --num-edits 6 --layers ...``; efficacy: the new
+  target's first token becomes the top prediction; locality: 10 other rewrites' prompts keep theirs).
+  Layers 24-29, insert scale -> efficacy / locality: 4 -> 0.00 / 0.65; 8 -> 0.33 / 0.52; 16 -> 0.00 / 0.37;
+  32 -> 0.00 / 0.20; 64 -> 0.17 / 0.10. Layers 12, 14, 16, 18: 4 -> 0.00 / 1.00; 8 -> 0.00 / 0.98; 16 ->
+  0.00 / 0.97; 32 -> 0.17 / 0.88; 64 -> 0.17 / 0.67. The model's own answer to these cloze prompts is " the"
+  or " a" (5 of 6), so the attributed neurons are largely the same few for every fact (layer 28's 1095 and
+  625, layer 29's 741 in the top layers) and rewriting them moves unrelated prompts too; this is the
+  weakness of attributing the predicted token rather than a known true answer. Layers 24-29 at scale 8 are
+  kept (the best efficacy measured, as the paper searches the top layers).
+* KE: an untrained hypernetwork takes a normalized gradient step; on 3 zsRE training edits a step of size 1
+  on layers 2-3 took the target NLL from 11.9 / 7.5 / 2.3 to 8.2 / 5.1 / 2.3 at a KL of 0.9 / 1.7 / 2.8 on
+  the records' unrelated question (layers 8-9: 7.0 / 4.9 / 2.8 at 0.7 / 1.1 / 2.7); steps of 3-30 only
+  made both worse. So the raw gradient direction is far from local, which is what the hypernetwork has to
+  learn. A first run with a KL margin of 1e-3 and a multiplier step of 10 drove the multiplier to 47 within
+  100 steps and the hypernetwork to no edit at all (edit loss about 10, KL 0). Kept: layers 8-9, initial
+  step 0.3, KL margin 0.1, multiplier step 1, 200 steps (about 7 minutes of wall time on 2 shared cores,
+  load average about 11); mean edit loss / KL per 50 training steps: 6.93 / 0.29, 6.77 / 0.13, 6.70 / 0.14,
+  5.97 / 0.05. Edit success against steps (``serac bench --dataset mquake --methods ke --num-edits 1,10
+  --limit-queries 10``, the 500-step run through ``--editor-hparams`` with ``{"ke": {"training":
+  {"num_steps": 500}}}``): 200 steps -> efficacy 0.4 / locality 0.0 on 10 rewrites; 500 steps (456 s) ->
+  0.3 / 0.0, although its training edit loss kept falling (per 100 steps: 6.85, 6.33, 5.01, 4.58, 4.16 at
+  KL 0.07-0.21). With no measured gain on the benchmark, 200 steps are kept.
 """
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -126,6 +149,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ft": {"layer": 4, "lr": 5e-3, "norm_constraint": 1e-2},
         "mend": {"edit_lr_init": 1e-3, "num_steps": 200, "batch_size": 4, "learning_rate": 3e-4},
         "salem": {"edit_lr_init": 1e-3, "num_steps": 200, "batch_size": 4, "learning_rate": 3e-4},
+        "kn": {
+            "layers": [24, 25, 26, 27, 28, 29],
+            "steps": 10,
+            "context_templates": [[5, 2]],
+            "insert_scale": 8.0,
+        },
+        "ke": {
+            "config": {"layers": [8, 9], "initial_step": 0.3},
+            "num_steps": 200,
+            "kl_margin": 0.1,
+            "lambda_init": 0.5,
+            "lambda_lr": 1.0,
+            "checkpoint_every": 20,
+        },
     },
 }
 
