@@ -156,7 +156,10 @@ def test_registry_names_and_bad_hyperparameters():
 def test_rome_inserts_key_value_and_restores(model, tokenizer):
     snapshot = _snapshot(model)
     layout = get_layout(model)
-    editor = ROMEEditor(layer=1, num_steps=10, clamp_norm_factor=100.0, **FAST)
+    # weight_decay=0: the authors' penalty weight * ||delta|| / ||v||^2 is not scale-free, and with the tiny
+    # ||v|| of a random 32-dimensional model its constant pull towards delta = 0 outweighs the target NLL; this
+    # test is about the closed-form insertion, not the penalty (tested on its own below).
+    editor = ROMEEditor(layer=1, num_steps=10, clamp_norm_factor=100.0, weight_decay=0.0, **FAST)
     # Subject last in the prompt: in a random tiny model attention carries little, so the value's effect on
     # the next token is only reliable where the subject's last token is the one that predicts the target.
     edit = Edit(prompt="the painting shows {}", subject="Marie Curie", target="Rome")
