@@ -196,7 +196,8 @@ def easyedit_module_names(model) -> dict:
         "mlp_module_tmp": "model.layers.{}.mlp",
         "attn_module_tmp": "model.layers.{}.self_attn",
         "ln_f_module": "model.norm",
-        "lm_head_module": "lm_head",
+        # Tied embeddings (SmolLM2): lm_head.weight is not a separate named parameter.
+        "lm_head_module": "model.embed_tokens" if model.config.tie_word_embeddings else "lm_head",
         "v_loss_layer": last,
     }
 
