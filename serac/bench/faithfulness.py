@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     templates = probe.context_templates(model, tokenizer, config)
     args.out.mkdir(parents=True, exist_ok=True)
     stats_dir = args.stats_dir or args.out / "easyedit_stats"
-    export_stats(ee, model, moments, stats_dir, args.stats_samples)
+    if "easyedit" in args.impl:
+        export_stats(ee, model, moments, stats_dir, args.stats_samples)
     weight_names = [f"model.layers.{layer}.mlp.down_proj.weight" for layer in layers]
     original = {name: model.get_parameter(name).detach().clone() for name in weight_names}
 
