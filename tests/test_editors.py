@@ -156,7 +156,10 @@ def test_registry_names_and_bad_hyperparameters():
 def test_rome_inserts_key_value_and_restores(model, tokenizer):
     snapshot = _snapshot(model)
     layout = get_layout(model)
-    editor = ROMEEditor(layer=1, num_steps=10, clamp_norm_factor=100.0, **FAST)
+    # weight_decay=0: the authors' penalty weight * ||delta|| / ||v||^2 is not scale-free, and with the tiny
+    # ||v|| of a random 32-dimensional model its constant pull towards delta = 0 outweighs the target NLL; this
+    # test is about the closed-form insertion, not the penalty (tested on its own below).
+    editor = ROMEEditor(layer=1, num_steps=10, clamp_norm_factor=100.0, weight_decay=0.0, **FAST)
     # Subject last in the prompt: in a random tiny model attention carries little, so the value's effect on
     # the next token is only reliable where the subject's last token is the one that predicts the target.
     edit = Edit(prompt="the painting shows {}", subject="Marie Curie", target="Rome")
@@ -492,3 +495,39 @@ def test_second_moment_matches_direct_computation_and_is_cached(model, tokenizer
         model, tokenizer, [1], corpus=CORPUS[:10], num_samples=len(keys), cache_root=tmp_path, progress=False
     )
     assert torch.equal(again[1], moments[1])
+
+
+def test_value_weight_decay_is_the_norm_over_the_squared_initial_norm():
+    # The ROME/MEMIT authors' compute_v / compute_z penalize v_weight_decay * ||delta|| / ||v||^2 (the norm,
+    # not its square); their published weight 0.5 is meant for that form.
+    from serac.editors.values import value_weight_decay
+
+    delta = torch.tensor([[3.0, 4.0], [0.0, 0.0], [6.0, 8.0]])
+    initial_sq = torch.tensor([4.0, 4.0, 4.0])
+    penalty = value_weight_decay(delta, initial_sq, 0.5)
+    torch.testing.assert_close(penalty, torch.tensor([0.5 * 5 / 4, 0.0, 0.5 * 10 / 4]))
+    # Linear in ||delta||: doubling delta doubles the penalty (a squared norm would quadruple it).
+    torch.testing.assert_close(value_weight_decay(2 * delta, initial_sq, 0.5), 2 * penalty)
+
+
+def test_value_optimization_applies_the_authors_weight_decay(model, tokenizer, monkeypatch):
+    import serac.editors.values as values
+
+    seen = []
+    original = values.value_weight_decay
+
+    def spy(delta, initial_sq, weight):
+        out = original(delta, initial_sq, weight)
+        seen.append((delta.detach().clone(), initial_sq.clone(), weight, out.detach().clone()))
+        return out
+
+    monkeypatch.setattr(values, "value_weight_decay", spy)
+    snapshot = _snapshot(model)
+    editor = ROMEEditor(layer=1, num_steps=3, weight_decay=0.5, early_stop_loss=0.0, **FAST)
+    editor.apply(model, tokenizer, [EDITS[0]])
+    editor.restore()
+    _assert_identical(model, snapshot)
+    assert seen, "the value optimization did not call value_weight_decay"
+    for delta, initial_sq, weight, out in seen:
+        assert weight == 0.5
+        torch.testing.assert_close(out, 0.5 * delta.norm(dim=1) / initial_sq)

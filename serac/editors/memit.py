@@ -58,7 +58,7 @@ class MEMITConfig:
     mom2_update_weight: float = field(default=15000.0, metadata={"help": "lambda: weight of C in the solve"})
     num_steps: int = field(default=25, metadata={"help": "Adam steps optimizing each target delta"})
     lr: float = field(default=0.5, metadata={"help": "learning rate of the target optimization"})
-    weight_decay: float = field(default=0.5, metadata={"help": "penalty on ||delta||^2 / ||h||^2"})
+    weight_decay: float = field(default=0.5, metadata={"help": "penalty weight * ||delta|| / ||h||^2"})
     kl_factor: float = field(default=0.0625, metadata={"help": "weight of the '{subject} is a' KL term"})
     clamp_norm_factor: float = field(default=0.75, metadata={"help": "||delta|| <= factor * ||h||"})
     early_stop_loss: float = field(default=0.05, metadata={"help": "stop once the target NLL is below this"})

@@ -71,7 +71,7 @@ class ROMEConfig:
     layer: int | str | None = field(default=None, metadata={"help": "block index, or 'saliency'"})
     num_steps: int = field(default=20, metadata={"help": "Adam steps optimizing the value delta"})
     lr: float = field(default=0.5, metadata={"help": "learning rate of the value optimization"})
-    weight_decay: float = field(default=0.5, metadata={"help": "penalty on ||delta||^2 / ||v||^2"})
+    weight_decay: float = field(default=0.5, metadata={"help": "penalty weight * ||delta|| / ||v||^2"})
     kl_factor: float = field(default=0.0625, metadata={"help": "weight of the '{subject} is a' KL term"})
     clamp_norm_factor: float = field(default=4.0, metadata={"help": "||delta|| <= factor * ||v||"})
     early_stop_loss: float = field(default=0.05, metadata={"help": "stop once the target NLL is below this"})

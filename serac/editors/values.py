@@ -19,7 +19,7 @@ from serac.editors.base import model_device, pad_batch, pad_token_id, prepare_pr
 from serac.editors.layout import ModelLayout, get_module
 from serac.edits import Edit
 
-__all__ = ["TargetDeltas", "compute_target_deltas"]
+__all__ = ["TargetDeltas", "compute_target_deltas", "value_weight_decay"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,18 @@ class TargetDeltas:
     initial: torch.Tensor  # the module output at the subject-last token of the bare prompt, unedited
     nll: torch.Tensor  # final mean target NLL per edit
     steps: list[int]  # optimizer steps each edit took
+
+
+def value_weight_decay(delta: torch.Tensor, initial_sq: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-edit penalty ``weight * ||delta|| / ||initial||^2`` on the value deltas ``[edits, dim]``.
+
+    This is the penalty of the ROME and MEMIT authors' code (``v_weight_decay * norm(delta) /
+    norm(target_init) ** 2``), which their published ``v_weight_decay`` values (0.5, ...) were tuned with.
+    It grows linearly with ``||delta||``; a squared norm (``||delta||^2 / ||initial||^2``) would weigh a
+    delta of several times ``||initial||`` (the clamp allows up to ``clamp_norm_factor`` times) many times
+    more heavily and stop the value short of the target.
+    """
+    return weight * delta.norm(dim=1) / initial_sq
 
 
 def compute_target_deltas(
@@ -47,7 +59,9 @@ def compute_target_deltas(
 
     The loss per edit is the mean target NLL over all ``templates`` (each with the edit prompt inside),
     plus ``kl_factor`` times the KL divergence of the next-token distribution after ``config.kl_prompt``
-    from the unedited one, plus ``weight_decay * ||delta||^2 / ||initial||^2``. ``||delta||`` is clamped to
+    from the unedited one, plus ``weight_decay * ||delta|| / ||initial||^2`` (the norm, not its square, over
+    the squared norm of the unedited output, as in the ROME and MEMIT authors' ``compute_v`` / ``compute_z``;
+    see :func:`value_weight_decay`). ``||delta||`` is clamped to
     ``clamp_norm_factor * ||initial||`` after each step. Edits are independent (one delta each), so a batch
     of edits gives the same deltas as editing one at a time, at a fraction of the cost.
     """
@@ -147,7 +161,7 @@ def compute_target_deltas(
             if bool(done.all()) or step == config.num_steps:
                 break
             kl = (kl_logp.exp() * (kl_logp - reference_logp)).sum(-1)
-            decay = config.weight_decay * delta.pow(2).sum(1) / initial_sq
+            decay = value_weight_decay(delta, initial_sq, config.weight_decay)
             loss = ((edit_nll + config.kl_factor * kl + decay) * (~done)).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
