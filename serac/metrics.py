@@ -193,6 +193,35 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def _target_logits(model: Any, tokenizer: Any, prompt: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced logits that predict ``target``'s tokens after ``prompt``, and those tokens.
+
+    Causal LMs read ``prompt + " " + target``; encoder-decoder models read the prompt and produce the target
+    as the decoder output. The model is called as an evaluation loop calls it (``labels`` of -100 on the
+    prompt), so an :class:`~serac.modeling.EditableModel` routes by the prompt and applies its edits.
+    """
+    device = _model_device(model)
+    if getattr(model.config, "is_encoder_decoder", False):
+        encoded = tokenizer(prompt, return_tensors="pt").to(device)
+        labels = tokenizer(text_target=target, return_tensors="pt").input_ids.to(device)
+        if labels.numel() == 0:
+            raise ValueError(f"target {target!r} has no tokens")
+        return model(**encoded, labels=labels).logits[0], labels[0]
+    prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids[0]
+    if prompt_ids.numel() == 0:
+        raise ValueError(f"prompt {prompt!r} has no tokens")
+    # The target is tokenized on its own, after a space, so its tokens are the same whatever the prompt
+    # ends with; the concatenation is what generation would have produced at a word boundary.
+    target_ids = tokenizer(" " + target.strip(), add_special_tokens=False, return_tensors="pt").input_ids[0]
+    if target_ids.numel() == 0:
+        raise ValueError(f"target {target!r} has no tokens")
+    input_ids = torch.cat([prompt_ids, target_ids]).unsqueeze(0).to(device)
+    labels = torch.cat([torch.full_like(prompt_ids, -100), target_ids]).unsqueeze(0).to(device)
+    logits = model(input_ids=input_ids, labels=labels).logits[0]
+    # Logits at position i predict token i + 1: the target's tokens are predicted by the positions before them.
+    return logits[len(prompt_ids) - 1 : -1], target_ids.to(device)
+
+
 @torch.no_grad()
 def target_logprob(model: Any, tokenizer: Any, prompt: str, target: str) -> float:
     """Mean per-token log-probability of ``target`` following ``prompt`` (teacher-forced).
@@ -205,35 +234,9 @@ def target_logprob(model: Any, tokenizer: Any, prompt: str, target: str) -> floa
     Raises:
         ValueError: if ``target`` tokenizes to nothing.
     """
-    device = _model_device(model)
-    if getattr(model.config, "is_encoder_decoder", False):
-        encoded = tokenizer(prompt, return_tensors="pt").to(device)
-        labels = tokenizer(text_target=target, return_tensors="pt").input_ids.to(device)
-        if labels.numel() == 0:
-            raise ValueError(f"target {target!r} has no tokens")
-        logits = model(**encoded, labels=labels).logits[0]
-        return _mean_logprob(logits, labels[0])
-    prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids[0]
-    if prompt_ids.numel() == 0:
-        raise ValueError(f"prompt {prompt!r} has no tokens")
-    # The target is tokenized on its own, after a space, so its tokens are the same whatever the prompt
-    # ends with; the concatenation is what generation would have produced at a word boundary.
-    target_ids = tokenizer(" " + target.strip(), add_special_tokens=False, return_tensors="pt").input_ids[0]
-    if target_ids.numel() == 0:
-        raise ValueError(f"target {target!r} has no tokens")
-    input_ids = torch.cat([prompt_ids, target_ids]).unsqueeze(0).to(device)
-    # Labels mark where the answer starts (-100 on the prompt), the usual convention for scoring an answer:
-    # a wrapper that routes by the prompt (EditableModel.forward) reads the prompt alone.
-    labels = torch.cat([torch.full_like(prompt_ids, -100), target_ids]).unsqueeze(0).to(device)
-    logits = model(input_ids=input_ids, labels=labels).logits[0]
-    # Logits at position i predict token i + 1: the target's tokens are predicted by the positions before them.
-    predicting = logits[len(prompt_ids) - 1 : -1]
-    return _mean_logprob(predicting, target_ids.to(device))
-
-
-def _mean_logprob(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    logits, target_ids = _target_logits(model, tokenizer, prompt, target)
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    return float(logprobs.gather(-1, labels.unsqueeze(-1)).mean())
+    return float(logprobs.gather(-1, target_ids.unsqueeze(-1)).mean())
 
 
 @torch.no_grad()
@@ -245,20 +248,5 @@ def top1_correct(model: Any, tokenizer: Any, prompt: str, target: str) -> bool:
     Raises:
         ValueError: if ``target`` tokenizes to nothing.
     """
-    device = _model_device(model)
-    if getattr(model.config, "is_encoder_decoder", False):
-        encoded = tokenizer(prompt, return_tensors="pt").to(device)
-        labels = tokenizer(text_target=target, return_tensors="pt").input_ids.to(device)
-        if labels.numel() == 0:
-            raise ValueError(f"target {target!r} has no tokens")
-        logits = model(**encoded, labels=labels).logits[0]
-        return bool((logits.argmax(-1) == labels[0]).all())
-    prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids[0]
-    if prompt_ids.numel() == 0:
-        raise ValueError(f"prompt {prompt!r} has no tokens")
-    target_ids = tokenizer(" " + target.strip(), add_special_tokens=False, return_tensors="pt").input_ids[0]
-    if target_ids.numel() == 0:
-        raise ValueError(f"target {target!r} has no tokens")
-    input_ids = torch.cat([prompt_ids, target_ids]).unsqueeze(0).to(device)
-    predicted = model(input_ids=input_ids).logits[0, len(prompt_ids) - 1 : -1].argmax(-1)
-    return bool((predicted == target_ids.to(device)).all())
+    logits, target_ids = _target_logits(model, tokenizer, prompt, target)
+    return bool((logits.argmax(-1) == target_ids).all())
