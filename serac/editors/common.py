@@ -30,6 +30,7 @@ __all__ = [
     "ContextTemplates",
     "PresetWeightEditor",
     "SecondMoments",
+    "check_context_templates",
     "check_layer_field",
     "check_optimization_fields",
     "early_middle_layer",
@@ -62,12 +63,18 @@ def check_optimization_fields(config: Any) -> None:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     if not isinstance(config.kl_prompt, str) or config.kl_prompt.count("{}") != 1:
         raise ValueError(f"kl_prompt must contain one '{{}}' for the subject, got {config.kl_prompt!r}")
-    config.context_templates = tuple(tuple(pair) for pair in config.context_templates)
-    for pair in config.context_templates:
+    config.context_templates = check_context_templates(config.context_templates)
+
+
+def check_context_templates(templates: Any) -> tuple[tuple[int, int], ...]:
+    """``(tokens, count)`` pairs of positive ints, as a tuple of tuples; raise on anything else."""
+    templates = tuple(tuple(pair) for pair in templates)
+    for pair in templates:
         if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
             raise ValueError(
                 f"context_templates must be (tokens, count) pairs of positive ints, got {pair!r}"
             )
+    return templates
 
 
 def check_layer_field(layer: Any) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from serac.editors.base import model_device, target_token_ids, token_ids
-from serac.editors.common import ContextTemplates, PresetWeightEditor
+from serac.editors.common import ContextTemplates, PresetWeightEditor, check_context_templates
 from serac.editors.layout import (
     ModelLayout,
     check_layer,
@@ -106,12 +106,7 @@ class KNConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        self.context_templates = tuple(tuple(pair) for pair in self.context_templates)
-        for pair in self.context_templates:
-            if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-                raise ValueError(
-                    f"context_templates must be (tokens, count) pairs of positive ints, got {pair!r}"
-                )
+        self.context_templates = check_context_templates(self.context_templates)
 
 
 @dataclass(frozen=True)
