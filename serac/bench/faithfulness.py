@@ -1,9 +1,11 @@
-"""Compare our ROME and MEMIT with an independent implementation (EasyEdit) on identical edits.
+"""Compare our ROME, MEMIT and MEND with an independent implementation (EasyEdit) on identical edits.
 
 Not part of the test suite: it needs a checkout of EasyEdit (https://github.com/zjunlp/EasyEdit), given by
-path with ``--easyedit``; nothing of it is shipped with serac. Only its ``easyeditor.models.rome`` and
-``easyeditor.models.memit`` modules are loaded (the package's ``__init__`` pulls in every method's
-dependencies, so it is bypassed), on the device given by ``--device`` (the CPU by default).
+path with ``--easyedit``; nothing of it is shipped with serac. Only its ``easyeditor.models.rome``,
+``easyeditor.models.memit`` and (for MEND) ``easyeditor.trainer``, ``easyeditor.dataset.zsre`` and
+``easyeditor.models.mend`` modules are loaded (the package's ``__init__`` pulls in every method's
+dependencies, so it is bypassed; MEND needs ``higher`` and ``omegaconf`` installed beside it), on the device
+given by ``--device`` (the CPU by default).
 
 Both implementations get exactly the same inputs:
 
@@ -20,7 +22,20 @@ Both implementations get exactly the same inputs:
   weight decay, KL factor, clamp, lambda), with EasyEdit's loss layer set to the last block (so its loss
   is on the model's own logits, as ours) and ``mom2_adjustment`` on.
 
-Protocol: ROME edits one at a time, the model restored after each; MEMIT inserts all edits in one batch.
+MEND (``--part mend``) has no statistics or templates; both editor networks are trained here, on the same
+training edits (``--mend-train-data``, data specs as ``serac.data.load_examples`` reads them), for the same
+number of steps of the same number of edits, on the same matrices (our preset's blocks and projections),
+with the same network rank, learning rates, initial edit step and loss weights (edit NLL + c_loc * KL):
+
+* ours: :class:`serac.editors.mend.MENDEditor` with those training settings (cached as the editor caches);
+* EasyEdit: its ``EditTrainer`` with its ``MEND`` on a ``ZsreDataset`` holding the same edits (each with one
+  rephrasing and one out-of-scope question with its answer, drawn with a fixed seed), then its
+  ``MendRewriteExecutor`` on the evaluation model. Its trainer takes the edit loss on the edit prompt only
+  (ours: the prompt and a rephrasing) and the KL on the out-of-scope answer's tokens (ours: every token of
+  the out-of-scope text); those are its choices and are kept.
+
+Protocol: ROME and MEND edit one at a time, the model restored after each; MEMIT inserts all edits in one
+batch.
 Metrics per edit, all greedy decoding:
 
 * efficacy: the continuation of the edit prompt starts with the new target (``normalize_answer``);
@@ -38,6 +53,8 @@ start of a prompt matters.
 Example:
     python -m serac.bench.faithfulness --easyedit /path/to/EasyEdit --part rome --num-edits 50 \\
         --data shared/data/mquake-cf-dev.json --out faithfulness_results
+    python -m serac.bench.faithfulness --easyedit /path/to/EasyEdit --part mend --num-edits 50 \\
+        --mend-train-data synthetic:2000 zsre:shared/data/zsre-train-dev.json --out faithfulness_results
 """
 
 from __future__ import annotations
@@ -46,9 +63,11 @@ import argparse
 import importlib
 import json
 import logging
+import random
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,6 +75,7 @@ import torch
 from serac.bench.editors_eval import DEFAULT_DATA, load_edits
 from serac.editors import get_editor
 from serac.editors.base import target_token_ids
+from serac.editors.mend_training import load_training_examples
 from serac.metrics import answer_matches, normalize_answer
 
 logger = logging.getLogger(__name__)
@@ -152,18 +172,19 @@ def summarize(rows: list[dict]) -> dict:
 # ------------------------------------------------------------------------------------- EasyEdit glue
 
 
+def _stub_packages(root: Path, names: list[str]) -> None:
+    """Register EasyEdit's packages ``names`` (dotted, under ``easyeditor``) without running their ``__init__``."""
+    for name in names:
+        module = types.ModuleType(name)
+        module.__path__ = [str(root.joinpath(*name.split(".")))]
+        sys.modules[name] = module
+
+
 def import_easyedit(root: Path) -> dict[str, types.ModuleType]:
     """Load EasyEdit's ROME and MEMIT modules from ``root`` without running ``easyeditor/__init__``."""
-    package_dir = root / "easyeditor"
-    if not (package_dir / "models" / "rome" / "rome_main.py").exists():
+    if not (root / "easyeditor" / "models" / "rome" / "rome_main.py").exists():
         raise SystemExit(f"{root} does not look like an EasyEdit checkout (no easyeditor/models/rome)")
-    for name, folder in (
-        ("easyeditor", package_dir),
-        ("easyeditor.models", package_dir / "models"),
-    ):
-        module = types.ModuleType(name)
-        module.__path__ = [str(folder)]
-        sys.modules[name] = module
+    _stub_packages(root, ["easyeditor", "easyeditor.models"])
     names = {
         "rome_main": "easyeditor.models.rome.rome_main",
         "rome_hparams": "easyeditor.models.rome.rome_hparams",
@@ -171,6 +192,32 @@ def import_easyedit(root: Path) -> dict[str, types.ModuleType]:
         "memit_hparams": "easyeditor.models.memit.memit_hparams",
         "runningstats": "easyeditor.util.runningstats",
         "layer_stats": "easyeditor.models.rome.layer_stats",
+    }
+    return {key: importlib.import_module(name) for key, name in names.items()}
+
+
+def import_easyedit_mend(root: Path) -> dict[str, types.ModuleType]:
+    """Load EasyEdit's MEND trainer, zsRE dataset and rewrite executor from ``root``.
+
+    ``easyeditor.trainer``'s ``__init__`` imports its multimodal models (timm, cv2), so the package is
+    registered bare and given the algorithm classes its modules import from it.
+    """
+    if not (root / "easyeditor" / "trainer" / "algs" / "MEND.py").exists():
+        raise SystemExit(
+            f"{root} does not look like an EasyEdit checkout (no easyeditor/trainer/algs/MEND.py)"
+        )
+    _stub_packages(root, ["easyeditor", "easyeditor.models", "easyeditor.trainer", "easyeditor.dataset"])
+    algs = importlib.import_module("easyeditor.trainer.algs")
+    for name in ("MEND", "SERAC", "SERAC_MULTI", "MALMEN"):
+        setattr(sys.modules["easyeditor.trainer"], name, getattr(algs, name))
+    sys.modules.setdefault("hydra", types.ModuleType("hydra"))  # imported, never used, by mend_main
+    if not torch.cuda.is_available():  # the trainer records CUDA memory after every step
+        torch.cuda.max_memory_allocated = torch.cuda.max_memory_reserved = lambda *args, **kwargs: 0
+    names = {
+        "trainer": "easyeditor.trainer.EditTrainer",
+        "hparams": "easyeditor.trainer.training_hparams.mend_training_hparams",
+        "zsre": "easyeditor.dataset.zsre",
+        "mend_main": "easyeditor.models.mend.mend_main",
     }
     return {key: importlib.import_module(name) for key, name in names.items()}
 
@@ -252,6 +299,137 @@ def request_of(record: dict) -> dict:
     return {"prompt": edit.prompt, "subject": edit.subject, "target_new": edit.target}
 
 
+def easyedit_mend_records(specs: list[str], seed: int) -> list[dict]:
+    """Our MEND training edits (prompt edits of the ``specs``) as records of EasyEdit's ``ZsreDataset``.
+
+    Each gets one of its in-scope rephrasings and one of its out-of-scope questions with that question's
+    answer (EasyEdit's KL covers the answer's tokens), drawn with ``seed``; an edit without an answered
+    out-of-scope question gets another edit's prompt and target, as our trainer uses another edit's prompt.
+    """
+    examples = [e for spec in specs for e in load_training_examples(spec, seed=seed)]
+    examples = [e for e in examples if not e.edit.is_statement and e.edit.target]
+    rng = random.Random(seed)
+    records = []
+    for index, example in enumerate(examples):
+        edit = example.edit
+        rephrasings = [query.text for query in example.in_scope if query.text != edit.query] or [edit.query]
+        unrelated = [(query.text, query.answer) for query in example.out_of_scope if query.answer]
+        if not unrelated:
+            other = examples[(index + rng.randrange(1, len(examples))) % len(examples)].edit
+            unrelated = [(other.query, other.target)]
+        locality_prompt, locality_answer = rng.choice(unrelated)
+        records.append(
+            {
+                "case_id": index,
+                "prompt": edit.query,
+                "target_new": edit.target,
+                "ground_truth": example.true_answer or "",
+                "rephrase_prompt": rng.choice(rephrasings),
+                "locality_prompt": locality_prompt,
+                "locality_ground_truth": locality_answer,
+                "cond": f"{example.true_answer or ''} >> {edit.target} || {edit.query}",
+            }
+        )
+    return records
+
+
+def easyedit_mend_hparams(ee, model, tokenizer, ours, inner_params: list[str], out: Path, seed: int):
+    """EasyEdit's MEND training hyperparameters set to ours (network, learning rates, steps, loss weights).
+
+    EasyEdit picks the causal-LM code path by the model's *name* ("llama", "gpt", ...), so the model folder
+    is linked under a name that starts with the architecture (``llama-...`` for SmolLM2).
+    """
+    source = Path(model.config._name_or_path).resolve()
+    link = out / "easyedit_model" / f"{model.config.model_type}-{source.name}"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(source, target_is_directory=True)
+    # EasyEdit puts a space before the targets of tokenizers whose class name says "gpt"; SmolLM2's byte-level
+    # BPE marks a leading space inside the token ("Ġ") as GPT-2's does, so it is named as one.
+    byte_level = "Ġ" in "".join(tokenizer.convert_ids_to_tokens(tokenizer(" a")["input_ids"]))
+    hparams = ee["hparams"].MENDTrainingHparams(
+        model_name=str(link),
+        model_class=type(model).__name__,
+        tokenizer_class="GPT2TokenizerFast" if byte_level else type(tokenizer).__name__,
+        tokenizer_name=str(link),
+        inner_params=inner_params,
+        archive=None,
+        alg="MEND",
+        lr=ours.learning_rate,
+        edit_lr=ours.edit_lr_init,
+        lr_lr=ours.lr_learning_rate,
+        seed=seed,
+        debug=False,
+        cedit=1.0,  # ours: edit NLL + c_loc * KL
+        cloc=ours.locality_weight,
+        cbase=1.0,
+        dropout=0.0,
+        train_base=False,
+        no_grad_layers=None,
+        one_sided=False,
+        n_hidden=1,
+        hidden_dim=None,
+        init="id",
+        norm=True,
+        combine=True,
+        x_only=False,
+        delta_only=False,
+        act="relu",
+        rank=ours.rank,
+        mlp_class="IDMLP",
+        shared=True,
+        results_dir=str(out / "easyedit_mend_results"),
+        device="cpu" if model.device.type == "cpu" else str(model.device),
+        batch_size=ours.batch_size,
+        model_save_pt=ours.num_steps + 1,
+        silent=False,
+        log_interval=10,
+        eval_log_interval=10,
+        final_eval=False,
+        val_interval=ours.num_steps + 2,  # no validation (nor its checkpoint) inside the training steps
+        early_stop_patience=ours.num_steps + 2,
+        early_stop_key="edit/acc_val",
+        eval_only=False,
+        half=False,
+        save=False,
+        verbose=True,
+        val_batch_size=1,
+        accumulate_bs=1,
+        val_steps=1,
+        opt="Adam",
+        grad_clip=100.0,
+        max_iters=ours.num_steps + 1,  # the trainer stops when its 1-based step reaches max_iters
+    )
+    hparams.max_length = ours.max_length
+    return hparams
+
+
+def train_easyedit_mend(ee, hparams, records: list[dict], seed: int, archive: Path) -> float:
+    """Train EasyEdit's MEND on ``records`` with its ``EditTrainer``; write its state to ``archive``.
+
+    Returns the training seconds.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(hparams.tokenizer_name)
+    tokenizer.pad_token_id = tokenizer.eos_token_id  # as EasyEdit's dataset sets for GPT and Llama models
+    tokenizer.padding_side = "left"
+    datasets = []
+    for rows in (records, records[:1]):
+        dataset = ee["zsre"].ZsreDataset.__new__(ee["zsre"].ZsreDataset)
+        dataset.config, dataset.max_length, dataset.tok = hparams, hparams.max_length, tokenizer
+        dataset._data = rows
+        datasets.append(dataset)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    trainer = ee["trainer"].EditTrainer(hparams, *datasets)
+    trainer.run()
+    seconds = time.perf_counter() - start
+    torch.save({"model": trainer.model.state_dict(), "seconds": seconds}, archive)
+    return seconds
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -260,13 +438,22 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--easyedit", type=Path, required=True, help="EasyEdit checkout (repository root)")
-    parser.add_argument("--part", choices=["rome", "memit"], required=True)
+    parser.add_argument("--part", choices=["rome", "memit", "mend"], required=True)
     parser.add_argument("--impl", nargs="+", choices=["ours", "easyedit"], default=["ours", "easyedit"])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path("faithfulness_results"))
     parser.add_argument("--num-edits", type=int, default=50)
     parser.add_argument("--locality-per-edit", type=int, default=5)
     parser.add_argument("--stats-samples", type=int, default=5000)
+    parser.add_argument(
+        "--mend-train-data",
+        nargs="+",
+        default=["synthetic:2000"],
+        help="MEND training data specs, for both implementations (serac.data.load_examples)",
+    )
+    parser.add_argument(
+        "--mend-num-steps", type=int, default=None, help="MEND training steps (default: our preset's)"
+    )
     parser.add_argument("--bos", action="store_true", help="the tokenizer adds BOS (see module docstring)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="torch device of the model (both implementations)")
@@ -291,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer.padding_side = "right"  # EasyEdit's index arithmetic assumes right padding (ours pads itself)
     if args.bos:
         tokenizer.add_bos_token = True
-    ee = import_easyedit(args.easyedit.resolve())
+    ee = (import_easyedit_mend if args.part == "mend" else import_easyedit)(args.easyedit.resolve())
     records = load_edits(args.data)[: args.num_edits]
     evaluator = Evaluator(model, tokenizer)
 
@@ -307,18 +494,31 @@ def main(argv: list[str] | None = None) -> None:
     for prompt in all_local if args.part == "memit" else []:
         reference[prompt]
 
-    # Our editor's resolved config (the model's preset), statistics and context templates.
     method = args.part
-    probe = get_editor(method, stats_samples=args.stats_samples)
-    config = probe.resolved_config(model)
-    layers = [config.layer] if method == "rome" else list(config.layers)
-    moments = probe.second_moments(model, tokenizer, layers, config)
-    templates = probe.context_templates(model, tokenizer, config)
     args.out.mkdir(parents=True, exist_ok=True)
     stats_dir = args.stats_dir or args.out / "easyedit_stats"
-    if "easyedit" in args.impl:
-        export_stats(ee, model, moments, stats_dir, args.stats_samples)
-    weight_names = [f"model.layers.{layer}.mlp.down_proj.weight" for layer in layers]
+    if method == "mend":
+        # Our MEND's resolved config (the model's preset and the training data) names the edited matrices.
+        steps = {} if args.mend_num_steps is None else {"num_steps": args.mend_num_steps}
+        editor = get_editor("mend", train_data=list(args.mend_train_data), **steps)
+        config = editor.resolved_config(model)
+        layers = editor.edit_layers(model, tokenizer, config)
+        weight_names = [
+            f"model.layers.{layer}.mlp.{projection}.weight"
+            for layer in layers
+            for projection in config.projections
+        ]
+        templates: list[str] = []
+    else:
+        # Our editor's resolved config (the model's preset), statistics and context templates.
+        probe = get_editor(method, stats_samples=args.stats_samples)
+        config = probe.resolved_config(model)
+        layers = [config.layer] if method == "rome" else list(config.layers)
+        moments = probe.second_moments(model, tokenizer, layers, config)
+        templates = probe.context_templates(model, tokenizer, config)
+        if "easyedit" in args.impl:
+            export_stats(ee, model, moments, stats_dir, args.stats_samples)
+        weight_names = [f"model.layers.{layer}.mlp.down_proj.weight" for layer in layers]
     original = {name: model.get_parameter(name).detach().clone() for name in weight_names}
 
     def restore() -> None:
@@ -346,39 +546,59 @@ def main(argv: list[str] | None = None) -> None:
         result["unedited"] = summarize([evaluator.metrics(r, reference) for r in records])
         logger.info("unedited: %s", result["unedited"])
 
+    def one_edit_applier(impl: str) -> Callable[[dict], dict]:
+        """Applies one record's edit to ``model`` with ``impl``; returns extra per-edit figures."""
+        if method == "rome" and impl == "ours":
+            rome = get_editor("rome", stats_samples=args.stats_samples)
+
+            def apply(record: dict) -> dict:
+                rome.apply(model, tokenizer, [record["edit"]])
+                return {"nll": rome.last_stats["target_nll"][0]}
+
+        elif method == "rome":
+            ee["rome_main"].CONTEXT_TEMPLATES_CACHE = list(templates)
+            hparams = easyedit_rome_hparams(ee, model, config, stats_dir)
+
+            def apply(record: dict) -> dict:
+                ee["rome_main"].apply_rome_to_model(model, tokenizer, [request_of(record)], hparams)
+                return {}
+
+        elif impl == "ours":
+            start = time.perf_counter()
+            editor.load_network(model, tokenizer)  # trained now unless cached
+            result["ours_training_seconds"] = round(time.perf_counter() - start, 1)
+
+            def apply(record: dict) -> dict:
+                editor.apply(model, tokenizer, [record["edit"]])
+                return {"edit_loss": editor.last_stats["edit_loss_before"]}
+
+        else:
+            hparams = easyedit_mend_hparams(ee, model, tokenizer, config, weight_names, args.out, seed=0)
+            archive = args.out / "easyedit_mend.pt"
+            if not archive.exists():
+                records_ = easyedit_mend_records(list(args.mend_train_data), seed=0)
+                logger.info("training EasyEdit's MEND on %d edits", len(records_))
+                result["easyedit_training_seconds"] = round(
+                    train_easyedit_mend(ee, hparams, records_, 0, archive), 1
+                )
+            hparams.archive = str(archive)
+            executor = ee["mend_main"].MendRewriteExecutor()
+            model.requires_grad_(True)  # EasyEdit's MEND turns off all but its inner parameters
+
+            def apply(record: dict) -> dict:
+                edit = record["edit"]
+                request = {"prompt": edit.query, "target_new": edit.target}
+                executor.apply_to_model(model, tokenizer, [request], hparams)
+                return {}
+
+        return apply
+
     deltas: dict[str, list[dict[str, torch.Tensor]]] = {}
     for impl in args.impl:
         rows: list[dict] = []
         deltas[impl] = []
-        start = time.perf_counter()
-        if method == "rome":
-            if impl == "easyedit":
-                ee["rome_main"].CONTEXT_TEMPLATES_CACHE = list(templates)
-                hparams = easyedit_rome_hparams(ee, model, config, stats_dir)
-            else:
-                editor = get_editor("rome", stats_samples=args.stats_samples)
-            for index, record in enumerate(records):
-                for prompt in record["locality"]:
-                    reference[prompt]  # before the edit is in
-                if impl == "ours":
-                    editor.apply(model, tokenizer, [record["edit"]])
-                    extra = {"nll": editor.last_stats["target_nll"][0]}
-                else:
-                    ee["rome_main"].apply_rome_to_model(model, tokenizer, [request_of(record)], hparams)
-                    extra = {}
-                deltas[impl].append(updates())
-                rows.append(evaluator.metrics(record, reference) | extra)
-                restore()
-                logger.info("%s %s -> %r", impl, record["edit"].query, rows[-1]["continuation"])
-                if len(args.impl) == 1:  # partial results, in case the run is cut short
-                    torch.save(deltas[impl][-1], args.out / f"{method}{suffix}_{impl}_update{index}.pt")
-                    named = [
-                        {"query": r["edit"].query, "target": r["edit"].target} | row
-                        for r, row in zip(records, rows, strict=False)
-                    ]
-                    partial = result | {impl: summarize(rows), f"{impl}_rows": named, "done": index + 1}
-                    (args.out / f"{method}{suffix}_{impl}.json").write_text(json.dumps(partial, indent=1))
-        else:
+        if method == "memit":
+            start = time.perf_counter()
             if impl == "ours":
                 get_editor("memit", stats_samples=args.stats_samples).apply(
                     model, tokenizer, [r["edit"] for r in records]
@@ -392,6 +612,25 @@ def main(argv: list[str] | None = None) -> None:
             deltas[impl].append(updates())
             rows = [evaluator.metrics(r, reference) for r in records]
             restore()
+        else:
+            apply = one_edit_applier(impl)
+            start = time.perf_counter()
+            for index, record in enumerate(records):
+                for prompt in record["locality"]:
+                    reference[prompt]  # before the edit is in
+                extra = apply(record)
+                deltas[impl].append(updates())
+                rows.append(evaluator.metrics(record, reference) | extra)
+                restore()
+                logger.info("%s %s -> %r", impl, record["edit"].query, rows[-1]["continuation"])
+                if len(args.impl) == 1:  # partial results, in case the run is cut short
+                    torch.save(deltas[impl][-1], args.out / f"{method}{suffix}_{impl}_update{index}.pt")
+                    named = [
+                        {"query": r["edit"].query, "target": r["edit"].target} | row
+                        for r, row in zip(records, rows, strict=False)
+                    ]
+                    partial = result | {impl: summarize(rows), f"{impl}_rows": named, "done": index + 1}
+                    (args.out / f"{method}{suffix}_{impl}.json").write_text(json.dumps(partial, indent=1))
         result[impl] = summarize(rows) | {"seconds": round(time.perf_counter() - start, 1)}
         result[f"{impl}_rows"] = [
             {"query": r["edit"].query, "target": r["edit"].target} | row
@@ -447,9 +686,9 @@ def report(out: Path, method: str, suffix: str) -> None:
         for key, value in part.items():
             if key not in ("command", "done", "ours", "easyedit", "ours_rows", "easyedit_rows"):
                 merged.setdefault(key, value)
-        rows = part[f"{impl}_rows"][:done] if method == "rome" else part[f"{impl}_rows"]
+        rows = part[f"{impl}_rows"] if method == "memit" else part[f"{impl}_rows"][:done]
         merged[impl], merged[f"{impl}_rows"] = summarize(rows), rows
-    count = done if method == "rome" else 1
+    count = 1 if method == "memit" else done
     load = lambda impl, i: torch.load(out / f"{method}{suffix}_{impl}_update{i}.pt")  # noqa: E731
     merged |= compare_updates(
         [load("ours", i) for i in range(count)], [load("easyedit", i) for i in range(count)]
