@@ -357,7 +357,9 @@ def easyedit_mend_hparams(ee, model, tokenizer, ours, inner_params: list[str], o
         alg="MEND",
         lr=ours.learning_rate,
         edit_lr=ours.edit_lr_init,
-        lr_lr=ours.lr_learning_rate,
+        # Ours learns log step sizes, EasyEdit the step sizes themselves: the same relative change per Adam
+        # step needs its lr scaled by the initial step (1e-4 unscaled moves a 1e-3 step by 10% per step).
+        lr_lr=ours.lr_learning_rate * ours.edit_lr_init,
         seed=seed,
         debug=False,
         cedit=1.0,  # ours: edit NLL + c_loc * KL
