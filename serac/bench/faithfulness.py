@@ -60,6 +60,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import logging
@@ -454,7 +455,10 @@ def main(argv: list[str] | None = None) -> None:
         help="MEND training data specs, for both implementations (serac.data.load_examples)",
     )
     parser.add_argument(
-        "--mend-num-steps", type=int, default=None, help="MEND training steps (default: our preset's)"
+        "--mend-hparams",
+        type=json.loads,
+        default={},
+        help="JSON of our MEND settings over the preset, for both implementations, e.g. '{\"num_steps\": 3}'",
     )
     parser.add_argument("--bos", action="store_true", help="the tokenizer adds BOS (see module docstring)")
     parser.add_argument("--threads", type=int, default=1)
@@ -501,8 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     stats_dir = args.stats_dir or args.out / "easyedit_stats"
     if method == "mend":
         # Our MEND's resolved config (the model's preset and the training data) names the edited matrices.
-        steps = {} if args.mend_num_steps is None else {"num_steps": args.mend_num_steps}
-        editor = get_editor("mend", train_data=list(args.mend_train_data), **steps)
+        editor = get_editor("mend", **(args.mend_hparams | {"train_data": list(args.mend_train_data)}))
         config = editor.resolved_config(model)
         layers = editor.edit_layers(model, tokenizer, config)
         weight_names = [
@@ -576,7 +579,9 @@ def main(argv: list[str] | None = None) -> None:
 
         else:
             hparams = easyedit_mend_hparams(ee, model, tokenizer, config, weight_names, args.out, seed=0)
-            archive = args.out / "easyedit_mend.pt"
+            # The trained network is kept per training setting, so a rerun with other settings retrains.
+            setting = json.dumps([sorted(vars(hparams).items()), list(args.mend_train_data)], default=str)
+            archive = args.out / f"easyedit_mend-{hashlib.sha256(setting.encode()).hexdigest()[:12]}.pt"
             if not archive.exists():
                 records_ = easyedit_mend_records(list(args.mend_train_data), seed=0)
                 logger.info("training EasyEdit's MEND on %d edits", len(records_))
