@@ -407,9 +407,14 @@ def easyedit_mend_hparams(ee, model, tokenizer, ours, inner_params: list[str], o
     return hparams
 
 
-def train_easyedit_mend(ee, hparams, records: list[dict], seed: int, archive: Path) -> float:
+def train_easyedit_mend(
+    ee, hparams, records: list[dict], seed: int, archive: Path, step_sizes: str = "own-optimizer"
+) -> float:
     """Train EasyEdit's MEND on ``records`` with its ``EditTrainer``; write its state to ``archive``.
 
+    ``step_sizes``: EasyEdit's trainer hands the learned step sizes to the network's optimizer (lr ``lr``)
+    as well as to their own (lr ``lr_lr``); ``"network-optimizer"`` keeps that, ``"own-optimizer"`` builds
+    the network's optimizer without them, so they learn at ``lr_lr`` only, as ours and the MEND paper's do.
     Returns the training seconds.
     """
     from transformers import AutoTokenizer
@@ -426,7 +431,14 @@ def train_easyedit_mend(ee, hparams, records: list[dict], seed: int, archive: Pa
     random.seed(seed)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    trainer = ee["trainer"].EditTrainer(hparams, *datasets)
+    mend_class = sys.modules["easyeditor.trainer.algs.MEND"].MEND
+    outer_parameters = mend_class.outer_parameters
+    if step_sizes == "own-optimizer":  # only while the trainer builds its optimizers
+        mend_class.outer_parameters = lambda self: list(self.mend.parameters())
+    try:
+        trainer = ee["trainer"].EditTrainer(hparams, *datasets)
+    finally:
+        mend_class.outer_parameters = outer_parameters
     trainer.run()
     seconds = time.perf_counter() - start
     torch.save({"model": trainer.model.state_dict(), "seconds": seconds}, archive)
@@ -459,6 +471,12 @@ def main(argv: list[str] | None = None) -> None:
         type=json.loads,
         default={},
         help="JSON of our MEND settings over the preset, for both implementations, e.g. '{\"num_steps\": 3}'",
+    )
+    parser.add_argument(
+        "--easyedit-step-sizes",
+        choices=["own-optimizer", "network-optimizer"],
+        default="own-optimizer",
+        help="which optimizers train EasyEdit's MEND step sizes (see train_easyedit_mend)",
     )
     parser.add_argument("--bos", action="store_true", help="the tokenizer adds BOS (see module docstring)")
     parser.add_argument("--threads", type=int, default=1)
@@ -580,13 +598,16 @@ def main(argv: list[str] | None = None) -> None:
         else:
             hparams = easyedit_mend_hparams(ee, model, tokenizer, config, weight_names, args.out, seed=0)
             # The trained network is kept per training setting, so a rerun with other settings retrains.
-            setting = json.dumps([sorted(vars(hparams).items()), list(args.mend_train_data)], default=str)
+            setting = json.dumps(
+                [sorted(vars(hparams).items()), list(args.mend_train_data), args.easyedit_step_sizes],
+                default=str,
+            )
             archive = args.out / f"easyedit_mend-{hashlib.sha256(setting.encode()).hexdigest()[:12]}.pt"
             if not archive.exists():
                 records_ = easyedit_mend_records(list(args.mend_train_data), seed=0)
                 logger.info("training EasyEdit's MEND on %d edits", len(records_))
                 result["easyedit_training_seconds"] = round(
-                    train_easyedit_mend(ee, hparams, records_, 0, archive), 1
+                    train_easyedit_mend(ee, hparams, records_, 0, archive, args.easyedit_step_sizes), 1
                 )
             hparams.archive = str(archive)
             executor = ee["mend_main"].MendRewriteExecutor()
