@@ -334,8 +334,13 @@ def easyedit_mend_records(specs: list[str], seed: int) -> list[dict]:
     return records
 
 
-def easyedit_mend_hparams(ee, model, tokenizer, ours, inner_params: list[str], out: Path, seed: int):
+def easyedit_mend_hparams(
+    ee, model, tokenizer, ours, inner_params: list[str], out: Path, seed: int, descent: bool = True
+):
     """EasyEdit's MEND training hyperparameters set to ours (network, learning rates, steps, loss weights).
+
+    ``descent``: start EasyEdit's step sizes at minus ours, so that its untrained network, like ours, takes a
+    descent step on the edit loss (EasyEdit's step sizes are plain parameters and may be negative).
 
     EasyEdit picks the causal-LM code path by the model's *name* ("llama", "gpt", ...), so the model folder
     is linked under a name that starts with the architecture (``llama-...`` for SmolLM2).
@@ -357,7 +362,9 @@ def easyedit_mend_hparams(ee, model, tokenizer, ours, inner_params: list[str], o
         archive=None,
         alg="MEND",
         lr=ours.learning_rate,
-        edit_lr=ours.edit_lr_init,
+        # EasyEdit adds lr * pseudo-gradient to the weights (ours subtracts it), so with a positive step its
+        # untrained, identity network ascends the edit loss until training flips the sign.
+        edit_lr=-ours.edit_lr_init if descent else ours.edit_lr_init,
         # Ours learns log step sizes, EasyEdit the step sizes themselves: the same relative change per Adam
         # step needs its lr scaled by the initial step (1e-4 unscaled moves a 1e-3 step by 10% per step).
         lr_lr=ours.lr_learning_rate * ours.edit_lr_init,
@@ -478,6 +485,11 @@ def main(argv: list[str] | None = None) -> None:
         default="own-optimizer",
         help="which optimizers train EasyEdit's MEND step sizes (see train_easyedit_mend)",
     )
+    parser.add_argument(
+        "--easyedit-ascent",
+        action="store_true",
+        help="start EasyEdit's MEND step sizes at +edit_lr_init (its untrained network then ascends the loss)",
+    )
     parser.add_argument("--bos", action="store_true", help="the tokenizer adds BOS (see module docstring)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="torch device of the model (both implementations)")
@@ -596,7 +608,9 @@ def main(argv: list[str] | None = None) -> None:
                 return {"edit_loss": editor.last_stats["edit_loss_before"]}
 
         else:
-            hparams = easyedit_mend_hparams(ee, model, tokenizer, config, weight_names, args.out, seed=0)
+            hparams = easyedit_mend_hparams(
+                ee, model, tokenizer, config, weight_names, args.out, seed=0, descent=not args.easyedit_ascent
+            )
             # The trained network is kept per training setting, so a rerun with other settings retrains.
             setting = json.dumps(
                 [sorted(vars(hparams).items()), list(args.mend_train_data), args.easyedit_step_sizes],
