@@ -79,8 +79,8 @@ class MENDEditorConfig:
     num_steps: int = 300
     batch_size: int = 4
     learning_rate: float = 1e-4
-    lr_learning_rate: float = 1e-4
-    locality_weight: float = 1.0
+    lr_learning_rate: float = 1e-2
+    locality_weight: float = 10.0
     max_length: int = 32
     checkpoint_every: int = 50
     seed: int = 0

@@ -97,7 +97,10 @@ class MENDTrainingArguments(JsonConfigMixin):
     lr_learning_rate: float = field(
         default=1e-2, metadata={"help": "Adam lr of the log step sizes (1e-2: about 1% per step)"}
     )
-    locality_weight: float = field(default=1.0, metadata={"help": "c_loc, weight of the KL locality loss"})
+    locality_weight: float = field(
+        default=10.0,
+        metadata={"help": "c_loc, weight of the KL locality loss (MEND's edit weight 0.1 against 1, scaled)"},
+    )
     max_length: int = field(
         default=32, metadata={"help": "tokens per training row (prompts cut on the left)"}
     )
