@@ -390,25 +390,29 @@ def easyedit_mend_hparams(
         shared=True,
         results_dir=str(out / "easyedit_mend_results"),
         device="cpu" if model.device.type == "cpu" else str(model.device),
-        batch_size=ours.batch_size,
-        model_save_pt=ours.num_steps + 1,
+        # One edit per edit step, gradients accumulated over our batch size, as EasyEdit's own configurations
+        # train (batch_size 1, accumulate_bs 10): its edit loss is a mean over the batch's target tokens, so
+        # factor statistics gathered on 4-edit batches would scale a single test edit up about 4x.
+        batch_size=1,
+        model_save_pt=ours.num_steps * ours.batch_size + 1,
         silent=False,
         log_interval=10,
         eval_log_interval=10,
         final_eval=False,
-        val_interval=ours.num_steps + 2,  # no validation (nor its checkpoint) inside the training steps
-        early_stop_patience=ours.num_steps + 2,
+        val_interval=ours.num_steps * ours.batch_size + 2,  # no validation (nor its checkpoint) in training
+        early_stop_patience=ours.num_steps * ours.batch_size + 2,
         early_stop_key="edit/acc_val",
         eval_only=False,
         half=False,
         save=False,
         verbose=True,
         val_batch_size=1,
-        accumulate_bs=1,
+        accumulate_bs=ours.batch_size,
         val_steps=1,
         opt="Adam",
         grad_clip=100.0,
-        max_iters=ours.num_steps + 1,  # the trainer stops when its 1-based step reaches max_iters
+        # The trainer stops when its 1-based iteration reaches max_iters.
+        max_iters=ours.num_steps * ours.batch_size + 1,
     )
     hparams.max_length = ours.max_length
     return hparams
