@@ -32,7 +32,13 @@ with the same network rank, learning rates, initial edit step and loss weights (
   rephrasing and one out-of-scope question with its answer, drawn with a fixed seed), then its
   ``MendRewriteExecutor`` on the evaluation model. Its trainer takes the edit loss on the edit prompt only
   (ours: the prompt and a rephrasing) and the KL on the out-of-scope answer's tokens (ours: every token of
-  the out-of-scope text); those are its choices and are kept.
+  the out-of-scope text); those are its choices and are kept. Three settings are mapped rather than
+  copied: it trains one edit per edit step and accumulates gradients over our batch size (its own
+  configurations do the same; its loss is a token mean, so factor statistics gathered on multi-edit
+  batches would over-scale a single test edit); its step sizes start at minus ours, because it adds the
+  step times the pseudo-gradient where ours subtracts it (``--easyedit-ascent`` starts them at plus ours);
+  their learning rate is ours times the initial step, because ours learns log step sizes. Its trainer
+  also hands the step sizes to the network's optimizer; ``--easyedit-step-sizes`` chooses.
 
 Protocol: ROME and MEND edit one at a time, the model restored after each; MEMIT inserts all edits in one
 batch.
