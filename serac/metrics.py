@@ -23,13 +23,17 @@ For CounterFact-style data the probability comparison of ROME is available throu
 the mean per-token log-probability of a target after a prompt, teacher-forced.
 
 The hypernetwork-editing literature (MEND, Mitchell et al. 2022, Sec. 5; SaLEM, Mishra et al. 2024) reads
-two teacher-forced numbers instead of generations, both through :func:`top1_correct`:
+two teacher-forced numbers instead of generations, both through :func:`top1_hits`:
 
 * **edit success (ES)**: the share of edit prompts after which the new target is the model's top-1
   prediction at every one of its tokens (teacher-forced);
 * **drawdown (DD)**: how much accuracy the edit costs on out-of-scope queries: the share of out-of-scope
   queries with a known answer that the unedited model gets top-1 right at every token, minus the same share
-  for the edited model (positive: the edit broke answers; 0: no harm).
+  for the edited model (positive: the edit broke answers; 0: no harm);
+* **token drawdown (DD tok)**: the same over answer *tokens*: the share of the out-of-scope answers' tokens
+  that are the unedited model's top-1 prediction, minus the same share for the edited model. This is the
+  accuracy MEND's code averages (per token, not per answer); it still measures something where a small
+  model gets few whole answers right.
 
 Example:
     >>> normalize_answer("The  U.S.A.!")
@@ -62,6 +66,7 @@ __all__ = [
     "rate",
     "target_logprob",
     "top1_correct",
+    "top1_hits",
 ]
 
 # SQuAD-style normalization (Rajpurkar et al. 2016), the usual one for short-answer exact match.
@@ -240,13 +245,24 @@ def target_logprob(model: Any, tokenizer: Any, prompt: str, target: str) -> floa
 
 
 @torch.no_grad()
-def top1_correct(model: Any, tokenizer: Any, prompt: str, target: str) -> bool:
-    """Whether every token of ``target`` after ``prompt`` is the model's top-1 prediction (teacher-forced).
+def top1_hits(model: Any, tokenizer: Any, prompt: str, target: str) -> tuple[int, int]:
+    """How many of ``target``'s tokens after ``prompt`` are the model's top-1 prediction (teacher-forced), and
+    how many tokens it has: the unit of edit success and both drawdowns.
 
-    Tokenized as in :func:`target_logprob`; the unit of edit success and drawdown.
+    Tokenized as in :func:`target_logprob`.
 
     Raises:
         ValueError: if ``target`` tokenizes to nothing.
     """
     logits, target_ids = _target_logits(model, tokenizer, prompt, target)
-    return bool((logits.argmax(-1) == target_ids).all())
+    return int((logits.argmax(-1) == target_ids).sum()), int(target_ids.numel())
+
+
+def top1_correct(model: Any, tokenizer: Any, prompt: str, target: str) -> bool:
+    """Whether every token of ``target`` after ``prompt`` is the model's top-1 prediction (teacher-forced).
+
+    Raises:
+        ValueError: if ``target`` tokenizes to nothing.
+    """
+    hits, tokens = top1_hits(model, tokenizer, prompt, target)
+    return hits == tokens

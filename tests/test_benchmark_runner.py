@@ -19,6 +19,7 @@ from serac.bench.report import markdown_table
 from serac.data import generate_synthetic_examples, split_by_subject
 from serac.data.loaders import load_counterfact, load_mquake
 from serac.edits import Edit, normalize_text
+from serac.metrics import top1_correct, top1_hits
 
 from .conftest import make_char_tokenizer, make_tiny_t5
 
@@ -549,3 +550,35 @@ def test_parse_num_edits():
 def _write(path: Path, data: Any) -> Path:
     path.write_text(json.dumps(data))
     return path
+
+
+def test_top1_hits_counts_the_teacher_forced_argmax_tokens(tiny_llama, char_tokenizer):
+    prompt, target = "the capital of france is", "paris"
+    hits, tokens = top1_hits(tiny_llama, char_tokenizer, prompt, target)
+    prompt_ids = char_tokenizer(prompt).input_ids
+    target_ids = char_tokenizer(" " + target, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logits = tiny_llama(torch.tensor([prompt_ids + target_ids])).logits[0]
+    predicted = logits[len(prompt_ids) - 1 : -1].argmax(-1).tolist()
+    assert tokens == len(target_ids)
+    assert hits == sum(p == t for p, t in zip(predicted, target_ids, strict=True))
+    assert top1_correct(tiny_llama, char_tokenizer, prompt, target) == (hits == tokens)
+
+
+def test_token_drawdown_beside_answer_drawdown(tmp_path, tiny_model_dir, registry):
+    config = bench_config.BenchmarkConfig(dataset="mquake", data_path=str(MQUAKE), methods=("base", "noise"),
+                                   num_edits=(1,), limit_queries=4, model=str(tiny_model_dir),
+                                   max_new_tokens=2, progress=False)  # fmt: skip
+    model, tokenizer = _tiny_loader(tiny_model_dir)(None)
+    result = bench_runner.run_benchmark(config, model_loader=lambda name: (model, tokenizer))
+    base, noise = (run["metrics"] for run in result["runs"])
+    # Counted over answer tokens, not answers; the unedited model draws nothing down from itself.
+    assert base["drawdown_tokens_count"] > base["drawdown_count"] > 0
+    assert 0 <= base["out_of_scope_token_top1_unedited"] <= 1
+    assert base["drawdown_tokens"] == 0 and base["drawdown"] == 0
+    # The noised model's token drawdown is the drop between the two accuracies it reports.
+    assert noise["drawdown_tokens_count"] == base["drawdown_tokens_count"]
+    assert noise["drawdown_tokens"] == pytest.approx(
+        noise["out_of_scope_token_top1_unedited"] - noise["out_of_scope_token_top1"]
+    )
+    assert "DD tok" in markdown_table(result)

@@ -13,7 +13,7 @@ from serac.bench.data import Setting, evenly_spaced
 from serac.bench.generation import QueryFormatter, generate_answer
 from serac.bench.latency import paired_ratio
 from serac.bench.methods import Method, SeracEditor
-from serac.metrics import answer_matches, answers_agree, latency_summary, rate, top1_correct
+from serac.metrics import answer_matches, answers_agree, latency_summary, rate, top1_correct, top1_hits
 
 __all__ = ["Harness", "evaluate", "reference_top1", "teacher_forced_metrics"]
 
@@ -29,9 +29,9 @@ class Harness:
     reference: Mapping[str, str]
     device: torch.device
     encoder_decoder: bool
-    #: Whether the unedited model gets each out-of-scope query's known answer top-1 right at every token
-    #: (teacher-forced), the reference drawdown is measured against.
-    reference_top1: Mapping[str, bool] = field(default_factory=dict)
+    #: The unedited model's :func:`~serac.metrics.top1_hits` (top-1 tokens, tokens) on each out-of-scope
+    #: query's known answer (teacher-forced), the reference both drawdowns are measured against.
+    reference_top1: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def evaluate(
@@ -169,10 +169,10 @@ def _probability_metrics(
     return metrics
 
 
-def reference_top1(model: Any, tokenizer: Any, queries: Any) -> dict[str, bool]:
-    """:func:`~serac.metrics.top1_correct` of the unedited model on each out-of-scope query with a known answer."""
+def reference_top1(model: Any, tokenizer: Any, queries: Any) -> dict[str, tuple[int, int]]:
+    """:func:`~serac.metrics.top1_hits` of the unedited model on each out-of-scope query with a known answer."""
     return {
-        query.text: top1_correct(model, tokenizer, query.text, query.answers[0])
+        query.text: top1_hits(model, tokenizer, query.text, query.answers[0])
         for query in queries
         if query.answers
     }
@@ -181,12 +181,20 @@ def reference_top1(model: Any, tokenizer: Any, queries: Any) -> dict[str, bool]:
 def teacher_forced_metrics(
     method: Method, generator: Any, setting: Setting, harness: Harness
 ) -> dict[str, Any]:
-    """Edit success (ES) and drawdown (DD) as MEND and SaLEM define them (see :mod:`serac.metrics`).
+    """Edit success (ES), drawdown (DD) and token drawdown (DD tok) as MEND and SaLEM define them (see
+    :mod:`serac.metrics`).
 
     Only for methods whose edited model has a forward pass (the weight editors and the unedited model);
-    ``None`` for the others. DD compares with ``harness.reference_top1``, measured before any edit.
+    ``None`` for the others. The drawdowns compare with ``harness.reference_top1``, measured before any edit.
     """
-    empty = {"edit_success": None, "edit_success_count": 0, "drawdown": None, "drawdown_count": 0}
+    empty = {
+        "edit_success": None,
+        "edit_success_count": 0,
+        "drawdown": None,
+        "drawdown_count": 0,
+        "drawdown_tokens": None,
+        "drawdown_tokens_count": 0,
+    }
     if isinstance(method.editor, SeracEditor) or not (
         isinstance(generator, torch.nn.Module) and hasattr(generator, "config")
     ):
@@ -198,18 +206,24 @@ def teacher_forced_metrics(
         if query.answers
     )
     known = [query for query in setting.locality if query.answers and query.text in harness.reference_top1]
-    metrics = {
-        "edit_success": success.value,
-        "edit_success_count": success.count,
-        "drawdown": None,
-        "drawdown_count": len(known),
-    }
+    metrics = empty | {"edit_success": success.value, "edit_success_count": success.count}
     if known:
-        before = rate(harness.reference_top1[query.text] for query in known).value
-        after = rate(
-            top1_correct(generator, tokenizer, query.text, query.answers[0]) for query in known
-        ).value
-        metrics["drawdown"] = before - after
-        # Both accuracies are kept: a drawdown of 0 says little where the unedited model knew nothing.
-        metrics["out_of_scope_top1_unedited"], metrics["out_of_scope_top1"] = before, after
+        before = [harness.reference_top1[query.text] for query in known]
+        after = [top1_hits(generator, tokenizer, query.text, query.answers[0]) for query in known]
+        answers_before = rate(hits == tokens for hits, tokens in before).value
+        answers_after = rate(hits == tokens for hits, tokens in after).value
+        tokens = sum(tokens for _, tokens in before)
+        tokens_before = sum(hits for hits, _ in before) / tokens
+        tokens_after = sum(hits for hits, _ in after) / tokens
+        # The accuracies are kept too: a drawdown of 0 says little where the unedited model knew nothing.
+        metrics |= {
+            "drawdown": answers_before - answers_after,
+            "drawdown_count": len(known),
+            "out_of_scope_top1_unedited": answers_before,
+            "out_of_scope_top1": answers_after,
+            "drawdown_tokens": tokens_before - tokens_after,
+            "drawdown_tokens_count": tokens,
+            "out_of_scope_token_top1_unedited": tokens_before,
+            "out_of_scope_token_top1": tokens_after,
+        }
     return metrics

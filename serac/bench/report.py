@@ -35,6 +35,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str | None, str], ...] = (
     ("portability_case", "multi-hop (case)", "portability_case_count", "rate"),
     ("edit_success", "ES", "edit_success_count", "rate"),
     ("drawdown", "DD", "drawdown_count", "rate"),
+    ("drawdown_tokens", "DD tok", "drawdown_tokens_count", "rate"),
     ("efficacy_prob", "P(new)>P(true)", "efficacy_prob_count", "rate"),
     ("paraphrase_prob", "P(new)>P(true) para.", "paraphrase_prob_count", "rate"),
     ("locality_prob", "P(true)>P(new) neigh.", "locality_prob_count", "rate"),
