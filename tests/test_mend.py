@@ -20,8 +20,10 @@ from serac.editors.mend_training import (
     CHECKPOINT_FOLDER,
     MENDTrainingArguments,
     TrainingPairs,
+    load_training_examples,
     train_mend,
     training_losses,
+    training_pairs,
 )
 from serac.editors.salem import SaLEMEditor, SaLEMEditorConfig, module_templates, salient_layers
 from serac.editors.saliency import layer_saliency
@@ -232,3 +234,16 @@ def test_salem_chooses_among_the_candidate_blocks_only(tiny_llama, char_tokenize
         SaLEMEditorConfig(candidate_layers=[])
     with pytest.raises(ValueError, match="exceeds"):
         SaLEMEditorConfig(candidate_layers=[1], num_salient_layers=2)
+
+
+def test_easyedit_mend_records_carry_our_training_edits():
+    """The faithfulness comparison trains EasyEdit's MEND on exactly the edits ours trains on."""
+    from serac.bench.faithfulness import easyedit_mend_records
+
+    records = easyedit_mend_records(["synthetic:40"], seed=0)
+    pairs = training_pairs(load_training_examples("synthetic:40", seed=0))
+    assert [(r["prompt"], r["target_new"]) for r in records] == [pair.edit for pair in pairs]
+    for record, pair in zip(records, pairs, strict=True):
+        assert record["rephrase_prompt"] in {query for query, _ in pair.in_scope} | {pair.edit[0]}
+        assert record["locality_prompt"] != record["prompt"] and record["locality_ground_truth"]
+    assert records == easyedit_mend_records(["synthetic:40"], seed=0)
