@@ -79,8 +79,9 @@ _STATE_NAME = "trainer_state.json"
 #: Bump when the training procedure changes, so cached networks of an older procedure are not reused.
 MEND_TRAINING_VERSION = 1
 #: Seconds per training step measured for SmolLM2-135M on two CPU cores shared with other jobs (batch 4,
-#: 32 tokens, the last 3 blocks: 1,350 s for 200 steps), used only for the cost logged before training.
-SECONDS_PER_STEP_ESTIMATE = 6.75
+#: 32 tokens, the last 3 blocks: 446 s for 200 steps; 1,350 s at a load average near 10), used only for the
+#: cost logged before training.
+SECONDS_PER_STEP_ESTIMATE = 2.25
 
 
 @dataclass
