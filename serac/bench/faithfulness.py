@@ -341,12 +341,22 @@ def easyedit_mend_records(specs: list[str], seed: int) -> list[dict]:
 
 
 def easyedit_mend_hparams(
-    ee, model, tokenizer, ours, inner_params: list[str], out: Path, seed: int, descent: bool = True
+    ee,
+    model,
+    tokenizer,
+    ours,
+    inner_params: list[str],
+    out: Path,
+    seed: int,
+    descent: bool = True,
+    shared: bool = True,
 ):
     """EasyEdit's MEND training hyperparameters set to ours (network, learning rates, steps, loss weights).
 
     ``descent``: start EasyEdit's step sizes at minus ours, so that its untrained network, like ours, takes a
     descent step on the edit loss (EasyEdit's step sizes are plain parameters and may be negative).
+    ``shared``: one network (and one set of normalization statistics) per weight shape, as ours shares the
+    network; ``False`` gives every matrix its own network and statistics (ours: own statistics, shared network).
 
     EasyEdit picks the causal-LM code path by the model's *name* ("llama", "gpt", ...), so the model folder
     is linked under a name that starts with the architecture (``llama-...`` for SmolLM2).
@@ -393,7 +403,7 @@ def easyedit_mend_hparams(
         act="relu",
         rank=ours.rank,
         mlp_class="IDMLP",
-        shared=True,
+        shared=shared,
         results_dir=str(out / "easyedit_mend_results"),
         device="cpu" if model.device.type == "cpu" else str(model.device),
         # One edit per edit step, gradients accumulated over our batch size, as EasyEdit's own configurations
@@ -499,6 +509,11 @@ def main(argv: list[str] | None = None) -> None:
         "--easyedit-ascent",
         action="store_true",
         help="start EasyEdit's MEND step sizes at +edit_lr_init (its untrained network then ascends the loss)",
+    )
+    parser.add_argument(
+        "--easyedit-per-matrix",
+        action="store_true",
+        help="EasyEdit's MEND with a network and normalization statistics per matrix (its shared=False)",
     )
     parser.add_argument("--bos", action="store_true", help="the tokenizer adds BOS (see module docstring)")
     parser.add_argument("--threads", type=int, default=1)
@@ -619,7 +634,15 @@ def main(argv: list[str] | None = None) -> None:
 
         else:
             hparams = easyedit_mend_hparams(
-                ee, model, tokenizer, config, weight_names, args.out, seed=0, descent=not args.easyedit_ascent
+                ee,
+                model,
+                tokenizer,
+                config,
+                weight_names,
+                args.out,
+                seed=0,
+                descent=not args.easyedit_ascent,
+                shared=not args.easyedit_per_matrix,
             )
             # The trained network is kept per training setting, so a rerun with other settings retrains.
             setting = json.dumps(
