@@ -278,10 +278,11 @@ def default_arguments(model: nn.Module, **overrides: Any) -> KETrainingArguments
 def default_hypernetwork_dir(model: nn.Module, tokenizer: Any, **overrides: Any) -> Path:
     """The cached default hypernetwork of ``model``, trained on first use (resuming an interrupted run)."""
     arguments = default_arguments(model, **overrides)
-    target = cache_dir() / "editors" / "ke" / f"{model_fingerprint(model)}-{arguments.key()}"
+    # Beside MEND's networks and the default parts; a fixed staging name lets a killed training resume.
+    target = cache_dir() / "parts" / f"ke-{model_fingerprint(model)}-{arguments.key()}"
     if (target / KE_CONFIG_NAME).exists():
         return target
-    staging = target.with_name(target.name + ".training")
+    staging = target.parent / f".{target.name}.training"
     logger.info("Training the KE hypernetwork for this base model into %s (once)", target)
     examples = training_examples(arguments.train_data, seed=arguments.seed)
     train_hypernetwork(model, tokenizer, examples, arguments, staging)
