@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 
@@ -56,13 +55,9 @@ FAST = {"stats_corpus": CORPUS, "stats_samples": 300, "context_templates": ((3, 
 
 @pytest.fixture(scope="session", autouse=True)
 def stats_cache_dir(tmp_path_factory):
-    previous = os.environ.get("SERAC_CACHE")
-    os.environ["SERAC_CACHE"] = str(tmp_path_factory.mktemp("serac-cache"))
-    yield
-    if previous is None:
-        os.environ.pop("SERAC_CACHE", None)
-    else:
-        os.environ["SERAC_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SERAC_CACHE", str(tmp_path_factory.mktemp("serac-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -37,13 +36,9 @@ def one_thread():
 
 @pytest.fixture(scope="module", autouse=True)
 def isolated_cache(tmp_path_factory):
-    previous = os.environ.get("SERAC_CACHE")
-    os.environ["SERAC_CACHE"] = str(tmp_path_factory.mktemp("serac-cache"))
-    yield
-    if previous is None:
-        os.environ.pop("SERAC_CACHE", None)
-    else:
-        os.environ["SERAC_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SERAC_CACHE", str(tmp_path_factory.mktemp("serac-cache")))
+        yield
 
 
 @pytest.fixture()

@@ -256,48 +256,42 @@ def easyedit_module_names(model) -> dict:
     }
 
 
+def _easyedit_value_hparams(model, ours, stats_dir: Path) -> dict:
+    """The hyperparameters EasyEdit's ROME and MEMIT share, set to ours (value optimization, statistics)."""
+    return {
+        "model_name": model.config._name_or_path,
+        "device": str(model.device),
+        "stats_dir": str(stats_dir),
+        "fact_token": "subject_last",
+        "v_num_grad_steps": ours.num_steps,
+        "v_lr": ours.lr,
+        "v_weight_decay": ours.weight_decay,
+        "clamp_norm_factor": ours.clamp_norm_factor,
+        "kl_factor": ours.kl_factor,
+        "mom2_adjustment": True,
+        "mom2_dataset": STATS_DATASET,
+        "mom2_n_samples": ours.stats_samples,
+        "mom2_dtype": "float32",
+        **easyedit_module_names(model),
+    }
+
+
 def easyedit_rome_hparams(ee, model, ours, stats_dir: Path):
     return ee["rome_hparams"].ROMEHyperParams(
         alg_name="ROME",
-        model_name=model.config._name_or_path,
-        device=str(model.device),
-        stats_dir=str(stats_dir),
         layers=[ours.layer],
-        fact_token="subject_last",
-        v_num_grad_steps=ours.num_steps,
-        v_lr=ours.lr,
-        v_weight_decay=ours.weight_decay,
-        clamp_norm_factor=ours.clamp_norm_factor,
-        kl_factor=ours.kl_factor,
-        mom2_adjustment=True,
         context_template_length_params=[list(x) for x in ours.context_templates],
-        mom2_dataset=STATS_DATASET,
-        mom2_n_samples=ours.stats_samples,
-        mom2_dtype="float32",
-        **easyedit_module_names(model),
+        **_easyedit_value_hparams(model, ours, stats_dir),
     )
 
 
 def easyedit_memit_hparams(ee, model, ours, stats_dir: Path):
     return ee["memit_hparams"].MEMITHyperParams(
         alg_name="MEMIT",
-        model_name=model.config._name_or_path,
-        device=str(model.device),
-        stats_dir=str(stats_dir),
         layers=list(ours.layers),
         layer_selection="all",
-        fact_token="subject_last",
-        v_num_grad_steps=ours.num_steps,
-        v_lr=ours.lr,
-        v_weight_decay=ours.weight_decay,
-        clamp_norm_factor=ours.clamp_norm_factor,
-        kl_factor=ours.kl_factor,
-        mom2_adjustment=True,
         mom2_update_weight=ours.mom2_update_weight,
-        mom2_dataset=STATS_DATASET,
-        mom2_n_samples=ours.stats_samples,
-        mom2_dtype="float32",
-        **easyedit_module_names(model),
+        **_easyedit_value_hparams(model, ours, stats_dir),
     )
 
 
