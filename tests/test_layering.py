@@ -32,13 +32,11 @@ FLOORS: list[tuple[str, ...]] = [
     ("serac.scope",),
     ("serac.routing",),
     # what wraps or edits a base model: SERAC's wrapper, and the editors it is compared with (the edit
-    # cache routes rows with serac.routing)
+    # cache routes rows with serac.routing; MEND's and SaLEM's packages hold their network training too)
     (
         "serac.modeling",
         "serac.editors",
         "serac.editors.mend",
-        "serac.editors.mend_network",
-        "serac.editors.mend_training",
         "serac.editors.salem",
     ),
     ("serac.training",),
