@@ -238,7 +238,7 @@ def test_salem_chooses_among_the_candidate_blocks_only(tiny_llama, char_tokenize
 
 def test_easyedit_mend_records_carry_our_training_edits():
     """The faithfulness comparison trains EasyEdit's MEND on exactly the edits ours trains on."""
-    from serac.bench.faithfulness import easyedit_mend_records
+    from faithfulness import easyedit_mend_records
 
     records = easyedit_mend_records(["synthetic:40"], seed=0)
     pairs = training_pairs(load_training_examples("synthetic:40", seed=0))

@@ -9,8 +9,8 @@
 * :mod:`~serac.bench.runner`: :func:`run_benchmark`;
 * :mod:`~serac.bench.report`: the Markdown table and the plots; :mod:`~serac.bench.cli`: ``serac bench``.
 
-The studies behind the README's numbers run as modules too: ``python -m serac.bench.parts_quality``,
-``runtime_perf``, ``editors_eval``, ``encdec_edit``, ``counterfactual_choice``.
+The studies behind the README's numbers are scripts outside the package, in the repository's ``benchmarks/``
+folder (``python benchmarks/parts_quality.py`` and so on).
 
 Example:
     >>> from serac.bench import BenchmarkConfig, run_benchmark

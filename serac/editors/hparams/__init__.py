@@ -16,7 +16,7 @@ hyperparameter the caller did not give from the preset of its method (``"rome"``
   NLL; 3e-2: 4 of 10); training then mainly buys paraphrase generalization and locality. 200 steps of 4
   edits keep the first-use training under half an hour on two CPU cores (see the README). The locality
   weight is 10 (MEND's edit weight 0.1 against a locality weight of 1) and the log step sizes learn at 1e-2:
-  on the first 50 MQuAKE-CF dev rewrites, one at a time (``python -m serac.bench.faithfulness --part mend
+  on the first 50 MQuAKE-CF dev rewrites, one at a time (``python benchmarks/faithfulness.py --part mend
   --impl ours --num-edits 50 --locality-per-edit 2 --mend-hparams ...``, blocks 27-29), efficacy /
   paraphrase / locality were 0.94 / 0.04 / 0.28 with weight 1 and step-size lr 1e-4 (the step sizes stayed
   at 1e-3) and 0.88 / 0.04 / 0.63 with weight 10 and 1e-2 (step sizes 4e-4 to 8e-4 after training; the
@@ -70,7 +70,7 @@ SMOLLM2_FINDINGS = """How the SmolLM2-135M-Instruct values were found (benchmark
   (1e-2, 5e-3) is kept: the smallest bound at which fine-tuning fits the edits, as FT+L does in the ROME
   paper (high efficacy, paid for in locality).
 * Knowledge neurons: a sweep over the first 6 rewrites, 10 integrated-gradients steps, the prompt and 2
-  context prefixes (``python -m serac.bench.kn_sweep --num-edits 6 --layers ...``; efficacy: the new
+  context prefixes (``python benchmarks/kn_sweep.py --num-edits 6 --layers ...``; efficacy: the new
   target's first token becomes the top prediction; locality: 10 other rewrites' prompts keep theirs).
   Layers 24-29, insert scale -> efficacy / locality: 4 -> 0.00 / 0.65; 8 -> 0.33 / 0.52; 16 -> 0.00 / 0.37;
   32 -> 0.00 / 0.20; 64 -> 0.17 / 0.10. Layers 12, 14, 16, 18: 4 -> 0.00 / 1.00; 8 -> 0.00 / 0.98; 16 ->

@@ -7,7 +7,7 @@ locality KL on an unrelated input, and backpropagates through the inner steps in
 cost of the full meta-training can be extrapolated; it does not train an ENN.
 
 Run:
-    python -m serac.bench.enn_cost --inner-steps 1 2 --repeats 2
+    python benchmarks/enn_cost.py --inner-steps 1 2 --repeats 2
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ measured on held-out sentences that neither training, the edit, nor the layer se
 
 Usage::
 
-    python -m serac.bench.encdec_edit --out /tmp/encdec_results
+    python benchmarks/encdec_edit.py --out /tmp/encdec_results
 
 Writes ``encdec_results.json`` to ``--out``.
 """

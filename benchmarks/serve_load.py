@@ -31,8 +31,8 @@ the store only within that bound are counted apart from the contradictions. Afte
 K`` trials post an edit to one process and ask the others until they route to it (then delete it and ask
 until they stop): the measured delay.
 
-    python -m serac.bench.serve_load --requests 2000 --concurrency 16 --rounds 2
-    python -m serac.bench.serve_load --requests 2000 --concurrency 16 --rounds 2 --processes 2
+    python benchmarks/serve_load.py --requests 2000 --concurrency 16 --rounds 2
+    python benchmarks/serve_load.py --requests 2000 --concurrency 16 --rounds 2 --processes 2
 """
 
 from __future__ import annotations

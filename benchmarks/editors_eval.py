@@ -15,7 +15,7 @@ target appears as whole words in the greedy answer to the rewrite's question) an
 continuation of the matching post-edit single-hop cloze starts with the target).
 
 Example:
-    python -m serac.bench.editors_eval --part rome --layer 4 --num-edits 20 --out /tmp/editors_results
+    python benchmarks/editors_eval.py --part rome --layer 4 --num-edits 20 --out /tmp/editors_results
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     records = load_edits(args.data)[args.offset : args.offset + args.num_edits]
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {
-        "command": " ".join([sys.executable, "-m", "serac.bench.editors_eval", *(argv or sys.argv[1:])])
+        "command": " ".join([sys.executable, "benchmarks/editors_eval.py", *(argv or sys.argv[1:])])
     }
     common = {"stats_samples": args.stats_samples}
     if args.num_steps is not None:

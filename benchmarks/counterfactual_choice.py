@@ -12,12 +12,12 @@ available. The candidates that are:
 
 Every fine-tuned candidate gets the same synthetic training edits, steps and batch size. Each is then
 asked the in-scope queries of a held-out dataset (default: MQuAKE-CF dev) given the right edit, and scored
-with :func:`serac.metrics.answer_matches`, as ``serac.bench.parts_quality`` does; the answer latency and
+with :func:`serac.metrics.answer_matches`, as ``benchmarks/parts_quality.py`` does; the answer latency and
 the training time are reported too.
 
 Run::
 
-    python -m serac.bench.counterfactual_choice --data-path ../shared/data/mquake-cf-dev.json \\
+    python benchmarks/counterfactual_choice.py --data-path ../shared/data/mquake-cf-dev.json \\
         --steps 150 --output counterfactual_choice.json [--trained smollm2=PATH]
 
 ``--trained NAME=PATH`` evaluates an already trained counterfactual model for a candidate instead of
@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 
 import torch
+from parts_quality import counterfactual_quality
 
-from serac.bench.parts_quality import counterfactual_quality
 from serac.counterfactual import CounterfactualModel
 from serac.data import generate_synthetic_examples, load_examples
 from serac.offline import resolve_base_model, resolve_embedder

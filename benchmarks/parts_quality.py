@@ -1,6 +1,6 @@
 """Quality of SERAC's two trained parts, each on its own, on a public edit dataset.
 
-Run: ``python -m serac.bench.parts_quality --data-path ../shared/data/mquake-cf-dev.json [--parts DIR]``
+Run: ``python benchmarks/parts_quality.py --data-path ../shared/data/mquake-cf-dev.json [--parts DIR]``
 
 * scope classifier: every edit of the dataset is in the edit store at once; for each in-scope query (the
   edit's cloze form and its question form) a hit is a routing to *its own* edit (recall); for each

@@ -11,7 +11,7 @@ Both implementations get exactly the same inputs:
 
 * the same model (``serac.offline.load_base_model()``, SmolLM2-135M-Instruct by default), float32;
 * the same edits: the first ``--num-edits`` requested rewrites of the MQuAKE-CF file, in file order (as
-  ``serac.bench.editors_eval`` takes them);
+  ``benchmarks/editors_eval.py`` takes them);
 * the same key statistics: our cached second moment ``C`` of each edited down-projection (self-generated
   corpus, ``--stats-samples`` token vectors) is written as an EasyEdit ``layer_stats`` cache file
   (``<stats_dir>/<model>/<dataset>_stats/<module>_float32_mom2_<n>.npz``, a ``SecondMoment`` with
@@ -57,9 +57,9 @@ statistics stay the ones collected without BOS. It checks how much the subject's
 start of a prompt matters.
 
 Example:
-    python -m serac.bench.faithfulness --easyedit /path/to/EasyEdit --part rome --num-edits 50 \\
+    python benchmarks/faithfulness.py --easyedit /path/to/EasyEdit --part rome --num-edits 50 \\
         --data shared/data/mquake-cf-dev.json --out faithfulness_results
-    python -m serac.bench.faithfulness --easyedit /path/to/EasyEdit --part mend --num-edits 50 \\
+    python benchmarks/faithfulness.py --easyedit /path/to/EasyEdit --part mend --num-edits 50 \\
         --mend-train-data synthetic:2000 zsre:shared/data/zsre-train-dev.json --out faithfulness_results
 """
 
@@ -78,8 +78,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from editors_eval import DEFAULT_DATA, load_edits
 
-from serac.bench.editors_eval import DEFAULT_DATA, load_edits
 from serac.editors import get_editor
 from serac.editors.base import target_token_ids
 from serac.editors.mend_training import load_training_examples
@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
 
     suffix = "_bos" if args.bos else ""
     result: dict = {
-        "command": " ".join(["python -m serac.bench.faithfulness", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python benchmarks/faithfulness.py", *(argv or sys.argv[1:])]),
         "config": {
             key: (value if isinstance(value, (int, float, str, list, tuple, type(None))) else str(value))
             for key, value in vars(config).items()

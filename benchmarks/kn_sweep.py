@@ -5,7 +5,7 @@ scale is then applied and undone in turn. Efficacy: the new target's first token
 prediction for the edit prompt. Locality: the share of other rewrites' prompts whose top prediction stays.
 
 Run:
-    python -m serac.bench.kn_sweep --data-path mquake-cf-dev.json --num-edits 6 --layers 24,25,26,27,28,29
+    python benchmarks/kn_sweep.py --data-path mquake-cf-dev.json --num-edits 6 --layers 24,25,26,27,28,29
 """
 
 from __future__ import annotations
