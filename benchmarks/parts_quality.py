@@ -25,8 +25,8 @@ import torch
 
 from serac.counterfactual import CounterfactualModel
 from serac.data import load_examples
+from serac.folder import CONFIG_NAME, SeracConfig
 from serac.metrics import answer_matches
-from serac.modeling import CONFIG_NAME, SeracConfig
 from serac.scope import load_scope_classifier
 from serac.store import EditStore
 

@@ -10,7 +10,9 @@ Example:
 from serac._version import __version__
 from serac.counterfactual import CounterfactualConfig, CounterfactualModel
 from serac.edits import Edit
-from serac.modeling import EditableModel, EditRoutingError, SeracConfig, SeracConfigError
+from serac.folder import SeracConfig, SeracConfigError
+from serac.memory import EditMemory
+from serac.modeling import EditableModel, EditRoutingError
 from serac.scope import (
     CrossEncoderScopeClassifier,
     EmbeddingScopeClassifier,
@@ -26,6 +28,7 @@ __all__ = [
     "CounterfactualModel",
     "CrossEncoderScopeClassifier",
     "Edit",
+    "EditMemory",
     "EditStore",
     "EditStoreConfig",
     "EditStoreError",

@@ -1,118 +1,39 @@
-"""EditableModel: a frozen base model, an edit store, a scope classifier and a counterfactual model.
+"""EditableModel: a frozen base model wrapped around an :class:`~serac.memory.EditMemory`, as a drop-in model.
 
 The wrapper is a drop-in replacement for the base model: a ``torch.nn.Module`` holding the base model and the
 counterfactual model, whose ``generate()`` and ``forward()`` take the base model's arguments. Each row of a
 batch is routed on its own: rows in the scope of a stored edit are answered by the counterfactual model,
 conditioned on that edit; every other row goes to the base model, unchanged. A call whose edits cannot be
 applied raises :class:`EditRoutingError` rather than answering unedited. The base model's weights are never
-modified.
+modified. The edits, the scope classifier, the counterfactual model and their folder belong to the memory
+(:attr:`EditableModel.memory`); this module holds only what makes the wrapper a drop-in model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import LogitsProcessorList
 
-from serac._version import __version__
 from serac.chat import chat_markers, last_user_turn
 from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
-from serac.files import JsonConfigMixin
+from serac.folder import SeracConfig, SeracConfigError
+from serac.memory import EditMemory
 from serac.routing import AnswerForcing, split_by_scope
-from serac.scope import ScopeClassifier, ScopeDecision, load_scope_classifier
-from serac.store import STORE_FILE_NAME, EditStore, EditStoreConfig, EditStoreError
+from serac.scope import ScopeClassifier, ScopeDecision
+from serac.store import EditStore
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "serac_config.json"
-SCOPE_FOLDER = "scope_classifier"
-COUNTERFACTUAL_FOLDER = "counterfactual_model"
-
-CONFIG_FORMAT_VERSION = 1
-
 __all__ = ["EditRoutingError", "EditableModel", "SeracConfig", "SeracConfigError"]
-
-
-class SeracConfigError(ValueError):
-    """An editor folder whose config cannot be used: newer, malformed, or pointing outside the folder."""
-
-
-@dataclass
-class SeracConfig(JsonConfigMixin):
-    """What an :class:`EditableModel` directory records besides its parts.
-
-    Args:
-        base_model_name_or_path: the base model the edits were made for (a reference; its weights are never
-            saved).
-        scope_classifier_path: where the scope classifier is, relative to the directory or absolute.
-        counterfactual_model_path: where the counterfactual model is, relative to the directory or absolute.
-        store: the edit store's settings.
-        store_file: the edit store snapshot saved with the editor (``None``: none was saved, as in a folder
-            written by training), so a deleted snapshot is an error rather than an empty store.
-    """
-
-    base_model_name_or_path: str | None = None
-    scope_classifier_path: str = SCOPE_FOLDER
-    counterfactual_model_path: str = COUNTERFACTUAL_FOLDER
-    store: EditStoreConfig = field(default_factory=EditStoreConfig)
-    store_file: str | None = None
-
-    def to_json(self) -> str:
-        data = {
-            **dataclasses.asdict(self),
-            "serac_version": __version__,
-            "format_version": CONFIG_FORMAT_VERSION,
-        }
-        return json.dumps(data, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> SeracConfig:
-        """Parse a saved config; :class:`SeracConfigError` for a newer or malformed one."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise SeracConfigError(f"the editor config is not JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise SeracConfigError("the editor config is not a JSON object")
-        written_by = data.pop("serac_version", None)
-        version = data.pop("format_version", 1)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if (
-            isinstance(version, bool)
-            or not isinstance(version, int)
-            or version > CONFIG_FORMAT_VERSION
-            or unknown
-        ):
-            raise SeracConfigError(
-                f"this editor config (format {version!r}, fields {unknown}) was written by a newer serac "
-                f"({written_by}); this is serac {__version__}: upgrade serac to load it"
-            )
-        for name in ("base_model_name_or_path", "store_file"):
-            if data.get(name) is not None and not isinstance(data[name], str):
-                raise SeracConfigError(f"{name} must be a string, got {data[name]!r}")
-        for name in ("scope_classifier_path", "counterfactual_model_path"):
-            if name in data and not isinstance(data[name], str):
-                raise SeracConfigError(f"{name} must be a string, got {data[name]!r}")
-        try:
-            store = EditStoreConfig.from_dict(data.pop("store", {}))
-        except ValueError as error:
-            raise SeracConfigError(f"bad edit store settings: {error}") from None
-        return cls(**data, store=store)
 
 
 class EditRoutingError(RuntimeError):
@@ -133,10 +54,10 @@ class EditableModel(torch.nn.Module):
     Args:
         base_model: any Hugging Face causal or seq2seq LM; it is used as is and never modified.
         tokenizer: the base model's tokenizer (decodes queries, encodes edited answers).
-        scope_classifier: decides which stored edit, if any, a query falls under.
-        counterfactual_model: answers in-scope queries given the edit.
-        store: the edit store, or where it lives: a SQLite path or URL, a PostgreSQL URL (see
-            :class:`~serac.store.EditStore`). Default: a new, empty one in memory with the default embedder.
+        memory: the edit side: edit store, scope classifier, counterfactual model
+            (:class:`~serac.memory.EditMemory`). Instead of one, its parts may be given as
+            ``scope_classifier=``, ``counterfactual_model=`` and ``store=`` (an :class:`~serac.store.EditStore`
+            or where it lives; default: a new, empty one in memory).
 
     Example:
         >>> model = EditableModel.from_defaults()  # doctest: +SKIP
@@ -150,69 +71,60 @@ class EditableModel(torch.nn.Module):
         self,
         base_model: Any,
         tokenizer: Any,
+        memory: EditMemory | None = None,
         *,
-        scope_classifier: ScopeClassifier,
-        counterfactual_model: CounterfactualModel,
+        scope_classifier: ScopeClassifier | None = None,
+        counterfactual_model: CounterfactualModel | None = None,
         store: EditStore | str | os.PathLike | None = None,
     ) -> None:
         if not hasattr(base_model, "generate") or not hasattr(base_model, "config"):
             raise TypeError(
                 f"base_model must be a Hugging Face generative model, got {type(base_model).__name__}"
             )
-        if not isinstance(scope_classifier, ScopeClassifier):
-            raise TypeError(
-                f"scope_classifier must be a ScopeClassifier, got {type(scope_classifier).__name__}"
-            )
-        if not isinstance(counterfactual_model, CounterfactualModel):
-            raise TypeError(
-                f"counterfactual_model must be a CounterfactualModel, got {type(counterfactual_model).__name__}"
-            )
+        if memory is None:
+            if scope_classifier is None or counterfactual_model is None:
+                raise TypeError(
+                    "EditableModel needs an EditMemory, or its scope_classifier= and counterfactual_model="
+                )
+            memory = EditMemory(scope_classifier, counterfactual_model, store)
+        elif not isinstance(memory, EditMemory):
+            raise TypeError(f"memory must be an EditMemory, got {type(memory).__name__}")
+        elif scope_classifier is not None or counterfactual_model is not None or store is not None:
+            raise TypeError("give either memory or its parts (scope_classifier, counterfactual_model, store)")
         super().__init__()
         # Both models are submodules: moving, casting or switching the wrapper to eval mode reaches them.
         self.base_model = base_model
-        self.counterfactual_model = counterfactual_model
+        self.counterfactual_model = memory.counterfactual_model
         self.tokenizer = tokenizer
-        self.scope_classifier = scope_classifier
-        if store is not None and not isinstance(store, (EditStore, str, os.PathLike)):
-            raise TypeError(f"store must be an EditStore or a database URL, got {type(store).__name__}")
-        self.store = store if isinstance(store, EditStore) else EditStore(url=store)
+        self.memory = memory
         self._local = threading.local()
         self._chat_markers = chat_markers(tokenizer)
         _register_for_pipelines()
 
+    @property
+    def scope_classifier(self) -> ScopeClassifier:
+        """The memory's scope classifier."""
+        return self.memory.scope_classifier
+
+    @property
+    def store(self) -> EditStore:
+        """The memory's edit store."""
+        return self.memory.store
+
     # ------------------------------------------------------------------ edits
     def edit(self, edits: Edit | Sequence[Edit], *, supersede: bool = True) -> list[int]:
-        """Store edits; returns their ids.
-
-        A newer edit of the same prompt supersedes the older one. With ``supersede`` (the default), so does
-        a newer edit of the same fact in other words: when the scope classifier puts each edit's query in
-        the other's scope (:meth:`~serac.scope.ScopeClassifier.same_fact`), the older edit is removed, so
-        the newest correction answers every phrasing of the fact.
-        """
-        ids = self.store.add([edits] if isinstance(edits, Edit) else edits)
-        if supersede and ids:
-            with self.store.lock:
-                live = [edit_id for edit_id in ids if edit_id in self.store]
-                older = {
-                    other
-                    for others in self.scope_classifier.same_fact(live, self.store).values()
-                    for other in others
-                }
-                older = sorted(other for other in older if other in self.store)
-                if older:
-                    logger.info("%d edit(s) superseded by newer edits of the same fact", len(older))
-                    self.store.remove(older)
-        return ids
+        """Store edits; returns their ids (see :meth:`EditMemory.edit <serac.memory.EditMemory.edit>`)."""
+        return self.memory.edit(edits, supersede=supersede)
 
     def remove_edits(self, edit_ids: int | Sequence[int]) -> None:
         """Remove stored edits by id (Python or NumPy integers); an unknown id raises ``KeyError`` and removes
         nothing."""
-        self.store.remove(edit_ids)
+        self.memory.remove_edits(edit_ids)
 
     @property
     def edits(self) -> list[tuple[int, Edit]]:
         """The stored ``(id, edit)`` pairs."""
-        return self.store.items()
+        return self.memory.edits
 
     @contextlib.contextmanager
     def disable_edits(self) -> Iterator[None]:
@@ -259,9 +171,9 @@ class EditableModel(torch.nn.Module):
     # ------------------------------------------------------------------ inference
     def route(self, queries: Sequence[str]) -> list[ScopeDecision]:
         """The scope decision for each query text, without generating."""
-        if not self.edits_enabled or len(self.store) == 0:
+        if not self.edits_enabled:
             return [ScopeDecision(in_scope=False) for _ in queries]
-        return self.scope_classifier.classify(queries, self.store)
+        return self.memory.route(queries)
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, **kwargs: Any) -> Any:
@@ -293,7 +205,7 @@ class EditableModel(torch.nn.Module):
             )
 
         queries, chat_rows = self._queries_and_chat_rows(routed_ids, attention_mask)
-        decisions = self.scope_classifier.classify(queries, self.store)
+        decisions = self.memory.route(queries)
         route = split_by_scope(decisions)
         if route.all_base:
             return self._finish(self._base_generate(input_ids, kwargs), decisions)
@@ -360,7 +272,7 @@ class EditableModel(torch.nn.Module):
             for ids, mask, split in zip(routed_ids, attention_mask, splits, strict=True)
         ]
         queries, _ = self._query_texts(rows)
-        decisions = self.scope_classifier.classify(queries, self.store)
+        decisions = self.memory.route(queries)
         self._set_routing(decisions)
         route = split_by_scope(decisions)
         if route.all_base:
@@ -399,102 +311,26 @@ class EditableModel(torch.nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike, *, save_parts: bool = True) -> None:
-        """Write the edit store, the config and (unless ``save_parts=False``) both trained parts.
+        """Write the SERAC folder: the edit store, the config and (unless ``save_parts=False``) both parts.
 
-        The base model is recorded by name only, never copied. The folder is written in a staging sibling,
-        fsynced, and put in place with one rename (an atomic exchange when ``directory`` exists, on Linux):
-        a crash at any moment leaves the previous save or the new one, and the next save deletes what a
-        killed save left behind. With ``save_parts=False`` the config points at the parts' current locations
-        instead of copying them; parts that live inside ``directory`` itself are carried over. A folder whose
-        parts live elsewhere loads only with ``from_pretrained(..., allow_external_parts=True)``.
+        The base model is recorded by name only, never copied. See
+        :meth:`EditMemory.save_pretrained <serac.memory.EditMemory.save_pretrained>` for the atomic swap and
+        ``save_parts=False``.
         """
-        from serac.durable_folder import staging_folder
-
-        directory = Path(directory)
-        config = SeracConfig(
-            base_model_name_or_path=self._base_model_reference(),
-            store=self.store.config,
-            store_file=STORE_FILE_NAME,
+        self.memory.save_pretrained(
+            directory, save_parts=save_parts, base_model_name_or_path=self._base_model_reference()
         )
-        sources = {}
-        if not save_parts:
-            sources = {
-                part: Path(self._part_source(part)) for part in ("scope_classifier", "counterfactual_model")
-            }
-        target = directory.absolute().resolve() if directory.exists() else None
-        with staging_folder(directory) as staging:
-            self.store.save_pretrained(staging / STORE_FILE_NAME)
-            if save_parts:
-                self.scope_classifier.save_pretrained(staging / SCOPE_FOLDER)
-                self.counterfactual_model.save_pretrained(staging / COUNTERFACTUAL_FOLDER)
-            else:
-                for part, source in sources.items():
-                    if target is not None and source.is_relative_to(target):
-                        # The folder being replaced holds this part: carry it over, or the swap deletes it.
-                        relative = source.relative_to(target)
-                        shutil.copytree(source, staging / relative)
-                        setattr(config, f"{part}_path", relative.as_posix())
-                    else:
-                        setattr(config, f"{part}_path", str(source))
-            (staging / CONFIG_NAME).write_text(config.to_json())
-        logger.info("Saved %d edits and the editor config to %s", len(self.store), directory)
 
     def model_card(self) -> str:
         """A Hugging Face model card for this editor: the base model it edits, the edit count, how to load it."""
-        base = self._base_model_reference()
-        metadata = ["---", "library_name: serac-memory", "tags:", "- serac", "- model-editing"]
-        # The Hub reads base_model as a repository id; a local path there would be rejected.
-        if base and not Path(base).is_absolute() and not Path(base).exists():
-            metadata.append(f"base_model: {base}")
-        metadata.append("---")
-        loading = (
-            "```python\nfrom serac import EditableModel\n\n"
-            f'model = EditableModel.from_pretrained("{base or "BASE_MODEL"}", "REPO_ID")\n```'
-        )
-        body = [
-            f"# SERAC editor for {base or 'an unnamed base model'}",
-            "",
-            f"This repository holds a [SERAC](https://arxiv.org/abs/2206.06520) editor with {len(self.store)} "
-            "edits: the edit store, the scope classifier, the counterfactual model and their config. It does "
-            f"not contain the base model ({base or 'not recorded'}), whose weights are never modified.",
-            "",
-            loading,
-            "",
-        ]
-        return "\n".join(metadata + [""] + body)
+        return self.memory.model_card(self._base_model_reference())
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        commit_message: str | None = None,
-        create_pr: bool = False,
-    ) -> Any:
-        """Upload the editor (edit store, both parts, config and a model card) to a Hub repository.
-
-        Only what :meth:`save_pretrained` writes goes up, plus ``README.md``; the base model is referenced
-        by name, never uploaded. Returns ``huggingface_hub``'s commit information.
-        """
-        if not isinstance(repo_id, str) or not repo_id.strip():
-            raise ValueError(f"repo_id must be a non-empty string, got {repo_id!r}")
-        from huggingface_hub import HfApi
-
-        with tempfile.TemporaryDirectory() as staging:
-            folder = Path(staging) / "editor"
-            self.save_pretrained(folder)
-            (folder / "README.md").write_text(self.model_card().replace("REPO_ID", repo_id))
-            api = HfApi(token=token)
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            return api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                revision=revision,
-                commit_message=commit_message or f"Upload SERAC editor with {len(self.store)} edits",
-                create_pr=create_pr,
-            )
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload the SERAC folder (edit store, both parts, config and a model card) to a Hub repository;
+        the base model is referenced by name, never uploaded. Keyword arguments as
+        :meth:`EditMemory.push_to_hub <serac.memory.EditMemory.push_to_hub>` (``private``, ``token``,
+        ``revision``, ``commit_message``, ``create_pr``)."""
+        return self.memory.push_to_hub(repo_id, base_model_name_or_path=self._base_model_reference(), **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -511,27 +347,22 @@ class EditableModel(torch.nn.Module):
     ) -> EditableModel:
         """Wrap ``base_model`` with the SERAC folder saved in ``directory`` (its edits, scope classifier, parts).
 
-        ``directory`` is a local folder or a Hugging Face Hub repository id (``"user/my-editor"``, fetched
-        with ``huggingface_hub.snapshot_download``; ``revision`` and ``token`` go there). ``base_model`` may
-        be a loaded model or a name or path to load. A directory with no edit store (as written by
-        training) gives an empty store. ``store`` is a database to keep the edits in (a SQLite path or URL,
-        a PostgreSQL URL): a database never written before is filled from the saved edits, one that holds
-        edits already is used as it is. Parts are only loaded from inside ``directory`` unless
-        ``allow_external_parts=True`` (a config may name any path; following one silently is how a folder
-        from elsewhere would make this process load code or weights it was never meant to).
+        ``directory`` is a local folder or a Hugging Face Hub repository id; ``base_model`` may be a loaded
+        model or a name or path to load. ``store``, ``embedder``, ``allow_external_parts``, ``revision`` and
+        ``token`` are those of :meth:`EditMemory.from_pretrained <serac.memory.EditMemory.from_pretrained>`:
+        a database never written before is filled from the saved edits, one that holds edits already is used
+        as it is, and parts are only loaded from inside the folder unless ``allow_external_parts=True``.
         """
         from serac.offline import DEFAULT_BASE_MODEL, load_base_model, resolve_base_model
 
-        directory = _resolve_editor_directory(directory, revision=revision, token=token)
-        config_path = directory / CONFIG_NAME
-        if not config_path.exists():
-            raise FileNotFoundError(f"no SERAC folder in {directory} (missing {CONFIG_NAME})")
-        config = SeracConfig.from_json(config_path.read_text())
-        part_paths = {
-            part: _part_path(directory, getattr(config, f"{part}_path"), part, allow_external_parts)
-            for part in ("scope_classifier", "counterfactual_model")
-        }
-        store_path = _store_file_path(directory, config)
+        memory = EditMemory.from_pretrained(
+            directory,
+            embedder=embedder,
+            store=store,
+            allow_external_parts=allow_external_parts,
+            revision=revision,
+            token=token,
+        )
         if isinstance(base_model, (str, os.PathLike)) or base_model is None:
             base_model, loaded_tokenizer = load_base_model(base_model)
             tokenizer = tokenizer or loaded_tokenizer
@@ -540,35 +371,32 @@ class EditableModel(torch.nn.Module):
 
             tokenizer = AutoTokenizer.from_pretrained(base_model.name_or_path)
         base_name = getattr(base_model, "name_or_path", None)
-        recorded = config.base_model_name_or_path
+        recorded = memory.base_model_name_or_path
         if recorded == DEFAULT_BASE_MODEL and base_name not in (None, DEFAULT_BASE_MODEL):
             # The default base model is recorded by name; once loaded it is named by its cached checkpoint.
             recorded = str(resolve_base_model(recorded))
         if recorded and base_name and base_name != recorded:
             logger.warning(
                 "This SERAC folder was saved for base model %s; it now wraps %s",
-                config.base_model_name_or_path,
+                memory.base_model_name_or_path,
                 base_name,
             )
-        edit_store = _open_store(store_path, config.store, embedder, store)
-        scope_classifier = load_scope_classifier(part_paths["scope_classifier"])
-        counterfactual_model = CounterfactualModel.from_pretrained(part_paths["counterfactual_model"])
-        model = cls(
-            base_model,
-            tokenizer,
-            scope_classifier=scope_classifier,
-            counterfactual_model=counterfactual_model,
-            store=edit_store,
-        )
-        model._sources = {part: str(path.resolve()) for part, path in part_paths.items()}
-        return model
+        return cls(base_model, tokenizer, memory)
 
     @classmethod
-    def from_defaults(cls, base_model: Any = None, *, tokenizer: Any = None, train_if_missing: bool = True):
+    def from_defaults(
+        cls,
+        base_model: Any = None,
+        *,
+        tokenizer: Any = None,
+        train_if_missing: bool = True,
+        store: str | os.PathLike | None = None,
+    ) -> EditableModel:
         """SmolLM2-135M-Instruct (or ``base_model``) wrapped with the default trained parts, offline.
 
         The default parts are trained from the embedded synthetic data on first use (a progress bar shows
-        it; under 20 minutes on two CPU cores) and cached; later calls load them in seconds.
+        it) and cached; later calls load them in seconds. ``store`` is where to keep the edits, as in
+        :meth:`from_pretrained`.
         """
         # The one upward import of the library: the default parts are trained by serac.training, which
         # itself builds EditableModels, so the recipe is imported here, when called, and not at module
@@ -582,7 +410,7 @@ class EditableModel(torch.nn.Module):
             ) from error
 
         return cls.from_pretrained(
-            base_model, default_parts_dir(train_if_missing=train_if_missing), tokenizer=tokenizer
+            base_model, default_parts_dir(train_if_missing=train_if_missing), tokenizer=tokenizer, store=store
         )
 
     # ------------------------------------------------------------------ forwarding
@@ -850,23 +678,7 @@ class EditableModel(torch.nn.Module):
     def _base_model_reference(self) -> str | None:
         return getattr(self.base_model, "name_or_path", None) or None
 
-    def _part_source(self, part: str) -> str:
-        sources = getattr(self, "_sources", {})
-        if part not in sources:
-            raise ValueError(f"the {part} was not loaded from disk; save it with save_parts=True")
-        return sources[part]
 
-
-def _part_path(directory: Path, recorded: str, part: str, allow_external: bool) -> Path:
-    """Where a part recorded in the config lives; outside ``directory`` only when allowed."""
-    path = Path(recorded)
-    inside = not path.is_absolute() and ".." not in path.parts
-    if not inside and not allow_external:
-        raise SeracConfigError(
-            f"the {part} path {recorded!r} in {directory / CONFIG_NAME} points outside the folder; pass "
-            "allow_external_parts=True if you trust where it points"
-        )
-    return path if path.is_absolute() else directory / path
 
 
 def _cached_length(past_key_values: Any) -> int:
@@ -878,32 +690,6 @@ def _cached_length(past_key_values: Any) -> int:
     except (IndexError, TypeError, AttributeError):
         return 0
 
-
-def _resolve_editor_directory(
-    name_or_path: str | os.PathLike, *, revision: str | None, token: str | None
-) -> Path:
-    """A local editor folder as is; otherwise a Hub repository id, downloaded with ``snapshot_download``."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    text = str(name_or_path)
-    looks_like_repo_id = (
-        isinstance(name_or_path, str)
-        and 0 < text.count("/") <= 1
-        and not text.startswith(("/", ".", "~"))
-        and not path.exists()
-    )
-    if not looks_like_repo_id:
-        raise FileNotFoundError(f"no serac editor in {path} (not a folder)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=text, revision=revision, token=token))
-    except Exception as error:
-        raise FileNotFoundError(
-            f"no serac editor at {text!r}: it is not a local folder, and the Hugging Face Hub repository could "
-            f"not be fetched ({type(error).__name__}: {error})"
-        ) from error
 
 
 _PIPELINE_REGISTRATION = threading.Lock()
@@ -934,45 +720,3 @@ def _register_for_pipelines() -> None:
 
 
 _REGISTERED = False
-
-
-def _store_file_path(directory: Path, config: SeracConfig) -> Path | None:
-    """The saved edit store snapshot, ``None`` if the folder never had one (written by training)."""
-    if config.store_file is None:
-        # Folders of serac 0.1.0 do not record it: a snapshot there is used, its absence means none.
-        legacy = directory / STORE_FILE_NAME
-        return legacy if legacy.exists() else None
-    name = Path(config.store_file)
-    if name.is_absolute() or len(name.parts) != 1 or name.name in ("..", "."):
-        raise SeracConfigError(f"store_file must be a file name inside the folder, got {config.store_file!r}")
-    path = directory / name
-    if not path.is_file():
-        raise FileNotFoundError(f"the edit store {path} recorded in {directory / CONFIG_NAME} is missing")
-    return path
-
-
-def _open_store(
-    snapshot: Path | None, config: EditStoreConfig, embedder: Any, url: str | os.PathLike | None
-) -> EditStore:
-    """The editor's edit store: the snapshot loaded into ``url``'s database (memory by default), or the
-    database as it is when it already holds edits."""
-    if embedder is None:
-        from serac.offline import DEFAULT_EMBEDDER
-
-        if config.embedder_name_or_path not in (None, DEFAULT_EMBEDDER):
-            raise EditStoreError(
-                f"this editor was built with the embedder {config.embedder_name_or_path!r}; load it yourself "
-                "and pass it as embedder= (a name recorded in a file is not followed)"
-            )
-    if url is not None:
-        store = EditStore(embedder, config, url=url)
-        next_id, last_seq, _ = store._db.state()
-        if snapshot is None or next_id or last_seq:
-            if snapshot is not None:
-                logger.info("The database at %s already holds edits; the saved snapshot is not imported", url)
-            return store
-        embedder = store.embedder
-        store._db.dispose()
-    if snapshot is None:
-        return EditStore(embedder, config, url=url)
-    return EditStore.from_pretrained(snapshot, embedder, url=url)

@@ -134,9 +134,9 @@ def test_truncated_corrupt_and_incompatible_files_raise(store, embedder, tmp_pat
     with pytest.raises(EditStoreError, match="checksum"):
         EditStore.from_pretrained(corrupt, embedder)
     tensors = st_load(raw)
-    from serac.store import _read_metadata
+    from serac.store.snapshot import read_metadata
 
-    metadata = _read_metadata(raw)
+    metadata = read_metadata(raw)
     metadata["format_version"] = "999"
     future = tmp_path / "future.safetensors"
     future.write_bytes(st_save(tensors, metadata=metadata))

@@ -12,8 +12,7 @@ Example:
 """
 
 from serac.serve.app import ServeSettings, create_app
-from serac.serve.engine import BaseModelGenerator, EditRouter, GenerationResult, load_editor_parts
-from serac.serve.persistence import StoreBinding, open_store
+from serac.serve.engine import BaseModelGenerator, EditRouter, GenerationResult
 from serac.serve.protocol import ROUTING_FIELD, ROUTING_HEADER, APIError, Routing
 
 __all__ = [
@@ -25,8 +24,5 @@ __all__ = [
     "GenerationResult",
     "Routing",
     "ServeSettings",
-    "StoreBinding",
     "create_app",
-    "load_editor_parts",
-    "open_store",
 ]

@@ -22,6 +22,8 @@ ADMIN_TOKEN_ENV = "SERAC_ADMIN_TOKEN"
 API_KEY_ENV = "SERAC_API_KEY"
 UPSTREAM_API_KEY_ENV = "SERAC_UPSTREAM_API_KEY"
 SHUTDOWN_TIMEOUT_SECONDS = 10
+# The same default as ServeSettings', kept here so that the parser does not import the app and FastAPI.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--store",
-        help="where edits live: a database URL (sqlite:///..., postgresql://..., with a database-backed "
-        "edit store) or a store file path, rewritten after every change; default: in memory",
+        help="where edits live: a database URL (sqlite:///..., postgresql://...) or SQLite file path, shared "
+        "by every server on it, or a snapshot file (*.safetensors) rewritten after every change; a store "
+        "never written before starts with the SERAC folder's edits; default: in memory",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -66,11 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--upstream-api-key",
         default=os.environ.get(UPSTREAM_API_KEY_ENV),
-        help=f"key sent to the upstream (or ${UPSTREAM_API_KEY_ENV}); default: the client's key, passed "
-        "through when this server has no --api-key",
+        help=f"key sent to the upstream (or ${UPSTREAM_API_KEY_ENV}); without one the upstream gets no "
+        "Authorization header (a client's own header is never passed on)",
     )
     parser.add_argument("--served-model-name", help="the model id this server reports")
     parser.add_argument("--max-tokens", type=int, default=1024, help="most new tokens per request")
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="largest request body read, in bytes; a larger one gets a 413 (default: 4 MiB)",
+    )
     parser.add_argument(
         "--no-edits",
         action="store_true",
@@ -88,28 +97,23 @@ def _default_parts_dir() -> Path:
 
 def build_app(args: argparse.Namespace) -> Any:
     """Load the parts named by the parsed arguments and return the app (without starting it)."""
+    from serac.memory import EditMemory
     from serac.serve.app import ServeSettings, create_app
-    from serac.serve.engine import BaseModelGenerator, EditRouter, load_editor_parts
-    from serac.serve.persistence import open_store
+    from serac.serve.engine import BaseModelGenerator, EditRouter
 
     api_keys = tuple(args.api_key or [k for k in os.environ.get(API_KEY_ENV, "").split(",") if k])
+    editor = args.editor or _default_parts_dir()
     if args.upstream is None:
         from serac.modeling import EditableModel
 
-        if args.editor:
-            model = EditableModel.from_pretrained(args.model, args.editor)
-        else:
-            model = EditableModel.from_defaults(args.model)
-        binding = open_store(args.store, model.store)
-        model.store = binding.store
+        model = EditableModel.from_pretrained(args.model, editor, store=args.store)
         router = EditRouter.from_editable_model(model, enabled=not args.no_edits)
         generator = BaseModelGenerator(model.base_model, model.tokenizer)
         name = args.served_model_name or args.model or "smollm2-135m-instruct"
         upstream = None
     else:
-        scope_classifier, counterfactual_model, store = load_editor_parts(args.editor or _default_parts_dir())
-        binding = open_store(args.store, store)
-        router = EditRouter(scope_classifier, counterfactual_model, binding.store, enabled=not args.no_edits)
+        memory = EditMemory.from_pretrained(editor, store=args.store)
+        router = EditRouter(memory, enabled=not args.no_edits)
         generator = None
         name = args.served_model_name or "serac-proxy"
         upstream = args.upstream
@@ -119,8 +123,9 @@ def build_app(args: argparse.Namespace) -> Any:
         api_keys=api_keys,
         max_tokens=args.max_tokens,
         upstream_api_key=args.upstream_api_key or None,
+        max_request_bytes=args.max_request_bytes,
     )
-    return create_app(router, generator=generator, upstream=upstream, store=binding, settings=settings)
+    return create_app(router, generator=generator, upstream=upstream, settings=settings)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -2,9 +2,10 @@
 
 Everything here is synchronous and runs on the server's worker threads, never on the event loop.
 
-* :class:`EditRouter` holds the parts that need no base model (scope classifier, counterfactual model, edit
-  store). It is all proxy mode has, and what local mode uses to route. Each call returns the routing of
-  *that* call, taken from the scope classifier's decision, so concurrent requests never share routing state.
+* :class:`EditRouter` is the server's view of an :class:`~serac.memory.EditMemory` (scope classifier,
+  counterfactual model, edit store), which needs no base model. It is all proxy mode has, and what local
+  mode uses to route. Each call returns the routing of *that* call, taken from the scope classifier's
+  decision, so concurrent requests never share routing state.
 * :class:`BaseModelGenerator` runs the base model's own ``generate()`` for out-of-scope requests in local
   mode, streaming text as it is produced.
 """
@@ -12,24 +13,22 @@ Everything here is synchronous and runs on the server's worker threads, never on
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
-from serac.scope import ScopeClassifier, ScopeDecision, load_scope_classifier
+from serac.memory import EditMemory
+from serac.scope import ScopeDecision
 from serac.serve.protocol import APIError, GenerationRequest, Routing
 from serac.store import EditStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BaseModelGenerator", "EditRouter", "GenerationResult", "load_editor_parts"]
+__all__ = ["BaseModelGenerator", "EditRouter", "GenerationResult"]
 
 #: Routing when editing is disabled or nothing was in scope.
 BASE_ROUTE = "base_model"
@@ -224,50 +223,34 @@ def _sampling_kwargs(request: GenerationRequest) -> dict[str, Any]:
 
 
 class EditRouter:
-    """The edit-side parts of SERAC, without a base model: route a query, answer it under its edit.
+    """The server's view of an :class:`~serac.memory.EditMemory`: route a query, answer it under its edit.
+
+    All the edit-side work (routing, answering, storing) is the memory's, so the server and the Python API
+    route alike; this class adds what a server needs: routing records and answers cut to the request's
+    token budget and stop strings, counted in the served model's tokens.
 
     Args:
-        scope_classifier: decides which stored edit, if any, a query falls under.
-        counterfactual_model: answers in-scope queries given the edit.
-        store: the edit store.
+        memory: the edit store, the scope classifier and the counterfactual model.
         tokenizer: counts and truncates answers in the served model's tokens (the counterfactual model's
             tokenizer when not given, as in proxy mode where the upstream's tokenizer is unknown).
         enabled: ``False`` routes every query to the base model without classifying (a plain server).
     """
 
-    def __init__(
-        self,
-        scope_classifier: ScopeClassifier,
-        counterfactual_model: CounterfactualModel,
-        store: EditStore,
-        *,
-        tokenizer: Any = None,
-        enabled: bool = True,
-    ) -> None:
-        if not isinstance(scope_classifier, ScopeClassifier):
-            raise TypeError(
-                f"scope_classifier must be a ScopeClassifier, got {type(scope_classifier).__name__}"
-            )
-        if not isinstance(counterfactual_model, CounterfactualModel):
-            raise TypeError(
-                f"counterfactual_model must be a CounterfactualModel, got {type(counterfactual_model).__name__}"
-            )
-        self.scope_classifier = scope_classifier
-        self.counterfactual_model = counterfactual_model
-        self.store = store
-        self.tokenizer = tokenizer if tokenizer is not None else counterfactual_model.tokenizer
+    def __init__(self, memory: EditMemory, *, tokenizer: Any = None, enabled: bool = True) -> None:
+        if not isinstance(memory, EditMemory):
+            raise TypeError(f"memory must be an EditMemory, got {type(memory).__name__}")
+        self.memory = memory
+        self.tokenizer = tokenizer if tokenizer is not None else memory.counterfactual_model.tokenizer
         self.enabled = enabled
+
+    @property
+    def store(self) -> EditStore:
+        return self.memory.store
 
     @classmethod
     def from_editable_model(cls, model: Any, *, enabled: bool = True) -> EditRouter:
-        """The parts of an :class:`~serac.modeling.EditableModel`, counting tokens with its tokenizer."""
-        return cls(
-            model.scope_classifier,
-            model.counterfactual_model,
-            model.store,
-            tokenizer=model.tokenizer,
-            enabled=enabled,
-        )
+        """The memory of an :class:`~serac.modeling.EditableModel`, counting tokens with its tokenizer."""
+        return cls(model.memory, tokenizer=model.tokenizer, enabled=enabled)
 
     def route(self, query: str) -> tuple[Routing, ScopeDecision]:
         """The routing of one query, from this call's own scope decision."""
@@ -279,7 +262,7 @@ class EditRouter:
         if not self.enabled:
             return [(Routing(BASE_ROUTE), ScopeDecision(in_scope=False)) for _ in queries]
         routed = []
-        for decision in self.scope_classifier.classify(list(queries), self.store):
+        for decision in self.memory.route(list(queries)):
             if decision.in_scope:
                 routed.append((Routing(EDIT_ROUTE, decision.edit_id, decision.score), decision))
             else:
@@ -296,9 +279,7 @@ class EditRouter:
         """
         if not decision.in_scope or decision.edit is None:
             raise ValueError("answer() needs an in-scope decision")
-        (answer,) = self.counterfactual_model.generate(
-            [decision.edit], [query], max_new_tokens=max_new_tokens
-        )
+        (answer,) = self.memory.answer([decision], [query], max_new_tokens=max_new_tokens)
         ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
         finish = "stop"
         if len(ids) > max_new_tokens:
@@ -312,32 +293,7 @@ class EditRouter:
 
     # ------------------------------------------------------------------ edits
     def add_edits(self, edits: Sequence[Edit]) -> list[int]:
-        return self.store.add(list(edits))
+        return self.memory.edit(list(edits))
 
     def remove_edit(self, edit_id: int) -> None:
-        self.store.remove([edit_id])
-
-
-def load_editor_parts(directory: str | os.PathLike, *, embedder: Any = None) -> tuple[Any, Any, EditStore]:
-    """The scope classifier, counterfactual model and edit store of a saved editor, without a base model.
-
-    ``directory`` is what ``EditableModel.save_pretrained`` (or ``serac train``) writes. Proxy mode uses
-    this: the base model is the upstream server, so no base weights are loaded.
-    """
-    from serac.modeling import CONFIG_NAME, SeracConfig
-    from serac.store import STORE_FILE_NAME
-
-    directory = Path(directory)
-    config_path = directory / CONFIG_NAME
-    if not config_path.exists():
-        raise FileNotFoundError(f"no serac editor in {directory} (missing {CONFIG_NAME})")
-    config = SeracConfig.from_json(config_path.read_text())
-    scope_classifier = load_scope_classifier(directory / config.scope_classifier_path)
-    counterfactual_model = CounterfactualModel.from_pretrained(directory / config.counterfactual_model_path)
-    store_path = directory / STORE_FILE_NAME
-    store = (
-        EditStore.from_pretrained(store_path, embedder)
-        if store_path.exists()
-        else EditStore(embedder, config.store)
-    )
-    return scope_classifier, counterfactual_model, store
+        self.memory.remove_edits([edit_id])

@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         parser.error(str(error))
 
-    from serac.modeling import COUNTERFACTUAL_FOLDER, SCOPE_FOLDER
+    from serac.folder import COUNTERFACTUAL_FOLDER, SCOPE_FOLDER
 
     seed = namespace.seed if namespace.seed is not None else 0
     try:

@@ -15,7 +15,7 @@ from typing import Any
 from serac import offline
 from serac.counterfactual import COUNTERFACTUAL_CONFIG_NAME, CounterfactualModel
 from serac.data import EditExample
-from serac.modeling import CONFIG_NAME, COUNTERFACTUAL_FOLDER, SCOPE_FOLDER, SeracConfig
+from serac.folder import CONFIG_NAME, COUNTERFACTUAL_FOLDER, SCOPE_FOLDER, SeracConfig
 from serac.scope import SCOPE_CONFIG_NAME
 from serac.store import EditStoreConfig
 from serac.training.arguments import PARTS, CounterfactualTrainingArguments, ScopeTrainingArguments

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from serac.data import EditExample, SyntheticDataConfig, generate_synthetic_examples
 from serac.durable_folder import fsync_tree, replace_folder
-from serac.modeling import CONFIG_NAME, SeracConfig
+from serac.folder import CONFIG_NAME, SeracConfig
 from serac.offline import DEFAULT_BASE_MODEL, MissingDefaultModelError, cache_dir
 from serac.training.arguments import CounterfactualTrainingArguments, ScopeTrainingArguments
 from serac.training.output import train_parts

@@ -224,6 +224,11 @@ class EditDatabase:
             count = connection.execute(sa.select(sa.func.count()).select_from(EDITS)).scalar_one()
         return int(row.next_id), int(row.last_seq), int(count)
 
+    def ever_written(self) -> bool:
+        """Whether any edit was ever written to this database (a removed one counts)."""
+        next_id, last_seq, _ = self.state()
+        return bool(next_id or last_seq)
+
     def last_seq(self) -> int:
         with self._read() as connection:
             return int(connection.execute(sa.select(COUNTERS.c.last_seq)).scalar_one())

@@ -3,162 +3,50 @@
 The store knows nothing about language models. It holds :class:`~serac.edits.Edit` objects, embeds their
 text with a sentence embedder, and answers nearest-neighbour queries. Small stores use an exact
 inner-product index; past :attr:`EditStoreConfig.exact_max_size` edits the store moves to an inverted-file
-(IVF) index so search stays fast at millions of edits. Embeddings are L2-normalized, so scores are cosine
-similarities.
+(IVF) index (:mod:`serac.store.index`) so search stays fast at millions of edits. Embeddings are
+L2-normalized, so scores are cosine similarities.
 
-The source of truth is a database (:mod:`serac.store_backends`): a private in-memory SQLite database by
+The source of truth is a database (:mod:`serac.store.database`): a private in-memory SQLite database by
 default, a SQLite file or a PostgreSQL server when ``url`` is given. Every :meth:`EditStore.add`,
 :meth:`~EditStore.remove` and :meth:`~EditStore.update` is one transaction, durable when it returns for a
 file or server. The FAISS index is this process's copy, brought up to date from the database's change log
 at most :attr:`EditStoreConfig.sync_interval_s` after another process writes.
 
-:meth:`EditStore.save` also writes a portable snapshot: one safetensors file, written through a temporary
-file and an atomic rename, whose every byte (metadata included) is covered by one checksum.
+:meth:`EditStore.save_pretrained` writes a portable snapshot (:mod:`serac.store.snapshot`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import faiss
 import numpy as np
 
-from serac._version import __version__
 from serac.edits import Edit, name_words, named_keys
-from serac.files import write_bytes_atomic
 from serac.offline import embed
-from serac.store_backends import DATABASE_FORMAT_VERSION, EditDatabase, StoreChanges, dumps_edit
+from serac.store.config import EditStoreConfig, EditStoreError, Embedder, UnknownEditError, check_vectors
+from serac.store.database import DATABASE_FORMAT_VERSION, EditDatabase, StoreChanges, dumps_edit
+from serac.store.index import build_ivf_index, new_exact_index
+from serac.store.snapshot import (
+    PROBE_MIN_COSINE,
+    PROBE_SENTENCES,
+    STORE_FILE_NAME,
+    Snapshot,
+    read_snapshot,
+    write_snapshot,
+)
 
 logger = logging.getLogger(__name__)
 
-STORE_FORMAT = "serac.edit_store"
-STORE_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
-STORE_FILE_NAME = "edit_store.safetensors"
-# Embedded at store creation and compared on every open: two embedders of the same width give different
-# vectors for these, so a store is never searched with an embedder it was not built with.
-PROBE_SENTENCES = (
-    "What sport does LeBron James play?",
-    "Paris is the capital of France.",
-    "serac embedder fingerprint 0123456789",
-)
-PROBE_MIN_COSINE = 0.99
-# Stored embeddings are unit vectors; anything further off than this was not written by this library.
-NORM_TOLERANCE = 1e-3
-
-__all__ = [
-    "STORE_FILE_NAME",
-    "EditStore",
-    "EditStoreConfig",
-    "EditStoreError",
-    "Embedder",
-    "UnknownEditError",
-]
-
-
-class EditStoreError(ValueError):
-    """A store that cannot be opened: a truncated, corrupted, hand-made or newer file, a database built
-    for another embedder."""
-
-
-class UnknownEditError(KeyError):
-    """An edit id that the store does not hold."""
-
-
-class Embedder(Protocol):
-    """What the store needs from a sentence embedder (a ``SentenceTransformer`` satisfies it)."""
-
-    def encode(self, sentences: list[str], **kwargs: Any) -> np.ndarray: ...
-
-
-@dataclass
-class EditStoreConfig:
-    """Settings of an edit store, saved with it.
-
-    Args:
-        embedder_name_or_path: the sentence embedder, recorded so a saved store can be reopened with it.
-        exact_max_size: up to this many edits the index is exact (flat inner product); beyond it, IVF.
-        ivf_nprobe: inverted lists visited per query once the index is IVF (recall/speed trade-off).
-        encode_batch_size: sentences per embedder batch when adding edits or encoding queries.
-        sync_interval_s: for a store shared through a file or server, the longest a read waits before
-            looking for other processes' changes (0: look on every read).
-    """
-
-    embedder_name_or_path: str | None = None
-    exact_max_size: int = field(default=50_000, metadata={"help": "largest store searched exactly"})
-    ivf_nprobe: int = field(default=16, metadata={"help": "IVF lists probed per query"})
-    encode_batch_size: int = field(default=128, metadata={"help": "embedder batch size"})
-    sync_interval_s: float = field(default=0.05, metadata={"help": "staleness bound of a shared store"})
-
-    def __post_init__(self) -> None:
-        for name in ("exact_max_size", "ivf_nprobe", "encode_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.embedder_name_or_path is not None and not isinstance(self.embedder_name_or_path, str):
-            raise ValueError(f"embedder_name_or_path must be a string, got {self.embedder_name_or_path!r}")
-        if (
-            isinstance(self.sync_interval_s, bool)
-            or not isinstance(self.sync_interval_s, (int, float))
-            or not math.isfinite(self.sync_interval_s)
-            or self.sync_interval_s < 0
-        ):
-            raise ValueError(f"sync_interval_s must be a finite number >= 0, got {self.sync_interval_s!r}")
-
-    @classmethod
-    def from_dict(cls, data: Any) -> EditStoreConfig:
-        """Inverse of ``asdict``; unknown or badly typed fields raise ``ValueError``."""
-        if not isinstance(data, dict):
-            raise ValueError(f"an edit store config is a JSON object, got {type(data).__name__}")
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown edit store settings {sorted(unknown)} (written by a newer serac?)")
-        try:
-            return cls(**data)
-        except TypeError as error:
-            raise ValueError(str(error)) from None
-
-
-def _ivf_list_count(size: int) -> int:
-    # About 4 * sqrt(n) lists is FAISS's usual advice; a power of two keeps k-means balanced. k-means needs
-    # ~39 points per list, so a small store (exact_max_size below 64) gets fewer lists, down to one.
-    wanted = 2 ** round(math.log2(max(64.0, 4 * math.sqrt(size))))
-    affordable = 2 ** int(math.floor(math.log2(max(1.0, size / 39))))
-    return int(max(1, min(wanted, affordable)))
-
-
-def _check_vectors(vectors: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(vectors)):
-        raise ValueError(f"{what} hold NaN or infinite values")
-    norms = np.linalg.norm(vectors, axis=1)
-    if len(norms) and float(norms.min()) < 1e-6:
-        raise ValueError(
-            f"{what} hold an all-zero vector (an embedding with no direction cannot be searched)"
-        )
-
-
-@dataclass
-class _Snapshot:
-    """A validated store file: edits with ids, their unit embeddings, the id counter."""
-
-    ids: np.ndarray
-    edits: list[Edit]
-    vectors: np.ndarray
-    next_id: int
-    config: EditStoreConfig
-    dimension: int
-    probe: np.ndarray | None
+__all__ = ["EditStore"]
 
 
 class EditStore:
@@ -213,9 +101,83 @@ class EditStore:
         self._changed_during_build: set[int] = set()
         self._seq = 0
         self._last_sync = 0.0
+        self._snapshot_file: Path | None = None
         self._db = EditDatabase(url)
         self._check_database()
         self._load_database()
+
+    @classmethod
+    def open(
+        cls,
+        location: str | os.PathLike | None = None,
+        *,
+        embedder: Embedder | None = None,
+        config: EditStoreConfig | None = None,
+        seed: str | os.PathLike | None = None,
+    ) -> EditStore:
+        """The edit store at ``location``, opened with one policy wherever it lives.
+
+        ``location`` is ``None`` (this process's memory), a database URL (``sqlite:///edits.db``,
+        ``postgresql://user@host/db``), a SQLite file path, or a snapshot file (``*.safetensors`` or
+        ``file://...``) that is read at open and rewritten, atomically, after every change before the change
+        returns (for one process; a database is the way to share a store). ``seed`` is a snapshot (such as
+        the one a SERAC folder holds): it fills a store that has never been written, and is not imported
+        into one that already holds (or once held) edits, whose own edits win. A snapshot file that does not
+        exist yet is created at once, so a path that cannot be written fails here rather than on the first
+        edit.
+
+        Example:
+            >>> store = EditStore.open("sqlite:///edits.db", seed="my-editor/edit_store.safetensors")  # doctest: +SKIP
+        """
+        if location is not None and not isinstance(location, (str, os.PathLike)):
+            raise TypeError(f"a store location is a URL or a path, got {type(location).__name__}")
+        seed_path = None if seed is None else Path(seed)
+        if seed_path is not None and seed_path.is_dir():
+            seed_path = seed_path / STORE_FILE_NAME
+        if seed_path is not None and not seed_path.is_file():
+            raise FileNotFoundError(f"no edit store snapshot at {seed_path}")
+        file = _snapshot_location(location)
+        if file is not None:
+            if file.is_dir():
+                raise IsADirectoryError(f"the edit store file {file} is a directory; name a file in it")
+            if file.exists():
+                if seed_path is not None:
+                    logger.info("%s already exists; the snapshot %s is not imported", file, seed_path)
+                store = cls.from_pretrained(file, embedder, config)
+            elif seed_path is not None:
+                store = cls.from_pretrained(seed_path, embedder, config)
+            else:
+                store = cls(embedder, config)
+            store._snapshot_file = file
+            store._write_snapshot_file()
+            return store
+        if location is None:
+            if seed_path is None:
+                return cls(embedder, config)
+            return cls.from_pretrained(seed_path, embedder, config)
+        store = cls(embedder, config, url=location)
+        if seed_path is None or store._db.ever_written():
+            if seed_path is not None:
+                logger.info(
+                    "The edit store at %s already holds edits; the snapshot %s is not imported", store.url, seed_path
+                )
+            return store
+        embedder = store.embedder
+        store._db.dispose()
+        return cls.from_pretrained(seed_path, embedder, config, url=location)
+
+    @property
+    def kind(self) -> str:
+        """Where the edits live: ``"memory"``, ``"file"`` (a snapshot rewritten on every change) or
+        ``"database"``."""
+        if self._snapshot_file is not None:
+            return "file"
+        return "memory" if self._db.in_memory else "database"
+
+    @property
+    def durable(self) -> bool:
+        """Whether an acknowledged change survives this process."""
+        return self.kind != "memory"
 
     @property
     def url(self) -> str | None:
@@ -305,13 +267,13 @@ class EditStore:
                 raise ValueError(
                     f"embeddings must have shape ({len(edits)}, {self.dimension}), got {tuple(vectors.shape)}"
                 )
-            _check_vectors(vectors, "embeddings")
+            check_vectors(vectors, "embeddings")
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         else:
             if show_progress is None:
                 show_progress = len(edits) >= 10 * self.config.encode_batch_size
             vectors = self._encode([edit.text for edit in edits], show_progress=show_progress)
-            _check_vectors(vectors, "the embedder's vectors")
+            check_vectors(vectors, "the embedder's vectors")
         # Of several edits of one prompt in this call, the last is the one stored.
         last_for_key = {edit.key: i for i, edit in enumerate(edits)}
         kept = sorted(last_for_key.values())
@@ -344,7 +306,7 @@ class EditStore:
         (edit_id,) = _check_ids([edit_id])
         (edit,) = self._check_edits([edit])
         vector = self._encode([edit.text])
-        _check_vectors(vector, "the embedder's vectors")
+        check_vectors(vector, "the embedder's vectors")
         with self.lock:
             try:
                 start_seq, changes = self._db.replace(edit_id, edit.key, dumps_edit(edit.to_dict()), vector)
@@ -416,8 +378,6 @@ class EditStore:
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a snapshot of the store to one file, atomically. A directory gets ``edit_store.safetensors``
         inside."""
-        from safetensors.numpy import save as safetensors_save
-
         path = Path(path)
         if path.is_dir():
             path = path / STORE_FILE_NAME
@@ -428,23 +388,7 @@ class EditStore:
             order = np.argsort(ids)
             ids, vectors = ids[order], vectors[order]
             records = [self._edits[int(edit_id)].to_dict() for edit_id in ids]
-        tensors = {
-            "ids": ids.astype(np.int64),
-            "embeddings": np.ascontiguousarray(vectors, dtype=np.float32),
-            "edits": np.frombuffer(json.dumps(records, ensure_ascii=False).encode("utf-8"), dtype=np.uint8),
-            "embedder_probe": self._probe,
-        }
-        metadata = {
-            "format": STORE_FORMAT,
-            "format_version": str(STORE_FORMAT_VERSION),
-            "serac_version": __version__,
-            "config": json.dumps(asdict(self.config), sort_keys=True),
-            "dimension": str(self.dimension),
-            "next_id": str(next_id),
-            "size": str(len(records)),
-        }
-        metadata["sha256"] = _snapshot_digest(metadata, tensors)
-        write_bytes_atomic(path, safetensors_save(tensors, metadata=metadata))
+        write_snapshot(path, ids, vectors, records, self._probe, self.config, self.dimension, next_id)
         logger.info("Saved %d edits to %s", len(records), path)
         return path
 
@@ -469,7 +413,7 @@ class EditStore:
             path = path / STORE_FILE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no edit store at {path}")
-        snapshot = _read_snapshot(path)
+        snapshot = read_snapshot(path)
         if embedder is None:
             from serac.offline import DEFAULT_EMBEDDER
 
@@ -570,7 +514,7 @@ class EditStore:
                 "it with this one would route queries to the wrong edits"
             )
 
-    def _check_snapshot_embedder(self, snapshot: _Snapshot, path: Path) -> None:
+    def _check_snapshot_embedder(self, snapshot: Snapshot, path: Path) -> None:
         if snapshot.dimension != self.dimension:
             raise EditStoreError(
                 f"{path} holds {snapshot.dimension}-d embeddings, the embedder gives {self.dimension}-d"
@@ -667,6 +611,13 @@ class EditStore:
             self._apply(changes)
         else:
             self.sync()
+        if self._snapshot_file is not None:
+            self._write_snapshot_file()
+
+    def _write_snapshot_file(self) -> None:
+        """Rewrite the store file (a store opened on a snapshot file): the change is durable once this returns."""
+        assert self._snapshot_file is not None
+        self.save_pretrained(self._snapshot_file)
 
     def _apply(self, changes: StoreChanges) -> None:
         with self.lock:
@@ -707,7 +658,7 @@ class EditStore:
                     del self._by_subject[key]
 
     def _new_exact_index(self) -> faiss.Index:
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))
+        return new_exact_index(self.dimension)
 
     def _index_add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         if len(ids) == 0:
@@ -736,19 +687,7 @@ class EditStore:
         return ids, vectors
 
     def _build_ivf(self, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
-        lists = _ivf_list_count(len(ids))
-        logger.info("Building an IVF index with %d lists over %d edits", lists, len(ids))
-        quantizer = faiss.IndexFlatIP(self.dimension)
-        index = faiss.IndexIVFFlat(quantizer, self.dimension, lists, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        sample = vectors[rng.choice(len(vectors), size=min(len(vectors), 64 * lists), replace=False)]
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        # A hash-table direct map lets the index reconstruct and remove vectors by arbitrary id.
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids))
-        index.nprobe = self.config.ivf_nprobe
-        return index
-
+        return build_ivf_index(vectors, ids, self.dimension, self.config.ivf_nprobe)
 
 def _edit_from_json(text: str) -> Edit:
     return Edit.from_dict(json.loads(text))
@@ -784,187 +723,13 @@ def _check_ids(edit_ids: Any) -> list[int]:
     return [int(edit_id) for edit_id in edit_ids]
 
 
-def _snapshot_digest(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps({k: v for k, v in metadata.items() if k != "sha256"}, sort_keys=True).encode())
-    for name in sorted(tensors):
-        array = tensors[name]
-        digest.update(f"\n{name}:{array.dtype.str}:{array.shape}\n".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def _read_snapshot(path: Path) -> _Snapshot:
-    """Parse and check a store file of any readable format version; every failure is an EditStoreError."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load as safetensors_load
-
-    raw = path.read_bytes()
-    try:
-        metadata = _read_metadata(raw)
-        tensors = safetensors_load(raw)
-    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError, TypeError) as error:
-        raise EditStoreError(f"{path} is not a readable edit store (truncated or corrupt): {error}") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != STORE_FORMAT:
-        raise EditStoreError(f"{path} is not an edit store (format {metadata.get('format')!r})")
-    version_text = metadata.get("format_version")
-    version = int(version_text) if isinstance(version_text, str) and version_text.isdigit() else None
-    if version not in READABLE_FORMAT_VERSIONS:
-        newer = version is not None and version > STORE_FORMAT_VERSION
-        raise EditStoreError(
-            f"{path} has store format version {version_text!r}"
-            + (", written by a newer serac" if newer else "")
-            + f"; this serac reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
-        )
-    try:
-        snapshot = _parse_v1(metadata, tensors) if version == 1 else _parse_v2(metadata, tensors)
-        _validate_snapshot(snapshot)
-    except EditStoreError as error:
-        raise EditStoreError(f"{path}: {error}") from None
-    except (KeyError, ValueError, TypeError, UnicodeDecodeError, RuntimeError, OverflowError) as error:
-        # RuntimeError: FAISS refusing a malformed index; the others: malformed metadata or records.
-        raise EditStoreError(f"{path} is not a valid edit store: {type(error).__name__}: {error}") from None
-    return snapshot
-
-
-def _int_field(metadata: dict[str, str], name: str) -> int:
-    text = metadata.get(name)
-    if not isinstance(text, str) or not text.isdigit() or len(text) > 18:
-        raise EditStoreError(f"the metadata field {name!r} is not a non-negative integer: {text!r}")
-    return int(text)
-
-
-def _parse_config(metadata: dict[str, str]) -> EditStoreConfig:
-    try:
-        return EditStoreConfig.from_dict(json.loads(metadata["config"]))
-    except (KeyError, ValueError, TypeError) as error:
-        raise EditStoreError(f"unreadable store config: {error}") from None
-
-
-def _parse_v1(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> _Snapshot:
-    for name in ("edits", "index"):
-        if name not in tensors or tensors[name].dtype != np.uint8 or tensors[name].ndim != 1:
-            raise EditStoreError(f"the {name} section is missing or malformed")
-        if hashlib.sha256(tensors[name].tobytes()).hexdigest() != metadata.get(f"{name}_sha256"):
-            raise EditStoreError(f"the {name} section fails its checksum (corrupt file)")
-    config = _parse_config(metadata)
-    dimension = _int_field(metadata, "dimension")
-    next_id = _int_field(metadata, "next_id")
-    records = json.loads(tensors["edits"].tobytes().decode("utf-8"))
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise EditStoreError("the edits section is not a list of records")
-    ids = []
-    edits = []
-    for record in records:
-        record = dict(record)
-        edit_id = record.pop("id", None)
-        if isinstance(edit_id, bool) or not isinstance(edit_id, int):
-            raise EditStoreError(f"an edit record has no integer id: {edit_id!r}")
-        ids.append(edit_id)
-        edits.append(_edit_from_record(record))
-    index = faiss.deserialize_index(np.ascontiguousarray(tensors["index"]))
-    index_ids, vectors = _index_contents(index, dimension)
-    order = {edit_id: row for row, edit_id in enumerate(index_ids.tolist())}
-    if len(order) != len(index_ids) or set(order) != set(ids):
-        raise EditStoreError(f"the index holds vectors for ids other than the {len(ids)} stored edits")
-    vectors = vectors[[order[edit_id] for edit_id in ids]] if ids else vectors[:0]
-    return _Snapshot(np.asarray(ids, dtype=np.int64), edits, vectors, next_id, config, dimension, None)
-
-
-def _index_contents(index: faiss.Index, dimension: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ids and vectors of an index in one of the two layouts format 1 wrote."""
-    if index.d != dimension or index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise EditStoreError("the index has the wrong width or metric")
-    if isinstance(index, faiss.IndexIDMap2) or type(index).__name__ == "IndexIDMap2":
-        index = faiss.downcast_index(index)
-        inner = faiss.downcast_index(index.index)
-        if not isinstance(inner, faiss.IndexFlatIP):
-            raise EditStoreError(f"unexpected inner index {type(inner).__name__}")
-        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-        if len(ids) != index.ntotal:
-            raise EditStoreError("the index's id map does not match its size")
-        vectors = (
-            inner.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, dimension), np.float32)
-        )
-        return ids, np.ascontiguousarray(vectors, dtype=np.float32)
-    if isinstance(index, faiss.IndexIVFFlat):
-        invlists = index.invlists
-        ids, vectors = [], []
-        for list_no in range(index.nlist):
-            size = invlists.list_size(list_no)
-            if size == 0:
-                continue
-            ids.append(faiss.rev_swig_ptr(invlists.get_ids(list_no), size).copy())
-            codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * invlists.code_size).copy()
-            vectors.append(codes.view(np.float32).reshape(size, dimension))
-        if not ids:
-            return np.zeros(0, np.int64), np.zeros((0, dimension), np.float32)
-        return np.concatenate(ids).astype(np.int64), np.concatenate(vectors)
-    raise EditStoreError(f"unexpected index type {type(index).__name__}")
-
-
-def _parse_v2(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> _Snapshot:
-    expected = {"ids", "embeddings", "edits", "embedder_probe"}
-    if set(tensors) != expected:
-        raise EditStoreError(f"sections {sorted(tensors)} instead of {sorted(expected)}")
-    if _snapshot_digest(metadata, tensors) != metadata.get("sha256"):
-        raise EditStoreError("the file fails its checksum (corrupt or edited)")
-    config = _parse_config(metadata)
-    dimension = _int_field(metadata, "dimension")
-    next_id = _int_field(metadata, "next_id")
-    size = _int_field(metadata, "size")
-    ids, vectors, probe = tensors["ids"], tensors["embeddings"], tensors["embedder_probe"]
-    if ids.dtype != np.int64 or ids.shape != (size,):
-        raise EditStoreError(f"the ids section is not {size} int64 ids")
-    if vectors.dtype != np.float32 or vectors.shape != (size, dimension):
-        raise EditStoreError(f"the embeddings section is not ({size}, {dimension}) float32")
-    if probe.dtype != np.float32 or probe.shape != (len(PROBE_SENTENCES), dimension):
-        raise EditStoreError("the embedder fingerprint is malformed")
-    records = json.loads(tensors["edits"].tobytes().decode("utf-8"))
-    if not isinstance(records, list) or len(records) != size:
-        raise EditStoreError(f"the edits section does not hold {size} records")
-    edits = [_edit_from_record(record) for record in records]
-    return _Snapshot(ids.copy(), edits, vectors.copy(), next_id, config, dimension, probe.copy())
-
-
-def _edit_from_record(record: Any) -> Edit:
-    if not isinstance(record, dict):
-        raise EditStoreError(f"an edit record is not an object: {record!r:.80}")
-    try:
-        return Edit.from_dict(record)
-    except (KeyError, TypeError, ValueError) as error:
-        raise EditStoreError(f"an invalid edit record {record!r:.80}: {error}") from None
-
-
-def _validate_snapshot(snapshot: _Snapshot) -> None:
-    """Reject what :meth:`EditStore.save` would never have written, before anything uses it."""
-    ids = snapshot.ids
-    if snapshot.dimension < 1:
-        raise EditStoreError("the embedding width is 0")
-    if len(ids) and (int(ids.min()) < 0 or len(np.unique(ids)) != len(ids)):
-        raise EditStoreError("edit ids are negative or repeated")
-    if len(ids) and snapshot.next_id <= int(ids.max()):
-        raise EditStoreError(
-            f"next_id {snapshot.next_id} is not past the largest edit id {int(ids.max())} (ids would be reused)"
-        )
-    keys = [edit.key for edit in snapshot.edits]
-    if len(set(keys)) != len(keys):
-        raise EditStoreError("two stored edits have the same prompt (one should have superseded the other)")
-    vectors = snapshot.vectors
-    if not np.all(np.isfinite(vectors)):
-        raise EditStoreError("embeddings hold NaN or infinite values")
-    if len(vectors) and float(np.max(np.abs(np.linalg.norm(vectors, axis=1) - 1.0))) > NORM_TOLERANCE:
-        raise EditStoreError("embeddings are not unit vectors")
-
-
-def _read_metadata(raw: bytes) -> dict[str, str]:
-    if len(raw) < 8:
-        raise ValueError("file too short")
-    header_length = int.from_bytes(raw[:8], "little")
-    if 8 + header_length > len(raw):
-        raise ValueError("header runs past the end of the file")
-    header = json.loads(raw[8 : 8 + header_length])
-    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ValueError("the header holds no string metadata")
-    return metadata
+def _snapshot_location(location: str | os.PathLike | None) -> Path | None:
+    """The snapshot file a location names (``file://...`` or a ``*.safetensors`` path), else ``None``."""
+    if location is None:
+        return None
+    text = os.fspath(location)
+    if text.startswith("file://"):
+        return Path(text[len("file://") :]).expanduser()
+    if "://" not in text and text.endswith(".safetensors"):
+        return Path(text).expanduser()
+    return None

@@ -1,0 +1,301 @@
+"""EditMemory: the edit side of SERAC, with no base model: the edit store, the scope classifier and the
+counterfactual model, and the SERAC folder they are saved in.
+
+:class:`EditMemory` stores and removes edits, routes queries (which stored edit, if any, each one falls
+under) and answers in-scope queries with the counterfactual model. :class:`~serac.modeling.EditableModel`
+wraps a base model around one to make a drop-in model; the server routes with one in local and proxy mode;
+training writes the folder it loads. As in PEFT, saving writes only SERAC's own parts and a reference to
+the base model, never the base model's weights.
+
+Example:
+    >>> memory = EditMemory.from_pretrained("my-serac-folder")  # doctest: +SKIP
+    >>> memory.edit(Edit(prompt="{} plays the sport of", subject="LeBron James", target="football"))  # doctest: +SKIP
+    [0]
+    >>> memory.route(["What sport does LeBron James play?"])[0].in_scope  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from serac.counterfactual import CounterfactualModel
+from serac.edits import Edit
+from serac.folder import (
+    CONFIG_NAME,
+    COUNTERFACTUAL_FOLDER,
+    SCOPE_FOLDER,
+    SeracConfig,
+    read_folder,
+)
+from serac.scope import ScopeClassifier, ScopeDecision, load_scope_classifier
+from serac.store import STORE_FILE_NAME, EditStore, EditStoreError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EditMemory"]
+
+
+class EditMemory:
+    """The edit store, the scope classifier and the counterfactual model, as one object.
+
+    Args:
+        scope_classifier: decides which stored edit, if any, a query falls under.
+        counterfactual_model: answers in-scope queries given the edit.
+        store: the edit store, or where it lives (anything :meth:`EditStore.open` takes: a SQLite path or
+            URL, a PostgreSQL URL, a snapshot file). Default: a new, empty store in memory.
+        base_model_name_or_path: the base model the edits were made for, as recorded in a loaded folder.
+    """
+
+    def __init__(
+        self,
+        scope_classifier: ScopeClassifier,
+        counterfactual_model: CounterfactualModel,
+        store: EditStore | str | os.PathLike | None = None,
+        *,
+        base_model_name_or_path: str | None = None,
+    ) -> None:
+        if not isinstance(scope_classifier, ScopeClassifier):
+            raise TypeError(
+                f"scope_classifier must be a ScopeClassifier, got {type(scope_classifier).__name__}"
+            )
+        if not isinstance(counterfactual_model, CounterfactualModel):
+            raise TypeError(
+                f"counterfactual_model must be a CounterfactualModel, got {type(counterfactual_model).__name__}"
+            )
+        if store is not None and not isinstance(store, (EditStore, str, os.PathLike)):
+            raise TypeError(f"store must be an EditStore or a database URL or path, got {type(store).__name__}")
+        self.scope_classifier = scope_classifier
+        self.counterfactual_model = counterfactual_model
+        self.store = store if isinstance(store, EditStore) else EditStore.open(store)
+        self.base_model_name_or_path = base_model_name_or_path
+        # Where each part was loaded from, for save_pretrained(save_parts=False).
+        self.sources: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ edits
+    def edit(self, edits: Edit | Sequence[Edit], *, supersede: bool = True) -> list[int]:
+        """Store edits; returns their ids.
+
+        A newer edit of the same prompt supersedes the older one. With ``supersede`` (the default), so does
+        a newer edit of the same fact in other words: when the scope classifier puts each edit's query in
+        the other's scope (:meth:`~serac.scope.ScopeClassifier.same_fact`), the older edit is removed, so
+        the newest correction answers every phrasing of the fact.
+        """
+        ids = self.store.add([edits] if isinstance(edits, Edit) else edits)
+        if supersede and ids:
+            with self.store.lock:
+                live = [edit_id for edit_id in ids if edit_id in self.store]
+                older = {
+                    other
+                    for others in self.scope_classifier.same_fact(live, self.store).values()
+                    for other in others
+                }
+                older = sorted(other for other in older if other in self.store)
+                if older:
+                    logger.info("%d edit(s) superseded by newer edits of the same fact", len(older))
+                    self.store.remove(older)
+        return ids
+
+    def remove_edits(self, edit_ids: int | Sequence[int]) -> None:
+        """Remove stored edits by id (Python or NumPy integers); an unknown id raises ``KeyError`` and removes
+        nothing."""
+        self.store.remove(edit_ids)
+
+    @property
+    def edits(self) -> list[tuple[int, Edit]]:
+        """The stored ``(id, edit)`` pairs."""
+        return self.store.items()
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    # ------------------------------------------------------------------ routing and answering
+    def route(self, queries: Sequence[str]) -> list[ScopeDecision]:
+        """The scope decision for each query text: in scope of which edit, with what score."""
+        if len(self.store) == 0:
+            return [ScopeDecision(in_scope=False) for _ in queries]
+        return self.scope_classifier.classify(list(queries), self.store)
+
+    def answer(
+        self, decisions: Sequence[ScopeDecision], queries: Sequence[str], **generation_kwargs: Any
+    ) -> list[str]:
+        """The counterfactual model's answer to each in-scope query under its decision's edit.
+
+        The edit is the one the decision captured, so an edit removed meanwhile still answers the query
+        that was routed to it. ``generation_kwargs`` go to the counterfactual model's ``generate()``.
+        """
+        if len(decisions) != len(queries):
+            raise ValueError(f"{len(decisions)} decisions for {len(queries)} queries")
+        if any(not decision.in_scope or decision.edit is None for decision in decisions):
+            raise ValueError("answer() needs in-scope decisions (route the queries first)")
+        return self.counterfactual_model.generate(
+            [decision.edit for decision in decisions], list(queries), **generation_kwargs
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        *,
+        save_parts: bool = True,
+        base_model_name_or_path: str | None = None,
+    ) -> None:
+        """Write the edit store, the config and (unless ``save_parts=False``) both trained parts.
+
+        The base model is recorded by name only (``base_model_name_or_path``, default: the one this memory
+        was loaded with). The folder is written in a staging sibling, fsynced, and put in place with one
+        rename (an atomic exchange when ``directory`` exists, on Linux): a crash at any moment leaves the
+        previous save or the new one, and the next save deletes what a killed save left behind. With
+        ``save_parts=False`` the config points at the parts' current locations instead of copying them;
+        parts that live inside ``directory`` itself are carried over. A folder whose parts live elsewhere
+        loads only with ``from_pretrained(..., allow_external_parts=True)``.
+        """
+        from serac.durable_folder import staging_folder
+
+        directory = Path(directory)
+        config = SeracConfig(
+            base_model_name_or_path=base_model_name_or_path or self.base_model_name_or_path,
+            store=self.store.config,
+            store_file=STORE_FILE_NAME,
+        )
+        sources = {}
+        if not save_parts:
+            sources = {part: Path(self._part_source(part)) for part in ("scope_classifier", "counterfactual_model")}
+        target = directory.absolute().resolve() if directory.exists() else None
+        with staging_folder(directory) as staging:
+            self.store.save_pretrained(staging / STORE_FILE_NAME)
+            if save_parts:
+                self.scope_classifier.save_pretrained(staging / SCOPE_FOLDER)
+                self.counterfactual_model.save_pretrained(staging / COUNTERFACTUAL_FOLDER)
+            else:
+                for part, source in sources.items():
+                    if target is not None and source.is_relative_to(target):
+                        # The folder being replaced holds this part: carry it over, or the swap deletes it.
+                        relative = source.relative_to(target)
+                        shutil.copytree(source, staging / relative)
+                        setattr(config, f"{part}_path", relative.as_posix())
+                    else:
+                        setattr(config, f"{part}_path", str(source))
+            (staging / CONFIG_NAME).write_text(config.to_json())
+        logger.info("Saved %d edits and the SERAC config to %s", len(self.store), directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        embedder: Any = None,
+        store: str | os.PathLike | None = None,
+        allow_external_parts: bool = False,
+        revision: str | None = None,
+        token: str | None = None,
+    ) -> EditMemory:
+        """Load the SERAC folder in ``name_or_path`` (a local folder or a Hub repository id; see
+        :func:`~serac.folder.read_folder` for the checks).
+
+        ``store`` is where to keep the edits (anything :meth:`EditStore.open` takes): a store never written
+        before is filled with the folder's saved edits, one that holds edits already is used as it is.
+        Default: in memory, filled with the folder's edits. A folder with no saved edits (as written by
+        training) gives an empty store. Nothing is written to ``store`` unless both parts load.
+        """
+        folder = read_folder(name_or_path, allow_external_parts=allow_external_parts, revision=revision, token=token)
+        if embedder is None:
+            from serac.offline import DEFAULT_EMBEDDER
+
+            recorded = folder.config.store.embedder_name_or_path
+            if recorded not in (None, DEFAULT_EMBEDDER):
+                raise EditStoreError(
+                    f"the SERAC folder {folder.directory} was built with the embedder {recorded!r}; load it "
+                    "yourself and pass it as embedder= (a name recorded in a file is not followed)"
+                )
+        # The parts first: a folder whose parts do not load must not fill a new database with its edits.
+        scope_classifier = load_scope_classifier(folder.scope_classifier_path)
+        counterfactual_model = CounterfactualModel.from_pretrained(folder.counterfactual_model_path)
+        edit_store = EditStore.open(store, embedder=embedder, config=folder.config.store, seed=folder.store_file)
+        memory = cls(
+            scope_classifier,
+            counterfactual_model,
+            edit_store,
+            base_model_name_or_path=folder.config.base_model_name_or_path,
+        )
+        memory.sources = {
+            "scope_classifier": str(folder.scope_classifier_path.resolve()),
+            "counterfactual_model": str(folder.counterfactual_model_path.resolve()),
+        }
+        return memory
+
+    def model_card(self, base_model_name_or_path: str | None = None) -> str:
+        """A Hugging Face model card: the base model the edits are for, the edit count, how to load it."""
+        base = base_model_name_or_path or self.base_model_name_or_path
+        metadata = ["---", "library_name: serac-memory", "tags:", "- serac", "- model-editing"]
+        # The Hub reads base_model as a repository id; a local path there would be rejected.
+        if base and not Path(base).is_absolute() and not Path(base).exists():
+            metadata.append(f"base_model: {base}")
+        metadata.append("---")
+        loading = (
+            "```python\nfrom serac import EditableModel\n\n"
+            f'model = EditableModel.from_pretrained("{base or "BASE_MODEL"}", "REPO_ID")\n```'
+        )
+        body = [
+            f"# SERAC editor for {base or 'an unnamed base model'}",
+            "",
+            f"This repository holds a [SERAC](https://arxiv.org/abs/2206.06520) editor with {len(self.store)} "
+            "edits: the edit store, the scope classifier, the counterfactual model and their config. It does "
+            f"not contain the base model ({base or 'not recorded'}), whose weights are never modified.",
+            "",
+            loading,
+            "",
+        ]
+        return "\n".join(metadata + [""] + body)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        base_model_name_or_path: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Upload the folder (edit store, both parts, config and a model card) to a Hub repository.
+
+        Only what :meth:`save_pretrained` writes goes up, plus ``README.md``; the base model is referenced
+        by name, never uploaded. Returns ``huggingface_hub``'s commit information.
+        """
+        if not isinstance(repo_id, str) or not repo_id.strip():
+            raise ValueError(f"repo_id must be a non-empty string, got {repo_id!r}")
+        from huggingface_hub import HfApi
+
+        with tempfile.TemporaryDirectory() as staging:
+            folder = Path(staging) / "editor"
+            self.save_pretrained(folder, base_model_name_or_path=base_model_name_or_path)
+            card = self.model_card(base_model_name_or_path).replace("REPO_ID", repo_id)
+            (folder / "README.md").write_text(card)
+            api = HfApi(token=token)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                revision=revision,
+                commit_message=commit_message or f"Upload SERAC editor with {len(self.store)} edits",
+                create_pr=create_pr,
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"EditMemory(edits={len(self.store)}, scope_classifier={type(self.scope_classifier).__name__}, "
+            f"counterfactual_model={type(self.counterfactual_model.model).__name__})"
+        )
+
+    def _part_source(self, part: str) -> str:
+        if part not in self.sources:
+            raise ValueError(f"the {part} was not loaded from disk; save it with save_parts=True")
+        return self.sources[part]
