@@ -82,7 +82,7 @@ from editors_eval import DEFAULT_DATA, load_edits
 
 from serac.editors import get_editor
 from serac.editors.base import target_token_ids
-from serac.editors.mend_training import load_training_examples
+from serac.editors.mend.training import load_training_examples
 from serac.metrics import answer_matches, normalize_answer
 
 logger = logging.getLogger(__name__)

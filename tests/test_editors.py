@@ -12,7 +12,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from serac.editors import available_editors, get_editor, get_layout
+from serac.editors import available_editors, get_editor, get_layout, register_editor
 from serac.editors.cache import CacheEditor
 from serac.editors.keys import compute_keys
 from serac.editors.layer_stats import layer_second_moments
@@ -148,6 +148,32 @@ def test_registry_names_and_bad_hyperparameters():
         get_editor("memit", num_steps=0)
 
 
+def test_registry_is_explicit_and_takes_user_editors(monkeypatch):
+    import serac.editors as editors
+
+    monkeypatch.setattr(editors, "_EDITORS", dict(editors._EDITORS))
+    assert set(available_editors()) == {
+        "cache", "encdec_rank_one", "ft", "ke", "kn", "memit", "mend", "rome", "salem"
+    }  # fmt: skip
+
+    class SlowROME(ROMEEditor):
+        name = "slow_rome"
+
+    assert "slow_rome" not in available_editors()  # defining a subclass registers nothing
+    register_editor("slow_rome", SlowROME)
+    assert type(get_editor("slow_rome", layer=1)) is SlowROME
+    with pytest.raises(TypeError):
+        get_editor("slow_rome", no_such_field=1)
+    register_editor("slow_rome", SlowROME)  # the same class again changes nothing
+    with pytest.raises(ValueError, match="taken"):
+        register_editor("rome", SlowROME)
+    with pytest.raises(TypeError, match="subclass"):
+        register_editor("plain", object)
+    with pytest.raises(ValueError, match="non-empty"):
+        register_editor("", SlowROME)
+    assert type(get_editor("rome", layer=1)) is ROMEEditor
+
+
 def test_rome_inserts_key_value_and_restores(model, tokenizer):
     snapshot = _snapshot(model)
     layout = get_layout(model)
@@ -204,7 +230,7 @@ def test_rome_average_insertion_sends_the_averaged_key_to_the_value(model, token
 def test_rome_falls_back_to_the_average_key_when_the_prompt_key_is_off_direction(
     model, tokenizer, monkeypatch, caplog
 ):
-    import serac.editors.rome as rome
+    import serac.editors.rome.editor as rome
 
     real = rome.compute_template_keys
 
@@ -216,7 +242,7 @@ def test_rome_falls_back_to_the_average_key_when_the_prompt_key_is_off_direction
     monkeypatch.setattr(rome, "compute_template_keys", keys)
     snapshot = _snapshot(model)
     editor = ROMEEditor(layer=1, num_steps=2, **FAST)
-    with caplog.at_level("WARNING", logger="serac.editors.rome"):
+    with caplog.at_level("WARNING", logger="serac.editors.rome.editor"):
         editor.apply(model, tokenizer, [EDITS[0]])
     update = editor.updates[-1]
     assert "nearly orthogonal" in caplog.text

@@ -19,7 +19,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from serac.editors import WeightEditor, available_editors, encdec, get_editor
+from serac.editors import WeightEditor, available_editors, get_editor
 from serac.editors.encdec import (
     ENCODER_FF_OUTPUT_TEMPLATES,
     EncoderDecoderEdit,
@@ -32,6 +32,7 @@ from serac.editors.encdec import (
     find_span_tokens,
     rank_one_update,
 )
+from serac.editors.encdec import editor as encdec_editor
 from serac.editors.saliency import layer_saliency
 from serac.edits import Edit
 
@@ -416,7 +417,7 @@ def test_failure_during_update_rolls_back(random_models, monkeypatch):
     model = models_by_arch["t5"]
     reference = state(model)
     calls = {"n": 0}
-    real = encdec.compute_value
+    real = encdec_editor.compute_value
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -424,7 +425,7 @@ def test_failure_during_update_rolls_back(random_models, monkeypatch):
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(encdec, "compute_value", flaky)
+    monkeypatch.setattr(encdec_editor, "compute_value", flaky)
     editor = RankOneEncoderDecoderEditor(layer=1, value_steps=2)
     edits = [EncoderDecoderEdit(source=SOURCE, span=w, target="le route") for w in ("yards", "road")]
     with pytest.raises(RuntimeError, match="boom"):

@@ -11,8 +11,8 @@ from serac.data import EditExample, InScopeQuery, OutOfScopeQuery
 from serac.editors import available_editors, get_editor
 from serac.editors.base import token_ids
 from serac.editors.ke import KEEditor
-from serac.editors.ke_network import EditPass, KEConfig, KEHypernetwork, hypernetwork_for
-from serac.editors.ke_training import KETrainingArguments, train_hypernetwork, training_step
+from serac.editors.ke.network import EditPass, KEConfig, KEHypernetwork, hypernetwork_for
+from serac.editors.ke.training import KETrainingArguments, train_hypernetwork, training_step
 from serac.editors.knowledge_neurons import KNConfig, KnowledgeNeuronsEditor, neuron_attributions
 from serac.edits import Edit
 
@@ -274,7 +274,7 @@ def test_ke_bad_input(model, char_tokenizer, tmp_path):
 
 
 def test_ke_training_data_is_named_by_specs_and_keys_the_cache():
-    from serac.editors.ke_training import training_examples
+    from serac.editors.ke.training import training_examples
 
     assert KETrainingArguments(train_data=["synthetic:10"]).key() != KETrainingArguments().key()
     with pytest.raises(ValueError, match="train_data"):

@@ -9,14 +9,14 @@ import torch
 
 from serac.editors import get_editor
 from serac.editors.mend import MENDEditor
-from serac.editors.mend_network import (
+from serac.editors.mend.network import (
     MENDConfig,
     MENDNetwork,
     edit_batch,
     gradient_factors,
     matrix_names,
 )
-from serac.editors.mend_training import (
+from serac.editors.mend.training import (
     CHECKPOINT_FOLDER,
     MENDTrainingArguments,
     TrainingPairs,
@@ -25,7 +25,7 @@ from serac.editors.mend_training import (
     training_losses,
     training_pairs,
 )
-from serac.editors.salem import SaLEMEditor, SaLEMEditorConfig, module_templates, salient_layers
+from serac.editors.salem.editor import SaLEMEditor, SaLEMEditorConfig, module_templates, salient_layers
 from serac.editors.saliency import layer_saliency
 from serac.edits import Edit
 

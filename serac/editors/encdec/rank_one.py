@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from serac.editors.base import model_device
-from serac.editors.encdec_edits import RankOneEncoderDecoderConfig, find_span_tokens, target_ids
+from serac.editors.encdec.edits import RankOneEncoderDecoderConfig, find_span_tokens, target_ids
 from serac.editors.layout import ENCODER_FF_OUTPUT_TEMPLATES
 
 __all__ = [

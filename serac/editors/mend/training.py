@@ -1,4 +1,4 @@
-"""Training MEND's editor network (:mod:`serac.editors.mend`) on edit data, with the base model frozen.
+"""Training MEND's editor network (:mod:`serac.editors.mend.editor`) on edit data, with the base model frozen.
 
 One step takes ``batch_size`` training edits and:
 
@@ -42,7 +42,7 @@ from serac.durable_folder import fsync_tree, replace_folder, staging_folder
 from serac.editors.base import model_device, pad_batch, pad_token_id, token_ids
 from serac.editors.layer_stats import model_fingerprint
 from serac.editors.layout import get_module
-from serac.editors.mend_network import (
+from serac.editors.mend.network import (
     MEND_CONFIG_NAME,
     EditBatch,
     MENDConfig,

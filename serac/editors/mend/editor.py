@@ -14,7 +14,7 @@ The editor network of one weight shape (:class:`FactorNetwork`):
   the untrained network is the identity (the edit is then a plain, normalized gradient step);
 * is shared by every edited matrix of that shape, with a per-matrix elementwise scale and shift of its output.
 
-The network is trained by :mod:`serac.editors.mend_training` (edit loss of the target and its paraphrases
+The network is trained by :mod:`serac.editors.mend.training` (edit loss of the target and its paraphrases
 after the edit, plus a KL locality loss on unrelated inputs; the base model stays frozen). At test time one
 forward and one backward pass through the base model give the factors of all edits, and the predicted
 update is added to the weights. Several edits in one :meth:`MENDEditor.apply` sum their updates (batch
@@ -41,7 +41,7 @@ from torch import nn
 from serac.editors.base import model_device
 from serac.editors.common import PresetWeightEditor
 from serac.editors.layout import get_module
-from serac.editors.mend_network import (
+from serac.editors.mend.network import (
     PROJECTIONS,
     MENDConfig,
     MENDNetwork,
@@ -52,7 +52,7 @@ from serac.editors.mend_network import (
     matrix_names,
     predicted_updates,
 )
-from serac.editors.mend_training import MENDTrainingArguments, cached_mend_network
+from serac.editors.mend.training import MENDTrainingArguments, cached_mend_network
 from serac.edits import Edit
 
 __all__ = ["MENDEditor", "MENDEditorConfig"]
@@ -63,7 +63,7 @@ class MENDEditorConfig:
     """Hyperparameters of :class:`MENDEditor`: the network, its training, and where a trained one lies.
 
     ``layers=None`` edits the last three blocks (MEND's default). ``editor_path`` names a folder written by
-    :func:`serac.editors.mend_training.train_mend`; without it the editor trained with these settings for the
+    :func:`serac.editors.mend.training.train_mend`; without it the editor trained with these settings for the
     base model is loaded from the cache, or trained on first use.
     """
 
@@ -105,7 +105,7 @@ class MENDEditorConfig:
         )
 
     def training_arguments(self) -> Any:
-        """The :class:`~serac.editors.mend_training.MENDTrainingArguments` these settings describe."""
+        """The :class:`~serac.editors.mend.training.MENDTrainingArguments` these settings describe."""
         names = {f.name for f in fields(MENDTrainingArguments)}
         return MENDTrainingArguments(**{k: v for k, v in vars(self).items() if k in names})
 

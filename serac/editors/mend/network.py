@@ -1,4 +1,4 @@
-"""MEND's editor network and the gradient factors it reads (the editor itself is :mod:`serac.editors.mend`).
+"""MEND's editor network and the gradient factors it reads (the editor itself is :mod:`serac.editors.mend.editor`).
 
 Per edited matrix, the gradient of one token's loss is the outer product ``delta u^T`` of the layer input
 ``u`` and the output gradient ``delta`` (:func:`gradient_factors`). :class:`MENDNetwork` maps them to

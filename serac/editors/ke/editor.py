@@ -1,9 +1,9 @@
 """KE, KnowledgeEditor (De Cao et al., EMNLP 2021): a trained hypernetwork turns each edit into a weight update.
 
-The hypernetwork (:mod:`serac.editors.ke_network`) reads the edit, its prompt followed by the new target,
+The hypernetwork (:mod:`serac.editors.ke.network`) reads the edit, its prompt followed by the new target,
 and the gradient of the edit's target NLL with respect to a few MLP down-projections, and predicts their
 update; it is trained with the edit loss under a KL constraint on unrelated queries
-(:mod:`serac.editors.ke_training`). Without a given hypernetwork the editor uses the default one of the
+(:mod:`serac.editors.ke.training`). Without a given hypernetwork the editor uses the default one of the
 edited base model, trained on first use and cached.
 
 Example:
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from serac.editors.base import WeightEditor, check_edits, model_device
-from serac.editors.ke_network import EditPass, KEHypernetwork
-from serac.editors.ke_training import default_hypernetwork_dir
+from serac.editors.ke.network import EditPass, KEHypernetwork
+from serac.editors.ke.training import default_hypernetwork_dir
 from serac.editors.layer_stats import model_fingerprint
 from serac.editors.layout import check_layer, get_layout
 from serac.edits import Edit
@@ -40,8 +40,8 @@ class KEEditor(WeightEditor):
     Args:
         hypernetwork_name_or_path: a folder written by :meth:`KEHypernetwork.save_pretrained`, or a
             :class:`KEHypernetwork`. ``None``: the default hypernetwork for the edited base model, trained
-            on first use and cached (:func:`serac.editors.ke_training.default_hypernetwork_dir`).
-        training: :class:`~serac.editors.ke_training.KETrainingArguments` fields overriding the default
+            on first use and cached (:func:`serac.editors.ke.training.default_hypernetwork_dir`).
+        training: :class:`~serac.editors.ke.training.KETrainingArguments` fields overriding the default
             training (only when no hypernetwork is given).
     """
 

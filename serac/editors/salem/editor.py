@@ -29,9 +29,9 @@ from torch import nn
 
 from serac.editors.layer_stats import model_fingerprint
 from serac.editors.layout import get_layout, get_module
-from serac.editors.mend import MENDEditor, MENDEditorConfig
-from serac.editors.mend_network import UP_PROJ_NAMES
-from serac.editors.mend_training import load_training_examples
+from serac.editors.mend.editor import MENDEditor, MENDEditorConfig
+from serac.editors.mend.network import UP_PROJ_NAMES
+from serac.editors.mend.training import load_training_examples
 from serac.editors.saliency import layer_saliency
 from serac.files import write_json_atomic
 from serac.offline import cache_dir

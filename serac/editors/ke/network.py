@@ -9,7 +9,7 @@ paper::
 
 where ``a``, ``b``, ``c``, ``d`` and ``eta`` are linear read-outs of the edit encoding. At initialization
 ``a = b = 1`` and ``c = d = 0``, so an untrained hypernetwork takes one normalized gradient step; training
-(:mod:`serac.editors.ke_training`) learns where to deviate from it. Only the hypernetwork is saved
+(:mod:`serac.editors.ke.training`) learns where to deviate from it. Only the hypernetwork is saved
 (safetensors plus a JSON config naming the edited modules); the base model is referenced, never copied.
 
 Example:

@@ -37,7 +37,7 @@ from serac.data import EditExample, SyntheticDataConfig, generate_synthetic_exam
 from serac.durable_folder import fsync_tree, replace_folder
 from serac.editors.base import model_device
 from serac.editors.hparams import preset_for
-from serac.editors.ke_network import (
+from serac.editors.ke.network import (
     KE_CONFIG_NAME,
     EditPass,
     KEConfig,
@@ -46,7 +46,7 @@ from serac.editors.ke_network import (
     target_nll,
 )
 from serac.editors.layer_stats import model_fingerprint
-from serac.editors.mend_training import load_training_examples
+from serac.editors.mend.training import load_training_examples
 from serac.files import write_bytes_atomic
 from serac.offline import cache_dir
 
