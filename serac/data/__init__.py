@@ -2,7 +2,8 @@
 
 * :mod:`serac.data.schema`: :class:`EditExample` and its query types;
 * :mod:`serac.data.loaders`: MQuAKE, zsRE, CounterFact and this package's JSON-lines format;
-* :mod:`serac.data.synthetic`: a deterministic generator of invented-entity edit data (no download);
+* :mod:`serac.data.synthetic`: a deterministic generator of invented-entity edit data (no download), with
+  the relations it phrases in :mod:`serac.data.relations`;
 * :mod:`serac.data.mining`: nearest-neighbour hard negatives from the sentence embedder;
 * :mod:`serac.data.pairs`: ``datasets.Dataset`` views for training the scope classifier and the
   counterfactual model.
@@ -32,6 +33,7 @@ from serac.data.pairs import (
     examples_to_dataset,
     scope_pairs,
 )
+from serac.data.relations import RELATIONS, Relation
 from serac.data.schema import (
     HARD_OUT_OF_SCOPE_KINDS,
     IN_SCOPE_KINDS,
@@ -42,7 +44,7 @@ from serac.data.schema import (
     PortabilityQuestion,
 )
 from serac.data.splits import held_out_subject, split_by_subject
-from serac.data.synthetic import RELATIONS, Relation, SyntheticDataConfig, generate_synthetic_examples
+from serac.data.synthetic import SyntheticDataConfig, generate_synthetic_examples
 
 __all__ = [
     "COUNTERFACTUAL_KINDS",
