@@ -189,7 +189,7 @@ def measure_index_crossover(
     """Exact (flat) against IVF search at each size: median single-query time and IVF recall@1."""
     import faiss
 
-    from serac.store import _ivf_list_count
+    from serac.store.index import ivf_list_count
 
     rng = np.random.default_rng(1)
     queries = vectors[rng.choice(len(vectors), size=50, replace=False)]
@@ -202,7 +202,7 @@ def measure_index_crossover(
         data /= np.linalg.norm(data, axis=1, keepdims=True)
         flat = faiss.IndexFlatIP(data.shape[1])
         flat.add(data)
-        lists = _ivf_list_count(size)
+        lists = ivf_list_count(size)
         ivf = faiss.IndexIVFFlat(
             faiss.IndexFlatIP(data.shape[1]), data.shape[1], lists, faiss.METRIC_INNER_PRODUCT
         )
