@@ -13,6 +13,11 @@ tokenizers are not safe to call from several threads at once; queued requests wa
 request's routing is the scope decision computed for that request alone and travels with it, so
 concurrent requests never see each other's routing, and edit writes (on the routing worker) fall between
 decisions, never inside one.
+
+Request bodies are read up to ``ServeSettings.max_request_bytes`` (a 413 beyond it, before anything is parsed)
+and parsed on a worker thread too; in local mode a prompt is measured against the base model's context before
+it is routed, so both routes refuse the same prompts, and a prompt far beyond the context is refused from its
+length alone, without tokenizing it.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -37,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serac.serve.engine import BaseModelGenerator, EditRouter, GenerationResult
 from serac.serve.metrics import ServerMetrics
-from serac.serve.persistence import StoreBinding, describe
+from serac.serve.persistence import describe, description
 from serac.serve.protocol import (
     ROUTING_FIELD,
     ROUTING_HEADER,
@@ -53,12 +60,19 @@ from serac.serve.protocol import (
     parse_chat_request,
     parse_completion_request,
     parse_edits,
+    parse_json_body,
 )
 from serac.store import UnknownEditError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "ServeSettings", "create_app"]
+
+#: The largest request body a server reads by default: far above any chat a context window holds.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+#: The upstream's response headers passed back to the client: the ones OpenAI clients act on (backing off).
+UPSTREAM_HEADERS_FOR_CLIENTS = ("retry-after", "retry-after-ms", "x-should-retry")
+UPSTREAM_HEADER_PREFIXES_FOR_CLIENTS = ("x-ratelimit-",)
 
 
 @dataclass
@@ -71,9 +85,10 @@ class ServeSettings:
         api_keys: bearer tokens accepted for inference and reading edits; none: open.
         max_tokens: the most new tokens one request may ask for (and the chat default).
         completion_max_tokens: the default of ``/v1/completions`` (OpenAI's is 16).
-        upstream_api_key: the key sent to the upstream in proxy mode; when not given and the server has no
-            ``api_keys`` of its own, the client's ``Authorization`` header is passed through.
+        upstream_api_key: the key sent to the upstream in proxy mode; without one the upstream gets no
+            ``Authorization`` header. A client's own header is never passed on: it may hold the admin token.
         upstream_timeout: seconds to wait for the upstream.
+        max_request_bytes: the largest request body read; a larger one gets a 413 before it is parsed.
     """
 
     model_name: str = "serac"
@@ -83,6 +98,7 @@ class ServeSettings:
     completion_max_tokens: int = 16
     upstream_api_key: str | None = None
     upstream_timeout: float = 600.0
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
     def __post_init__(self) -> None:
         if self.admin_token is not None and not self.admin_token:
@@ -91,11 +107,16 @@ class ServeSettings:
             raise ValueError("the admin token must differ from every inference API key")
         if self.max_tokens < 1 or self.completion_max_tokens < 1:
             raise ValueError("max_tokens and completion_max_tokens must be >= 1")
+        if isinstance(self.max_request_bytes, bool) or not (
+            isinstance(self.max_request_bytes, int) and self.max_request_bytes >= 1
+        ):
+            raise ValueError(f"max_request_bytes must be a positive integer, got {self.max_request_bytes!r}")
 
     def __repr__(self) -> str:  # keep tokens out of logs and tracebacks
         return (
             f"ServeSettings(model_name={self.model_name!r}, admin_token={'set' if self.admin_token else None}, "
-            f"api_keys={len(self.api_keys)}, max_tokens={self.max_tokens})"
+            f"api_keys={len(self.api_keys)}, max_tokens={self.max_tokens}, "
+            f"max_request_bytes={self.max_request_bytes})"
         )
 
 
@@ -111,6 +132,31 @@ def _bearer(request: Request) -> str | None:
 
 def _routing_header(routing: Routing) -> dict[str, str]:
     return {ROUTING_HEADER: json.dumps(routing.to_json(), separators=(",", ":"))}
+
+
+def _headers_for_clients(upstream: httpx.Response) -> dict[str, str]:
+    """The upstream's rate-limit and retry headers, which a client needs to back off; nothing else."""
+    return {
+        name: value
+        for name, value in upstream.headers.items()
+        if name in UPSTREAM_HEADERS_FOR_CLIENTS or name.startswith(UPSTREAM_HEADER_PREFIXES_FOR_CLIENTS)
+    }
+
+
+def _longest_token_chars(tokenizer: Any) -> int:
+    """The most characters one token of ``tokenizer`` stands for, read off its vocabulary.
+
+    A vocabulary entry is at least as long as the text its token covers (byte-level entries spell each byte
+    as one character, SentencePiece entries spell the text itself), so a prompt of more than
+    ``context * longest`` characters cannot fit the context: it is refused without tokenizing megabytes.
+    The exceptions are tokenizers that drop characters or fold a run of unknown ones into one token; the
+    causal models served here use byte-level or byte-fallback vocabularies, which need neither.
+    """
+    try:
+        vocabulary = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):
+        return 0
+    return max((len(token) for token in vocabulary), default=0)
 
 
 def _sse(payload: dict[str, Any]) -> str:
@@ -138,7 +184,6 @@ class _Server:
     def __init__(
         self,
         router: EditRouter,
-        binding: StoreBinding,
         settings: ServeSettings,
         generator: BaseModelGenerator | None,
         upstream: str | None,
@@ -148,14 +193,19 @@ class _Server:
                 "give exactly one of a base model generator (local mode) or an upstream URL (proxy)"
             )
         self.router = router
-        self.binding = binding
         self.settings = settings
         self.generator = generator
         self.upstream = upstream.rstrip("/") if upstream else None
         self.metrics = ServerMetrics()
-        self.metrics.edits_stored.set(len(binding.store))
+        self.metrics.edits_stored.set(len(router.store))
         self.routing_pool = ThreadPoolExecutor(1, thread_name_prefix="serac-routing")
         self.generation_pool = ThreadPoolExecutor(1, thread_name_prefix="serac-generation")
+        # Parsing a body of megabytes is not model work, but it must not hold the event loop either.
+        self.parsing_pool = ThreadPoolExecutor(2, thread_name_prefix="serac-parsing")
+        self.max_prompt_chars: int | None = None
+        if generator is not None and generator.max_length is not None:
+            longest = _longest_token_chars(generator.tokenizer)
+            self.max_prompt_chars = generator.max_length * longest if longest else None
         self.http: httpx.AsyncClient | None = None
         self.pending_routes: list[tuple[str, asyncio.Future]] = []
         self.routing_task: asyncio.Task | None = None
@@ -238,6 +288,46 @@ class _Server:
                 code="editing_disabled",
             )
 
+    # ------------------------------------------------------------------ bodies
+    async def read_body(self, request: Request, note: str = "") -> bytes:
+        """The request body, refused with a 413 as soon as it is known to be over the limit: from its
+        ``Content-Length`` before a byte is read, else while it is read."""
+        limit = self.settings.max_request_bytes
+
+        def too_large() -> APIError:
+            return APIError(
+                413,
+                f"the request body is larger than this server's limit of {limit} bytes{note}",
+                code="request_too_large",
+            )
+
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isascii() or not declared.isdigit():
+                raise APIError(400, f"invalid Content-Length {declared!r}{note}")
+            if int(declared) > limit:
+                raise too_large()
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large()
+        return bytes(body)
+
+    async def read_json(
+        self, request: Request, parse: Callable[[Any], Any], *, root: str = "body", note: str = ""
+    ) -> tuple[bytes, Any]:
+        """The body and what ``parse`` makes of its JSON value, parsed and checked off the event loop.
+
+        ``root`` and ``note`` are :func:`~serac.serve.protocol.parse_json_body`'s.
+        """
+        raw = await self.read_body(request, note)
+
+        def job() -> tuple[bytes, Any]:
+            return raw, parse(parse_json_body(raw, root=root, note=note))
+
+        return await self.run(self.parsing_pool, job)
+
     # ------------------------------------------------------------------ completions
     def response_model(self, parsed: GenerationRequest) -> str:
         """The ``model`` of an answer given here: ours in local mode, the one asked for in proxy mode."""
@@ -258,25 +348,45 @@ class _Server:
             )
         return value
 
+    def check_prompt_length(self, parsed: GenerationRequest) -> None:
+        """Refuse a prompt whose length in characters alone shows it is beyond the base model's context."""
+        if self.max_prompt_chars is None or self.generator is None:
+            return
+        if parsed.messages is not None:
+            chars, param = sum(len(message["content"]) for message in parsed.messages), "messages"
+        else:
+            chars, param = len(parsed.prompt or ""), "prompt"
+        if chars > self.max_prompt_chars:
+            raise APIError(
+                400,
+                f"the prompt has {chars} characters, more than fit in this model's context of "
+                f"{self.generator.max_length} tokens",
+                param=param,
+                code="context_length_exceeded",
+            )
+
     async def complete(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
         route, status, streaming = "none", 500, False
         try:
             self.check_inference(request)
-            raw = await request.body()
-            try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise APIError(400, "the request body is not valid JSON") from None
-            parsed = parse_chat_request(body) if endpoint == "chat" else parse_completion_request(body)
+            # Only a server that answers every request itself refuses fields it does not know; a proxy
+            # leaves them to its upstream.
+            parse = parse_chat_request if endpoint == "chat" else parse_completion_request
+            raw, parsed = await self.read_json(request, partial(parse, strict=self.generator is not None))
             max_new_tokens = self.max_new_tokens(parsed, endpoint)
+            prompt_ids: list[int] | None = None
+            if self.generator is not None:
+                # Before routing: a prompt beyond the context is refused whichever route it would take.
+                self.check_prompt_length(parsed)
+                prompt_ids = await self.run(self.generation_pool, self.generator.prompt_ids, parsed)
+            routing_started = time.perf_counter()
             routing, decision = await self.route(parsed.query)
-            self.metrics.routing.observe(time.perf_counter() - started)
+            self.metrics.routing.observe(time.perf_counter() - routing_started)
             route = routing.route
             if routing.in_scope:
                 job = self._edit_job(decision, parsed, max_new_tokens, endpoint)
-            elif self.generator is not None:
-                prompt_ids = await self.run(self.generation_pool, self.generator.prompt_ids, parsed)
+            elif prompt_ids is not None:
                 job = self._base_job(prompt_ids, parsed, max_new_tokens)
             else:
                 response = await self.forward(request, endpoint, raw, parsed.stream, routing, started)
@@ -328,9 +438,18 @@ class _Server:
         assert generator is not None  # only built in local mode
 
         def job(on_text: Callable[[str], None] | None, cancelled: threading.Event | None) -> GenerationResult:
-            return generator.generate(
-                prompt_ids, parsed, max_new_tokens, on_text=on_text, cancelled=cancelled
-            )
+            if parsed.seed is None:
+                return generator.generate(
+                    prompt_ids, parsed, max_new_tokens, on_text=on_text, cancelled=cancelled
+                )
+            # A seeded request samples from its own random state and leaves the process's untouched.
+            device = next(generator.model.parameters()).device
+            devices = [] if device.type == "cpu" else [device]
+            with torch.random.fork_rng(devices=devices, device_type=device.type):
+                torch.manual_seed(parsed.seed)
+                return generator.generate(
+                    prompt_ids, parsed, max_new_tokens, on_text=on_text, cancelled=cancelled
+                )
 
         return job
 
@@ -414,12 +533,11 @@ class _Server:
 
     # ------------------------------------------------------------------ proxy
     def upstream_headers(self, request: Request) -> dict[str, str]:
+        """The headers of a request to the upstream: the upstream's own key, never the client's header
+        (it may be the admin token, which must not leave this server)."""
         headers = {"content-type": "application/json", "accept": request.headers.get("accept", "*/*")}
         if self.settings.upstream_api_key:
             headers["authorization"] = f"Bearer {self.settings.upstream_api_key}"
-        elif not self.settings.api_keys and "authorization" in request.headers:
-            # No keys of our own: the client's key is meant for the upstream.
-            headers["authorization"] = request.headers["authorization"]
         return headers
 
     async def forward(
@@ -441,12 +559,13 @@ class _Server:
                 code="upstream_unreachable",
             ) from None
         content_type = response.headers.get("content-type", "")
+        headers = {**_headers_for_clients(response), **_routing_header(routing)}
         if stream and response.status_code == 200 and content_type.startswith("text/event-stream"):
             return StreamingResponse(
                 self._relay(response, endpoint, routing, started),
                 status_code=200,
                 media_type="text/event-stream",
-                headers=_routing_header(routing),
+                headers=headers,
             )
         try:
             content = await response.aread()
@@ -457,13 +576,10 @@ class _Server:
                 data = json.loads(content)
                 if isinstance(data, dict):
                     data[ROUTING_FIELD] = routing.to_json()
-                    return JSONResponse(data, headers=_routing_header(routing))
+                    return JSONResponse(data, headers=headers)
         # Errors (and anything unexpected) go back as the upstream sent them.
         return Response(
-            content,
-            status_code=response.status_code,
-            media_type=content_type or None,
-            headers=_routing_header(routing),
+            content, status_code=response.status_code, media_type=content_type or None, headers=headers
         )
 
     async def _relay(
@@ -490,12 +606,10 @@ class _Server:
     # ------------------------------------------------------------------ edits
     def add_edits(self, edits: list[Any]) -> list[int]:
         ids = self.router.add_edits(edits)
-        self.binding.commit()
         return ids
 
     def remove_edit(self, edit_id: int) -> None:
         self.router.remove_edit(edit_id)
-        self.binding.commit()
 
 
 def _rest(result: GenerationResult) -> tuple[str, int, int]:
@@ -506,13 +620,17 @@ def _edit_json(edit_id: int, edit: Any) -> dict[str, Any]:
     return {"id": edit_id, "object": "edit", **edit.to_dict()}
 
 
+#: Edit ids are 64-bit signed integers in every store (SQLite, PostgreSQL, FAISS).
+MAX_EDIT_ID = 2**63 - 1
+
+
 def _parse_edit_id(text: str) -> int:
-    try:
-        edit_id = int(text)
-    except ValueError:
-        raise APIError(400, f"an edit id is an integer, got {text!r}", param="edit_id") from None
-    if edit_id < 0:
-        raise APIError(400, f"an edit id is a non-negative integer, got {edit_id}", param="edit_id")
+    # ASCII digits only: int() also reads signs, spaces, underscores and other scripts' digits.
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_EDIT_ID)):
+        raise APIError(400, f"an edit id is a non-negative integer, got {text[:40]!r}", param="edit_id")
+    edit_id = int(text)
+    if edit_id > MAX_EDIT_ID:
+        raise APIError(400, f"an edit id is at most {MAX_EDIT_ID}, got {edit_id}", param="edit_id")
     return edit_id
 
 
@@ -521,16 +639,15 @@ def create_app(
     *,
     generator: BaseModelGenerator | None = None,
     upstream: str | None = None,
-    store: StoreBinding | None = None,
     settings: ServeSettings | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app: local mode with ``generator``, proxy mode with ``upstream``.
 
     Args:
-        router: the scope classifier, counterfactual model and edit store.
+        router: the edit side (an :class:`~serac.memory.EditMemory`): routing, answers and the edit store,
+            whose kind (memory, file, database) decides how edit changes are made durable.
         generator: the base model's generation (local mode).
         upstream: the base URL of an OpenAI-compatible API, e.g. ``http://127.0.0.1:8000/v1`` (proxy mode).
-        store: how edit changes are made durable (default: in memory, ``router.store``).
         settings: names, tokens and limits.
 
     Example:
@@ -541,10 +658,8 @@ def create_app(
         >>> uvicorn.run(app, port=8080)  # doctest: +SKIP
     """
     settings = settings or ServeSettings()
-    binding = store or StoreBinding(router.store, "memory")
-    if binding.store is not router.store:
-        raise ValueError("the store binding must hold the router's edit store")
-    server = _Server(router, binding, settings, generator, upstream)
+    store = router.store
+    server = _Server(router, settings, generator, upstream)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -554,7 +669,7 @@ def create_app(
             "Serving %s in %s mode; edits: %s",
             settings.model_name,
             server.mode,
-            binding.description or binding.kind,
+            description(store),
         )
         try:
             yield
@@ -563,6 +678,7 @@ def create_app(
                 await server.http.aclose()
             server.routing_pool.shutdown(wait=False, cancel_futures=True)
             server.generation_pool.shutdown(wait=False, cancel_futures=True)
+            server.parsing_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="serac", summary="OpenAI-compatible serving with live edits", lifespan=lifespan)
     app.state.serac = server
@@ -611,6 +727,7 @@ def create_app(
                 response.content,
                 status_code=response.status_code,
                 media_type=response.headers.get("content-type"),
+                headers=_headers_for_clients(response),
             )
         return JSONResponse(
             {
@@ -626,12 +743,12 @@ def create_app(
             "mode": server.mode,
             "model": settings.model_name,
             "editing": router.enabled,
-            "store": describe(binding),
+            "store": describe(store),
         }
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        server.metrics.edits_stored.set(len(binding.store))
+        server.metrics.edits_stored.set(len(store))
         return Response(server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/v1/edits")
@@ -639,11 +756,7 @@ def create_app(
         status = 500
         try:
             server.check_admin(request)
-            try:
-                body = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise APIError(400, "the request body is not valid JSON; nothing was stored") from None
-            edits = parse_edits(body)
+            _, edits = await server.read_json(request, parse_edits, root="edits", note="; nothing was stored")
             ids = await server.run(server.routing_pool, server.add_edits, edits)
             status = 200
         except APIError as error:
@@ -651,7 +764,7 @@ def create_app(
             raise
         finally:
             server.metrics.edit_writes.labels("add", str(status)).inc()
-        server.metrics.edits_stored.set(len(binding.store))
+        server.metrics.edits_stored.set(len(store))
         logger.info("Stored %d edit(s): ids %s", len(ids), ids)
         return JSONResponse(
             {
@@ -664,7 +777,7 @@ def create_app(
     @app.get("/v1/edits")
     async def list_edits(request: Request) -> JSONResponse:
         server.check_read_edits(request)
-        items = binding.store.items()
+        items = store.items()
         return JSONResponse({"object": "list", "data": [_edit_json(i, e) for i, e in items]})
 
     @app.get("/v1/edits/{edit_id}")
@@ -672,7 +785,7 @@ def create_app(
         server.check_read_edits(request)
         number = _parse_edit_id(edit_id)
         try:
-            edit = binding.store.get(number)
+            edit = store.get(number)
         except (UnknownEditError, KeyError):
             raise APIError(404, f"no edit with id {number}", param="edit_id", code="edit_not_found") from None
         return JSONResponse(_edit_json(number, edit))
@@ -695,7 +808,7 @@ def create_app(
             raise
         finally:
             server.metrics.edit_writes.labels("remove", str(status)).inc()
-        server.metrics.edits_stored.set(len(binding.store))
+        server.metrics.edits_stored.set(len(store))
         logger.info("Removed edit %d", number)
         return JSONResponse({"id": number, "object": "edit", "deleted": True})
 

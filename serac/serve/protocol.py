@@ -8,6 +8,7 @@ OpenAI-style error body (``{"error": {"message", "type", "param", "code"}}``).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ __all__ = [
     "completion_response",
     "error_body",
     "parse_chat_request",
+    "parse_json_body",
     "parse_completion_request",
     "parse_edits",
 ]
@@ -42,16 +44,51 @@ MAX_EDITS_PER_REQUEST = 1_000
 MAX_EDIT_FIELD_CHARS = 2_000
 EDIT_FIELDS = ("prompt", "target", "subject", "statement")
 
-# Request fields whose non-default values this server cannot honour; refused rather than ignored.
-_UNSUPPORTED = {
+#: The deepest nesting of lists and objects a request body may have.
+MAX_JSON_DEPTH = 64
+
+# OpenAI request fields this server does not implement, with the values that ask for the default behaviour
+# (the one this server has): any other value is refused rather than ignored, so an answer never silently
+# disregards what the client asked for.
+_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False, 0),
     "top_logprobs": (None, 0),
     "echo": (None, False),
     "best_of": (None, 1),
     "suffix": (None, ""),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "response_format": (None, {"type": "text"}),
+    # Without tools, "none" and "auto" both mean a plain text answer.
     "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
     "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+    "web_search_options": (None,),
 }
+# OpenAI request fields that do not change the answer: accepted and not acted on.
+_IGNORED = frozenset(
+    {
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "parallel_tool_calls",
+        "prompt_cache_key",
+        "safety_identifier",
+    }
+)
+# Fields both endpoints act on.
+_COMMON = frozenset(
+    {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "stream"}
+    | {"stream_options", "seed"}
+)
+#: Message roles a chat request may use; ``developer`` is OpenAI's newer name for ``system``.
+CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 
 class APIError(Exception):
@@ -96,6 +133,70 @@ def error_body(
     return {"error": error}
 
 
+def parse_json_body(raw: bytes, *, root: str = "body", note: str = "") -> Any:
+    """The JSON value of a request body, refused with a 400 unless it is JSON whose text is valid Unicode.
+
+    JSON may spell lone UTF-16 surrogates (``"\\ud800"``), which no tokenizer or database takes, and may nest
+    deeper than any parser recurses; both are refused here, before anything reads the value. ``root`` names
+    a top-level list in the ``param`` of an error (``edits[0].prompt``); ``note`` ends every message.
+    """
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise APIError(400, "the request body is not valid JSON" + note) from None
+    except RecursionError:
+        raise APIError(
+            400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep" + note
+        ) from None
+    _check_json_value(value, root, note)
+    return value
+
+
+def _check_json_value(value: Any, root: str, note: str) -> None:
+    # Iterative: a recursive walk would overflow on the very bodies it must refuse. Paths are built only
+    # for containers, so a body of a million numbers costs a million type checks and nothing more.
+    if isinstance(value, str):
+        _check_text(value, (), root, note)
+    pending: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while pending:
+        item, path = pending.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        if len(path) >= MAX_JSON_DEPTH:
+            raise APIError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep" + note)
+        children = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in children:
+            if isinstance(key, str):
+                _check_text(key, path, root, note)
+            if isinstance(child, str):
+                _check_text(child, (*path, key), root, note)
+            elif isinstance(child, (dict, list)):
+                pending.append((child, (*path, key)))
+
+
+def _check_text(text: str, path: tuple[str | int, ...], root: str, note: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        character = text[error.start]
+        raise APIError(
+            400,
+            f"the request holds a lone UTF-16 surrogate ({ascii(character)}); text must be valid Unicode"
+            + note,
+            param=_param(path, root),
+        ) from None
+
+
+def _param(path: tuple[str | int, ...], root: str) -> str | None:
+    """``("messages", 0, "content")`` as OpenAI names it: ``messages[0].content``."""
+    if not path:
+        return None
+    text = root if isinstance(path[0], int) else ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
 @dataclass(frozen=True)
 class Routing:
     """How one request was answered: by the counterfactual model under an edit, or by the base model.
@@ -131,6 +232,7 @@ class GenerationRequest:
         stream: answer as server-sent events.
         include_usage: with ``stream``, send a last chunk with token counts.
         model: the model name the client asked for (echoed back).
+        seed: with sampling, the seed that makes the base model's answer repeatable (``None``: unseeded).
     """
 
     query: str
@@ -143,13 +245,38 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     model: str | None
+    seed: int | None = None
+
+
+def _check_fields(body: Mapping[str, Any], own: frozenset[str], strict: bool) -> None:
+    """Refuse what this server would otherwise ignore: unimplemented fields (unless their value is the
+    default) and, with ``strict``, fields it does not know at all, with OpenAI's wording."""
+    for name, defaults in _UNSUPPORTED.items():
+        if name in body and not any(_same_json(body[name], default) for default in defaults):
+            allowed = " or ".join(json.dumps(default) for default in defaults if default is not None)
+            raise APIError(
+                400,
+                f"'{name}' is not supported by this server: leave it out"
+                + (f" or send {allowed}, the default" if allowed else ""),
+                param=name,
+            )
+    if strict:
+        for name in body:
+            if name not in own and name not in _COMMON and name not in _UNSUPPORTED and name not in _IGNORED:
+                raise APIError(400, f"Unrecognized request argument supplied: {name}", param=name)
+
+
+def _same_json(value: Any, default: Any) -> bool:
+    # JSON's false is not 0 and 0.0 is 0: compare as JSON values, not as Python ones.
+    if isinstance(value, bool) or isinstance(default, bool):
+        return isinstance(value, bool) and isinstance(default, bool) and value == default
+    if isinstance(value, (int, float)) and isinstance(default, (int, float)):
+        return value == default
+    return type(value) is type(default) and value == default
 
 
 def _check_common(body: Mapping[str, Any]) -> dict[str, Any]:
     """Check the sampling fields shared by both endpoints; returns them normalized."""
-    for name, defaults in _UNSUPPORTED.items():
-        if name in body and body[name] not in defaults:
-            raise APIError(400, f"'{name}' is not supported by this server", param=name)
     n = body.get("n", 1)
     if n is not None and n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
@@ -186,20 +313,32 @@ def _check_common(body: Mapping[str, Any]) -> dict[str, Any]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, f"stream must be true or false, got {stream!r}", param="stream")
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise APIError(400, "stream_options must be an object", param="stream_options")
+    include_usage = options.get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        raise APIError(
+            400,
+            f"stream_options.include_usage must be true or false, got {include_usage!r}",
+            param="stream_options.include_usage",
+        )
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise APIError(400, "model must be a string", param="model")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise APIError(400, f"seed must be a non-negative 64-bit integer, got {seed!r}", param="seed")
     return {
         "max_tokens": max_tokens,
         "temperature": None if temperature is None else float(temperature),
         "top_p": None if top_p is None else float(top_p),
         "stop": stops,
         "stream": stream,
-        "include_usage": bool(options.get("include_usage", False)),
+        "include_usage": bool(include_usage),
         "model": model,
+        "seed": seed,
     }
 
 
@@ -219,25 +358,59 @@ def _message_text(content: Any, index: int) -> str:
                 )
             texts.append(part["text"])
         return "".join(texts)
-    if content is None:
-        return ""
     raise APIError(
-        400, "message content must be a string or a list of text parts", param=f"messages[{index}]"
+        400,
+        "message content must be a string or a list of text parts"
+        + (
+            " (null content goes with tool calls, which this server does not support)"
+            if content is None
+            else ""
+        ),
+        param=f"messages[{index}].content",
     )
 
 
-def parse_chat_request(body: Any) -> GenerationRequest:
-    """Check a ``/v1/chat/completions`` body; the query is the last user message."""
+def _message(message: Any, index: int) -> dict[str, str]:
+    if not isinstance(message, dict):
+        raise APIError(400, "each message is an object with a role and a content", param=f"messages[{index}]")
+    role = message.get("role")
+    if role not in CHAT_ROLES:
+        raise APIError(
+            400,
+            f"messages[{index}].role must be one of {', '.join(CHAT_ROLES)}, got {role!r}"
+            + (
+                " (tool messages need tools, which this server does not support)"
+                if role in ("tool", "function")
+                else ""
+            ),
+            param=f"messages[{index}].role",
+        )
+    if "content" not in message:
+        raise APIError(400, f"messages[{index}] has no content", param=f"messages[{index}].content")
+    for name in ("tool_calls", "function_call"):
+        if message.get(name):
+            raise APIError(
+                400, f"'{name}' is not supported by this server", param=f"messages[{index}].{name}"
+            )
+    # The chat templates of open models know the system role; developer is OpenAI's name for it.
+    return {
+        "role": "system" if role == "developer" else role,
+        "content": _message_text(message["content"], index),
+    }
+
+
+def parse_chat_request(body: Any, *, strict: bool = False) -> GenerationRequest:
+    """Check a ``/v1/chat/completions`` body; the query is the last user message.
+
+    With ``strict`` (a server that answers every request itself), fields it does not know are refused too.
+    """
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
+    _check_fields(body, frozenset({"messages"}), strict)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "messages must be a non-empty list", param="messages")
-    parsed = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise APIError(400, "each message needs a role and a content", param=f"messages[{index}]")
-        parsed.append({"role": message["role"], "content": _message_text(message.get("content"), index)})
+    parsed = [_message(message, index) for index, message in enumerate(messages)]
     user_turns = [message["content"] for message in parsed if message["role"] == "user"]
     if not user_turns:
         raise APIError(400, "messages hold no user message", param="messages")
@@ -246,10 +419,11 @@ def parse_chat_request(body: Any) -> GenerationRequest:
     )
 
 
-def parse_completion_request(body: Any) -> GenerationRequest:
-    """Check a ``/v1/completions`` body; the query is the prompt (one string)."""
+def parse_completion_request(body: Any, *, strict: bool = False) -> GenerationRequest:
+    """Check a ``/v1/completions`` body; the query is the prompt (one string). ``strict``: as for chat."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
+    _check_fields(body, frozenset({"prompt"}), strict)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -287,6 +461,8 @@ def parse_edits(body: Any) -> list[Edit]:
                 value = item.get(name)
                 if isinstance(value, str) and len(value) > MAX_EDIT_FIELD_CHARS:
                     raise ValueError(f"{name} is longer than {MAX_EDIT_FIELD_CHARS} characters")
+                if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold one
+                    raise ValueError(f"{name} holds a NUL character")
             edits.append(Edit.from_dict(item))
         except (TypeError, ValueError, KeyError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
