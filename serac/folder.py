@@ -33,7 +33,10 @@ SCOPE_FOLDER = "scope_classifier"
 COUNTERFACTUAL_FOLDER = "counterfactual_model"
 CONFIG_FORMAT_VERSION = 1
 #: The config fields that name a part, with the part's name in messages.
-PART_PATH_FIELDS = {"scope_classifier": "scope_classifier_path", "counterfactual_model": "counterfactual_model_path"}
+PART_PATH_FIELDS = {
+    "scope_classifier": "scope_classifier_path",
+    "counterfactual_model": "counterfactual_model_path",
+}
 
 __all__ = [
     "CONFIG_NAME",

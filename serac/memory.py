@@ -70,7 +70,9 @@ class EditMemory:
                 f"counterfactual_model must be a CounterfactualModel, got {type(counterfactual_model).__name__}"
             )
         if store is not None and not isinstance(store, (EditStore, str, os.PathLike)):
-            raise TypeError(f"store must be an EditStore or a database URL or path, got {type(store).__name__}")
+            raise TypeError(
+                f"store must be an EditStore or a database URL or path, got {type(store).__name__}"
+            )
         self.scope_classifier = scope_classifier
         self.counterfactual_model = counterfactual_model
         self.store = store if isinstance(store, EditStore) else EditStore.open(store)
@@ -166,7 +168,9 @@ class EditMemory:
         )
         sources = {}
         if not save_parts:
-            sources = {part: Path(self._part_source(part)) for part in ("scope_classifier", "counterfactual_model")}
+            sources = {
+                part: Path(self._part_source(part)) for part in ("scope_classifier", "counterfactual_model")
+            }
         target = directory.absolute().resolve() if directory.exists() else None
         with staging_folder(directory) as staging:
             self.store.save_pretrained(staging / STORE_FILE_NAME)
@@ -204,7 +208,9 @@ class EditMemory:
         Default: in memory, filled with the folder's edits. A folder with no saved edits (as written by
         training) gives an empty store. Nothing is written to ``store`` unless both parts load.
         """
-        folder = read_folder(name_or_path, allow_external_parts=allow_external_parts, revision=revision, token=token)
+        folder = read_folder(
+            name_or_path, allow_external_parts=allow_external_parts, revision=revision, token=token
+        )
         if embedder is None:
             from serac.offline import DEFAULT_EMBEDDER
 
@@ -217,7 +223,9 @@ class EditMemory:
         # The parts first: a folder whose parts do not load must not fill a new database with its edits.
         scope_classifier = load_scope_classifier(folder.scope_classifier_path)
         counterfactual_model = CounterfactualModel.from_pretrained(folder.counterfactual_model_path)
-        edit_store = EditStore.open(store, embedder=embedder, config=folder.config.store, seed=folder.store_file)
+        edit_store = EditStore.open(
+            store, embedder=embedder, config=folder.config.store, seed=folder.store_file
+        )
         memory = cls(
             scope_classifier,
             counterfactual_model,

@@ -330,7 +330,9 @@ class EditableModel(torch.nn.Module):
         the base model is referenced by name, never uploaded. Keyword arguments as
         :meth:`EditMemory.push_to_hub <serac.memory.EditMemory.push_to_hub>` (``private``, ``token``,
         ``revision``, ``commit_message``, ``create_pr``)."""
-        return self.memory.push_to_hub(repo_id, base_model_name_or_path=self._base_model_reference(), **kwargs)
+        return self.memory.push_to_hub(
+            repo_id, base_model_name_or_path=self._base_model_reference(), **kwargs
+        )
 
     @classmethod
     def from_pretrained(
@@ -679,8 +681,6 @@ class EditableModel(torch.nn.Module):
         return getattr(self.base_model, "name_or_path", None) or None
 
 
-
-
 def _cached_length(past_key_values: Any) -> int:
     """How many tokens a cache (a ``Cache`` object or the legacy tuple of tensors) already holds."""
     if hasattr(past_key_values, "get_seq_length"):
@@ -689,7 +689,6 @@ def _cached_length(past_key_values: Any) -> int:
         return int(past_key_values[0][0].shape[-2])
     except (IndexError, TypeError, AttributeError):
         return 0
-
 
 
 _PIPELINE_REGISTRATION = threading.Lock()

@@ -103,3 +103,33 @@ def postgres():
     server = start_postgres()
     yield server
     server.stop()
+
+
+# ---------------------------------------------------------------- tests write only in temporary folders
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What Python, pytest and an editable install leave behind are not test output.
+_TOOL_OUTPUT = ("__pycache__", ".pytest_cache", ".ruff_cache", ".egg-info", ".coverage")
+
+
+def _repository_files() -> set[str]:
+    found = set()
+    for folder, subfolders, files in os.walk(_REPOSITORY):
+        subfolders[:] = [name for name in subfolders if name != ".git" and not name.endswith(_TOOL_OUTPUT)]
+        found.update(os.path.join(folder, name) for name in files if not name.endswith((".pyc", ".coverage")))
+    return found
+
+
+def pytest_sessionstart(session):
+    session.config._files_before_tests = _repository_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_files_before_tests", None)
+    if before is None or exitstatus != 0:
+        return
+    written = sorted(os.path.relpath(path, _REPOSITORY) for path in _repository_files() - before)
+    if written:
+        session.config.get_terminal_writer().line(
+            f"tests wrote files into the repository instead of a temporary folder: {written}", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -22,6 +22,7 @@ import uvicorn  # noqa: E402
 
 from serac import Edit  # noqa: E402
 from serac.counterfactual import CounterfactualModel  # noqa: E402
+from serac.memory import EditMemory  # noqa: E402
 from serac.scope import EmbeddingScopeClassifier, ScopeClassifierConfig  # noqa: E402
 from serac.serve import (  # noqa: E402
     ROUTING_HEADER,
@@ -29,7 +30,6 @@ from serac.serve import (  # noqa: E402
     EditRouter,
     ServeSettings,
     create_app,
-    open_store,
 )
 from serac.serve.cli import build_parser  # noqa: E402
 from serac.store import EditStore  # noqa: E402
@@ -79,7 +79,8 @@ def counterfactual(chat_tokenizer):
 
 def make_router(embedder, counterfactual, tokenizer=None, enabled=True):
     scope = EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=0.6, top_k=2))
-    return EditRouter(scope, counterfactual, EditStore(embedder), tokenizer=tokenizer, enabled=enabled)
+    memory = EditMemory(scope, counterfactual, EditStore(embedder))
+    return EditRouter(memory, tokenizer=tokenizer, enabled=enabled)
 
 
 @contextmanager
@@ -197,7 +198,7 @@ def test_in_scope_answers_carry_the_edit(local_server):
     response = chat(url, CITIZEN["prompt"])
     assert response.choices[0].message.content == "Croatia"
     assert response.serac["route"] == "edit" and response.serac["edit_id"] == citizen_id
-    assert response.serac["score"] >= router.scope_classifier.config.threshold
+    assert response.serac["score"] >= router.memory.scope_classifier.config.threshold
     streamed, chunks = chat_stream(url, CITIZEN["prompt"], stream_options={"include_usage": True})
     assert streamed == "Croatia"
     assert chunks[-1].usage.completion_tokens == len("Croatia")  # one token per character
@@ -378,12 +379,10 @@ def test_edit_writes_need_the_admin_token(local_server, base_model, chat_tokeniz
 def test_store_file_keeps_acknowledged_edits(tmp_path, base_model, chat_tokenizer, counterfactual, embedder):
     path = tmp_path / "edits.safetensors"
     router = make_router(embedder, counterfactual, chat_tokenizer)
-    binding = open_store(str(path), router.store)
-    router.store = binding.store
+    router.memory.store = EditStore.open(str(path), embedder=embedder)
     app = create_app(
         router,
         generator=BaseModelGenerator(base_model, chat_tokenizer),
-        store=binding,
         settings=ServeSettings(admin_token=ADMIN),
     )
     with serving(app) as url:
@@ -393,9 +392,9 @@ def test_store_file_keeps_acknowledged_edits(tmp_path, base_model, chat_tokenize
         httpx.delete(f"{url}/edits/{edit_id}", headers={"authorization": f"Bearer {ADMIN}"})
         assert len(EditStore.from_pretrained(path, embedder)) == 0
     # A database URL opens the database-backed store: an edit stored there is there for the next process.
-    database = open_store(f"sqlite:///{tmp_path / 'edits.db'}", router.store)
+    database = EditStore.open(f"sqlite:///{tmp_path / 'edits.db'}", embedder=embedder)
     assert database.kind == "database"
-    (stored,) = database.store.add([Edit(**CITIZEN)])
+    (stored,) = database.add([Edit(**CITIZEN)])
     reopened = EditStore(embedder, url=f"sqlite:///{tmp_path / 'edits.db'}")
     assert reopened.items() == [(stored, Edit(**CITIZEN))]
 
@@ -403,13 +402,11 @@ def test_store_file_keeps_acknowledged_edits(tmp_path, base_model, chat_tokenize
 def database_server(url, base_model, tokenizer, counterfactual, embedder):
     """A server of its own (its own store object and FAISS index) on the database at ``url``."""
     router = make_router(embedder, counterfactual, tokenizer)
-    binding = open_store(url, router.store)
-    assert binding.kind == "database"
-    router.store = binding.store
+    router.memory.store = EditStore.open(url, embedder=embedder)
+    assert router.store.kind == "database"
     app = create_app(
         router,
         generator=BaseModelGenerator(base_model, tokenizer),
-        store=binding,
         settings=ServeSettings(admin_token=ADMIN),
     )
     return serving(app)
@@ -535,11 +532,12 @@ def test_cli_builds_both_modes_from_saved_folders(tmp_path, base_model, chat_tok
         build_parser().parse_args(["--upstream", "http://127.0.0.1:9/v1", "--editor", str(editor_dir)])
     )
     with TestClient(local) as local_client, TestClient(proxy) as proxy_client:
-        # --store replaces the editor folder's edits; without it the folder's edits are served.
-        assert local_client.get("/health").json()["store"] == {"kind": "file", "durable": True, "edits": 0}
+        # A store never written before starts with the folder's edits, as EditableModel.from_pretrained does.
+        assert local_client.get("/health").json()["store"] == {"kind": "file", "durable": True, "edits": 1}
         assert proxy_client.get("/health").json()["store"] == {"kind": "memory", "durable": False, "edits": 1}
         assert proxy_client.get("/health").json()["mode"] == "proxy"
         body = {"model": "m", "messages": [{"role": "user", "content": CITIZEN["prompt"]}], **GREEDY}
         answer = proxy_client.post("/v1/chat/completions", json=body).json()
         assert answer["serac"]["route"] == "edit" and answer["serac"]["edit_id"] == 0
-        assert local_client.post("/v1/chat/completions", json=body).json()["serac"]["route"] == "base_model"
+        local_answer = local_client.post("/v1/chat/completions", json=body).json()
+        assert local_answer["serac"]["route"] == "edit" and local_answer["serac"]["edit_id"] == 0

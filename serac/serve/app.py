@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -62,62 +61,16 @@ from serac.serve.protocol import (
     parse_edits,
     parse_json_body,
 )
+from serac.serve.settings import DEFAULT_MAX_REQUEST_BYTES, ServeSettings
 from serac.store import UnknownEditError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MAX_REQUEST_BYTES", "ServeSettings", "create_app"]
 
-#: The largest request body a server reads by default: far above any chat a context window holds.
-DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 #: The upstream's response headers passed back to the client: the ones OpenAI clients act on (backing off).
 UPSTREAM_HEADERS_FOR_CLIENTS = ("retry-after", "retry-after-ms", "x-should-retry")
 UPSTREAM_HEADER_PREFIXES_FOR_CLIENTS = ("x-ratelimit-",)
-
-
-@dataclass
-class ServeSettings:
-    """Settings of a server.
-
-    Args:
-        model_name: the model id the server reports (``/v1/models`` and the ``model`` field of answers).
-        admin_token: the bearer token that may change edits; without one the edits API is read-only.
-        api_keys: bearer tokens accepted for inference and reading edits; none: open.
-        max_tokens: the most new tokens one request may ask for (and the chat default).
-        completion_max_tokens: the default of ``/v1/completions`` (OpenAI's is 16).
-        upstream_api_key: the key sent to the upstream in proxy mode; without one the upstream gets no
-            ``Authorization`` header. A client's own header is never passed on: it may hold the admin token.
-        upstream_timeout: seconds to wait for the upstream.
-        max_request_bytes: the largest request body read; a larger one gets a 413 before it is parsed.
-    """
-
-    model_name: str = "serac"
-    admin_token: str | None = None
-    api_keys: tuple[str, ...] = ()
-    max_tokens: int = 1024
-    completion_max_tokens: int = 16
-    upstream_api_key: str | None = None
-    upstream_timeout: float = 600.0
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-
-    def __post_init__(self) -> None:
-        if self.admin_token is not None and not self.admin_token:
-            raise ValueError("admin_token must not be empty")
-        if self.admin_token is not None and self.admin_token in self.api_keys:
-            raise ValueError("the admin token must differ from every inference API key")
-        if self.max_tokens < 1 or self.completion_max_tokens < 1:
-            raise ValueError("max_tokens and completion_max_tokens must be >= 1")
-        if isinstance(self.max_request_bytes, bool) or not (
-            isinstance(self.max_request_bytes, int) and self.max_request_bytes >= 1
-        ):
-            raise ValueError(f"max_request_bytes must be a positive integer, got {self.max_request_bytes!r}")
-
-    def __repr__(self) -> str:  # keep tokens out of logs and tracebacks
-        return (
-            f"ServeSettings(model_name={self.model_name!r}, admin_token={'set' if self.admin_token else None}, "
-            f"api_keys={len(self.api_keys)}, max_tokens={self.max_tokens}, "
-            f"max_request_bytes={self.max_request_bytes})"
-        )
 
 
 def _token_matches(given: str | None, expected: str) -> bool:
@@ -385,7 +338,8 @@ class _Server:
             self.metrics.routing.observe(time.perf_counter() - routing_started)
             route = routing.route
             if routing.in_scope:
-                job = self._edit_job(decision, parsed, max_new_tokens, endpoint)
+                prompt_tokens = None if prompt_ids is None else len(prompt_ids)
+                job = self._edit_job(decision, parsed, max_new_tokens, endpoint, prompt_tokens)
             elif prompt_ids is not None:
                 job = self._base_job(prompt_ids, parsed, max_new_tokens)
             else:
@@ -417,10 +371,24 @@ class _Server:
             self.metrics.duration.labels(endpoint, route).observe(time.perf_counter() - started)
 
     def _edit_job(
-        self, decision: Any, parsed: GenerationRequest, max_new_tokens: int, endpoint: str
+        self,
+        decision: Any,
+        parsed: GenerationRequest,
+        max_new_tokens: int,
+        endpoint: str,
+        prompt_tokens: int | None,
     ) -> Callable[..., GenerationResult]:
         def job(on_text: Callable[[str], None] | None, cancelled: threading.Event | None) -> GenerationResult:
-            result = self.router.answer(decision, parsed.query, max_new_tokens, parsed.stop)
+            # The caller's sampling settings and the prompt's length as the base route counts it (the
+            # templated prompt), so usage and sampling do not depend on the route.
+            result = self.router.answer(
+                decision,
+                parsed.query,
+                max_new_tokens,
+                parsed.stop,
+                request=parsed,
+                prompt_tokens=prompt_tokens,
+            )
             if endpoint == "completions" and result.text:
                 # A completion continues the prompt: the answer follows it after a space, as
                 # EditableModel.generate() appends it.

@@ -270,16 +270,28 @@ class EditRouter:
         return routed
 
     def answer(
-        self, decision: ScopeDecision, query: str, max_new_tokens: int, stops: Sequence[str] = ()
+        self,
+        decision: ScopeDecision,
+        query: str,
+        max_new_tokens: int,
+        stops: Sequence[str] = (),
+        *,
+        request: GenerationRequest | None = None,
+        prompt_tokens: int | None = None,
     ) -> GenerationResult:
         """The counterfactual model's answer to ``query`` under the decision's edit.
 
         The edit is the one the decision captured, so an edit removed meanwhile still answers the request
-        that was routed to it.
+        that was routed to it. ``request`` brings the caller's sampling settings (``temperature``,
+        ``top_p``), as the base route applies them. ``prompt_tokens`` is the prompt's length as the base
+        route counts it (the templated prompt, in local mode); without it the query's own tokens are
+        counted. An answer cut at ``max_new_tokens`` ends with ``"length"``, as on the base route.
         """
         if not decision.in_scope or decision.edit is None:
             raise ValueError("answer() needs an in-scope decision")
-        (answer,) = self.memory.answer([decision], [query], max_new_tokens=max_new_tokens)
+        generation = _sampling_kwargs(request) if request is not None else {}
+        # One token past the budget tells an answer that was cut from one that ended there.
+        (answer,) = self.memory.answer([decision], [query], max_new_tokens=max_new_tokens + 1, **generation)
         ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
         finish = "stop"
         if len(ids) > max_new_tokens:
@@ -288,7 +300,9 @@ class EditRouter:
         for stop in stops:
             if stop in answer:
                 answer, finish = answer[: answer.index(stop)], "stop"
-        prompt_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+                ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if prompt_tokens is None:
+            prompt_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
         return GenerationResult(answer, finish, prompt_tokens, len(ids))
 
     # ------------------------------------------------------------------ edits

@@ -74,7 +74,6 @@ class EditStoreConfig:
             raise ValueError(str(error)) from None
 
 
-
 def check_vectors(vectors: np.ndarray, what: str) -> None:
     if not np.all(np.isfinite(vectors)):
         raise ValueError(f"{what} hold NaN or infinite values")
@@ -83,4 +82,3 @@ def check_vectors(vectors: np.ndarray, what: str) -> None:
         raise ValueError(
             f"{what} hold an all-zero vector (an embedding with no direction cannot be searched)"
         )
-

@@ -159,7 +159,9 @@ class EditStore:
         if seed_path is None or store._db.ever_written():
             if seed_path is not None:
                 logger.info(
-                    "The edit store at %s already holds edits; the snapshot %s is not imported", store.url, seed_path
+                    "The edit store at %s already holds edits; the snapshot %s is not imported",
+                    store.url,
+                    seed_path,
                 )
             return store
         embedder = store.embedder
@@ -688,6 +690,7 @@ class EditStore:
 
     def _build_ivf(self, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
         return build_ivf_index(vectors, ids, self.dimension, self.config.ivf_nprobe)
+
 
 def _edit_from_json(text: str) -> Edit:
     return Edit.from_dict(json.loads(text))

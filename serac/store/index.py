@@ -21,7 +21,6 @@ def ivf_list_count(size: int) -> int:
     return int(max(1, min(wanted, affordable)))
 
 
-
 def new_exact_index(dimension: int) -> faiss.Index:
     """An exact inner-product index addressed by edit id."""
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))

@@ -52,7 +52,6 @@ class Snapshot:
     probe: np.ndarray | None
 
 
-
 def write_snapshot(
     path: Path,
     ids: np.ndarray,
