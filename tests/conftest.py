@@ -109,13 +109,16 @@ def postgres():
 _REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What Python, pytest and an editable install leave behind are not test output.
 _TOOL_OUTPUT = ("__pycache__", ".pytest_cache", ".ruff_cache", ".egg-info", ".coverage")
+_SOURCE_FILES = (".py", ".pyc", ".md", ".toml", ".coverage")
 
 
 def _repository_files() -> set[str]:
     found = set()
     for folder, subfolders, files in os.walk(_REPOSITORY):
         subfolders[:] = [name for name in subfolders if name != ".git" and not name.endswith(_TOOL_OUTPUT)]
-        found.update(os.path.join(folder, name) for name in files if not name.endswith((".pyc", ".coverage")))
+        # Source files appear while someone edits the tree; a test's stray output is data (a database, a
+        # snapshot, a log).
+        found.update(os.path.join(folder, name) for name in files if not name.endswith(_SOURCE_FILES))
     return found
 
 

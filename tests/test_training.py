@@ -308,3 +308,13 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
         main(["--output-dir", str(tmp_path), "--scope-threshold-strategy", "median"])
     with pytest.raises(SystemExit):
         main(["--output-dir", str(tmp_path), "--data", "wikidata:x.json"])
+
+
+def test_training_shows_a_progress_bar_and_no_log_dicts(examples, char_tokenizer, tmp_path, capfd):
+    counterfactual = CounterfactualModel(make_tiny_llama(char_tokenizer, seed=4), char_tokenizer)
+    shown = {**FAST, "show_progress": True, "logging_steps": 1}
+    arguments = CounterfactualTrainingArguments(max_steps=3, batch_size=4, eval_generations=0, **shown)
+    train_counterfactual_model(examples, arguments, counterfactual, tmp_path / "cf")
+    out, err = capfd.readouterr()
+    assert "{'loss'" not in out and "{'loss'" not in err
+    assert "3/3" in err  # the bar itself, on standard error

@@ -35,6 +35,7 @@ from serac.training.loop import (
     loss_history,
     model_reference,
     prepare_run,
+    quiet_progress,
     run_summary,
     write_report,
 )
@@ -180,6 +181,7 @@ def train_counterfactual_model(
             eval_dataset=eval_pairs if len(eval_pairs) else None,
             data_collator=_CounterfactualCollator(counterfactual),
         )
+        quiet_progress(trainer)
         trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir, arguments.resume))
         history = loss_history(trainer.state.log_history)
         model.eval()

@@ -31,6 +31,7 @@ __all__ = [
     "check_examples",
     "checkpoint_directory",
     "data_fingerprint",
+    "quiet_progress",
     "finish_checkpoints",
     "finished_part",
     "hf_arguments",
@@ -145,6 +146,26 @@ def hf_arguments(
         dataloader_pin_memory=torch.cuda.is_available() and not arguments.use_cpu,
         prediction_loss_only=True,  # evaluation needs the loss only; gathering LM logits would cost memory
     )
+
+
+def quiet_progress(trainer: Any) -> Any:
+    """Swap the Trainer's progress bar for one that shows the loss on the bar rather than printing a dict
+    per logging step (the bar goes to standard error; the logs stay in ``trainer.state.log_history``)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class _LossOnTheBar(ProgressCallback):
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
+        ) -> None:
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                shown = {key: f"{value:.4g}" for key, value in logs.items() if key in ("loss", "eval_loss")}
+                if shown:
+                    self.training_bar.set_postfix(shown, refresh=False)
+            logger.debug("training log: %s", logs)
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_LossOnTheBar)
+    return trainer
 
 
 def loss_history(log_history: list[dict[str, Any]]) -> dict[str, list[list[float]]]:

@@ -34,6 +34,7 @@ from serac.training.loop import (
     last_checkpoint,
     loss_history,
     prepare_run,
+    quiet_progress,
     run_summary,
     write_report,
 )
@@ -313,6 +314,7 @@ def train_scope_classifier(
             eval_dataset=eval_pairs.select_columns(columns),
             loss=BinaryCrossEntropyLoss(cross_encoder),
         )
+        quiet_progress(trainer)
         trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir, arguments.resume))
         history = loss_history(trainer.state.log_history)
 
