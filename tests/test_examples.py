@@ -119,7 +119,8 @@ def run_example(name: str, *args: object, cwd: Path, timeout: float = 150) -> st
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        # An empty cache: a script that fell back to the default parts would fail here, not train them.
+        # An empty cache of its own: a script that fell back to the default parts would run into the timeout
+        # training them here, and never read or write the user's cache.
         "SERAC_CACHE": str(cwd / "serac-cache"),
         # Tiny models gain nothing from more threads; on shared cores extra threads only contend.
         "OMP_NUM_THREADS": "1",
