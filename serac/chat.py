@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, NamedTuple
 
-__all__ = ["ChatMarkers", "chat_markers", "last_user_turn"]
+__all__ = ["ChatMarkers", "chat_markers", "chat_turns", "last_user_turn"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +106,41 @@ def last_user_turn(text: str, opening: str, closing: str, other_openings: tuple[
         return None
     end = text.find(closing, start)
     return (text[start:] if end < 0 else text[start:end]).strip()
+
+
+def chat_turns(
+    text: str, opening: str, closing: str, other_openings: tuple[str, ...] = ()
+) -> list[dict[str, str]] | None:
+    """The conversation in a chat-formatted ``text`` as messages (``role`` and ``content``), or ``None``.
+
+    User turns are read between the markers (:func:`chat_markers`); the text before the first one is the
+    system prompt (``"system"``) and the text between two user turns the reply to the first
+    (``"assistant"``), both with the template's markers left in: they are read for the names they hold, and
+    a marker holds none.
+    """
+    markers = [marker for marker in (opening, *other_openings) if marker]
+    messages: list[dict[str, str]] = []
+    position = 0
+    while True:
+        starts = [(found, marker) for marker in markers if (found := text.find(marker, position)) >= 0]
+        if not starts:
+            break
+        # The marker that starts first; of two at one place, the longer (it holds the other).
+        found, marker = min(starts, key=lambda item: (item[0], -len(item[1])))
+        between = text[position:found].strip()
+        if between:
+            messages.append({"role": "assistant" if messages else "system", "content": between})
+        start = found + len(marker)
+        end = text.find(closing, start)
+        content = text[start:] if end < 0 else text[start:end]
+        if messages and messages[-1]["role"] == "user" and not between:
+            # A marker inside a user turn (Llama-2's system prompt ends inside the first one): one turn.
+            messages[-1]["content"] = content.strip()
+        else:
+            messages.append({"role": "user", "content": content.strip()})
+        if end < 0:
+            break
+        position = end + len(closing)
+    if not any(message["role"] == "user" for message in messages):
+        return None
+    return messages

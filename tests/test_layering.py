@@ -28,7 +28,7 @@ FLOORS: list[tuple[str, ...]] = [
     ),
     # the parts
     ("serac.store", "serac.counterfactual", "serac.data"),
-    ("serac.scope",),
+    ("serac.scope", "serac.conversation"),
     ("serac.routing",),
     # the edit side as one object, and the SERAC folder it is saved in
     ("serac.folder", "serac.memory"),
