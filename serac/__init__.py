@@ -21,7 +21,7 @@ from serac.scope import (
     ScopeDecision,
     load_scope_classifier,
 )
-from serac.store import EditStore, EditStoreConfig, EditStoreError, UnknownEditError
+from serac.store import EditResult, EditStore, EditStoreConfig, EditStoreError, UnknownEditError
 
 __all__ = [
     "CounterfactualConfig",
@@ -29,6 +29,7 @@ __all__ = [
     "CrossEncoderScopeClassifier",
     "Edit",
     "EditMemory",
+    "EditResult",
     "EditStore",
     "EditStoreConfig",
     "EditStoreError",

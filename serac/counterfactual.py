@@ -244,6 +244,13 @@ class CounterfactualModel(torch.nn.Module):
         if (path / COUNTERFACTUAL_CONFIG_NAME).exists():
             config = config or CounterfactualConfig.load_json(path / COUNTERFACTUAL_CONFIG_NAME)
             model_path = str(path / MODEL_FOLDER)
+        elif (path / MODEL_FOLDER).is_dir() and not (path / "config.json").exists():
+            # The layout save_pretrained writes, with its config gone: the input format and answer length are
+            # lost with it, and the folder is not a checkpoint to load as one.
+            raise FileNotFoundError(
+                f"the counterfactual model in {path} has no {COUNTERFACTUAL_CONFIG_NAME} beside its {MODEL_FOLDER}/ "
+                "folder; restore the file, or save the counterfactual model (or its SERAC folder) again"
+            )
         else:
             config = config or CounterfactualConfig(model_name_or_path=str(name_or_path))
             model_path = str(name_or_path)

@@ -28,6 +28,7 @@ __all__ = [
     "name_words",
     "named_keys",
     "normalize_text",
+    "same_entity",
     "shared_name",
 ]
 
@@ -145,6 +146,72 @@ def shared_name(edit_text: str, query: str) -> str | None:
     return max(named, key=lambda name: (len(name.split()), len(name))) if named else None
 
 
+def entity_names(text: str) -> list[str]:
+    """The names ``text`` holds: maximal runs of capitalized words or numbers.
+
+    A run that opens the text loses its first word: a capital there is the sentence's, not a name's
+    ("Who", "The"; "Ellie Kemper is ..." gives "Kemper", which still names her in :func:`mentions_subject`).
+    A possessive ending is dropped ("Kemper's" is "Kemper").
+
+    Example:
+        >>> entity_names("Who is the mayor of Town17?")
+        ['Town17']
+        >>> entity_names("What is the country of citizenship of Ellie Kemper's son?")
+        ['Ellie Kemper']
+    """
+    runs, current = [], []
+    for index, match in enumerate(re.finditer(r"[\w'’.-]+", text)):
+        word = match.group().strip("'’.-")
+        core = re.sub(r"['’]s$", "", word)
+        if core and (core[0].isupper() or core[0].isdigit()):
+            current.append((index, core))
+            if core != word:  # a possessive ends the name
+                runs.append(current)
+                current = []
+        else:
+            if current:
+                runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    names = []
+    for run in runs:
+        if run[0][0] == 0:
+            run = run[1:]
+        if run:
+            names.append(" ".join(core for _, core in run))
+    return names
+
+
+def same_entity(first: Edit, second: Edit) -> str | None:
+    """The name of the entity two edits are both about, or ``None`` when they are not surely about one.
+
+    Edits with subjects are about one entity when the subjects are the same words (case and accents
+    ignored). An edit without a subject is about the names its prompt or statement holds
+    (:func:`entity_names`); it is about the same entity as another edit when each names every name of the
+    other. Conservative on purpose: two edits that are not surely about one entity never supersede each other.
+
+    Example:
+        >>> same_entity(Edit(prompt="Who is the mayor of Town1?", target="A"),
+        ...             Edit(prompt="Which person is the mayor of Town1?", target="B"))
+        'Town1'
+        >>> same_entity(Edit(prompt="Who is the mayor of Town1?", target="A"),
+        ...             Edit(prompt="Who is the mayor of Town2?", target="B")) is None
+        True
+    """
+    if first.subject is not None and second.subject is not None:
+        return first.subject if name_words(first.subject) == name_words(second.subject) else None
+    first_names = [first.subject] if first.subject is not None else entity_names(first.query)
+    second_names = [second.subject] if second.subject is not None else entity_names(second.query)
+    if not first_names or not second_names:
+        return None
+    if not all(mentions_subject(name, second.query) for name in first_names):
+        return None
+    if not all(mentions_subject(name, first.query) for name in second_names):
+        return None
+    return max(first_names + second_names, key=lambda name: (len(name.split()), len(name)))
+
+
 def mask_subject(subject: str, text: str, placeholder: str = "X") -> str:
     """``text`` with every mention of ``subject`` (as :func:`mentions_subject` finds them) replaced.
 
@@ -246,8 +313,16 @@ class Edit:
                 raise ValueError(f"Edit.prompt may hold at most one '{{}}' placeholder: {prompt!r}")
             if placeholders == 1 and subject is None:
                 raise ValueError(f"Edit.prompt {prompt!r} has a '{{}}' placeholder but no subject was given")
-            if placeholders == 0 and subject is not None and subject not in prompt:
-                raise ValueError(f"Edit.subject {subject!r} does not occur in prompt {prompt!r}")
+            if placeholders == 0 and subject is not None:
+                if subject not in prompt:
+                    raise ValueError(f"Edit.subject {subject!r} does not occur in prompt {prompt!r}")
+                if not re.search(rf"(?<!\w){re.escape(subject)}(?!\w)", prompt):
+                    # "Bob" in "Bobcat" is part of another word: the edit would be about an entity the
+                    # prompt does not name, and the scope classifier would match it to queries about Bob.
+                    raise ValueError(
+                        f"Edit.subject {subject!r} occurs in prompt {prompt!r} only inside another word; a "
+                        "subject must be named there as whole words"
+                    )
             query = prompt.replace("{}", subject) if placeholders else prompt
             # A prompt of punctuation alone would normalize to the empty key, shared by every such prompt.
             if not normalize_text(query):
@@ -271,7 +346,12 @@ class Edit:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Edit:
-        """Inverse of :meth:`to_dict`; unknown keys raise a ``KeyError``."""
+        """Inverse of :meth:`to_dict`; unknown keys raise a ``KeyError``, anything but a mapping a ``TypeError``."""
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                f"Edit.from_dict takes a mapping of fields (prompt, target, subject, statement), got "
+                f"{type(data).__name__}: {data!r:.80}"
+            )
         unknown = set(data) - {"prompt", "target", "subject", "statement"}
         if unknown:
             raise KeyError(f"unknown Edit fields: {sorted(unknown)}")

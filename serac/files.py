@@ -107,5 +107,16 @@ class JsonConfigMixin:
 
     @classmethod
     def load_json(cls: type[ConfigT], path: str | os.PathLike) -> ConfigT:
-        """Read a file written by :meth:`save_json`."""
-        return cls.from_json(Path(path).read_text())
+        """Read a file written by :meth:`save_json`; a file that is not such a config raises ``ValueError``
+        naming it."""
+        path = Path(path)
+        try:
+            return cls.from_json(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path} is not a readable {cls.__name__} (truncated or corrupt JSON: {error}); restore the file, "
+                "or save the part again"
+            ) from None
+        except (TypeError, AttributeError) as error:
+            # A JSON value of the wrong shape: a list instead of an object, an unknown or missing field.
+            raise ValueError(f"{path} is not a valid {cls.__name__}: {error}") from None

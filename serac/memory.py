@@ -11,6 +11,8 @@ Example:
     >>> memory = EditMemory.from_pretrained("my-serac-folder")  # doctest: +SKIP
     >>> memory.edit(Edit(prompt="{} plays the sport of", subject="LeBron James", target="football"))  # doctest: +SKIP
     [0]
+    >>> memory.retired()  # edits superseded by newer ones, kept for restore()  # doctest: +SKIP
+    []
     >>> memory.route(["What sport does LeBron James play?"])[0].in_scope  # doctest: +SKIP
     True
 """
@@ -35,7 +37,7 @@ from serac.folder import (
     read_folder,
 )
 from serac.scope import ScopeClassifier, ScopeDecision, load_scope_classifier
-from serac.store import STORE_FILE_NAME, EditStore, EditStoreError
+from serac.store import STORE_FILE_NAME, EditResult, EditStore, EditStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -81,33 +83,56 @@ class EditMemory:
         self.sources: dict[str, str] = {}
 
     # ------------------------------------------------------------------ edits
-    def edit(self, edits: Edit | Sequence[Edit], *, supersede: bool = True) -> list[int]:
-        """Store edits; returns their ids.
+    def edit(self, edits: Edit | Sequence[Edit], *, supersede: bool = True) -> EditResult:
+        """Store edits; returns their ids, one per edit given (an :class:`~serac.store.EditResult`: a list of
+        ids whose ``retired`` attribute lists the edits this call retired).
 
         A newer edit of the same prompt supersedes the older one. With ``supersede`` (the default), so does
-        a newer edit of the same fact in other words: when the scope classifier puts each edit's query in
-        the other's scope (:meth:`~serac.scope.ScopeClassifier.same_fact`), the older edit is removed, so
-        the newest correction answers every phrasing of the fact.
+        a newer edit of the same fact in other words: the same entity, and each edit's query in the other's
+        scope by the scope classifier (:meth:`~serac.scope.ScopeClassifier.same_fact`), so the newest
+        correction answers every phrasing of the fact. Superseding never deletes: the older edit is retired
+        to the store's history (:meth:`retired`), where :meth:`restore` finds it. Every returned id is live:
+        an edit superseded by another edit of the same call gets the id of the one that stands for it.
         """
-        ids = self.store.add([edits] if isinstance(edits, Edit) else edits)
-        if supersede and ids:
-            with self.store.lock:
-                live = [edit_id for edit_id in ids if edit_id in self.store]
-                older = {
-                    other
-                    for others in self.scope_classifier.same_fact(live, self.store).values()
-                    for other in others
-                }
-                older = sorted(other for other in older if other in self.store)
-                if older:
-                    logger.info("%d edit(s) superseded by newer edits of the same fact", len(older))
-                    self.store.remove(older)
-        return ids
+        result = self.store.add([edits] if isinstance(edits, Edit) else edits)
+        if not supersede or not result:
+            return result
+        with self.store.lock:
+            live = sorted({edit_id for edit_id in result if edit_id in self.store})
+            retiring: dict[int, int] = {}
+            for newer, older_ids in sorted(self.scope_classifier.same_fact(live, self.store).items()):
+                for older in older_ids:
+                    # The newest edit of the fact stands for it.
+                    retiring[older] = max(newer, retiring.get(older, newer))
+            retired = self.store.retire(retiring) if retiring else []
+        if retired:
+            logger.warning(
+                "%d edit(s) retired to the store's history, superseded by newer edits of the same fact "
+                "(retired id -> superseding id: %s); EditMemory.retired() lists them, restore(ids) brings "
+                "them back, edit(..., supersede=False) keeps both",
+                len(retired),
+                {edit_id: retiring[edit_id] for edit_id in retired},
+            )
+        return EditResult(
+            [_standing_for(edit_id, retiring) for edit_id in result], retired=[*result.retired, *retired]
+        )
 
     def remove_edits(self, edit_ids: int | Sequence[int]) -> None:
         """Remove stored edits by id (Python or NumPy integers); an unknown id raises ``KeyError`` and removes
-        nothing."""
+        nothing. Removing deletes: removed edits do not go to the history of retired ones."""
         self.store.remove(edit_ids)
+
+    def retired(self) -> list[tuple[int, Edit, int | None]]:
+        """The edits superseding retired, kept in the store's history: ``(id, edit, retired_by)``, where
+        ``retired_by`` is the id of the edit that superseded it (see :meth:`EditStore.retired
+        <serac.store.EditStore.retired>`)."""
+        return self.store.retired()
+
+    def restore(self, edit_ids: int | Sequence[int]) -> EditResult:
+        """Bring retired edits back under their ids (see :meth:`EditStore.restore
+        <serac.store.EditStore.restore>`): an undo of superseding. A live edit of the same prompt is retired
+        in each one's place; the returned result lists those in ``retired``."""
+        return self.store.restore(edit_ids)
 
     @property
     def edits(self) -> list[tuple[int, Edit]]:
@@ -206,7 +231,8 @@ class EditMemory:
         ``store`` is where to keep the edits (anything :meth:`EditStore.open` takes): a store never written
         before is filled with the folder's saved edits, one that holds edits already is used as it is.
         Default: in memory, filled with the folder's edits. A folder with no saved edits (as written by
-        training) gives an empty store. Nothing is written to ``store`` unless both parts load.
+        training) gives an empty store. Nothing is written to ``store`` unless both parts and the saved edits
+        load.
         """
         folder = read_folder(
             name_or_path, allow_external_parts=allow_external_parts, revision=revision, token=token
@@ -307,3 +333,12 @@ class EditMemory:
         if part not in self.sources:
             raise ValueError(f"the {part} was not loaded from disk; save it with save_parts=True")
         return self.sources[part]
+
+
+def _standing_for(edit_id: int, retiring: dict[int, int]) -> int:
+    """The live edit that stands for ``edit_id``: itself, or the end of its chain of superseding edits."""
+    seen = set()
+    while edit_id in retiring and edit_id not in seen:
+        seen.add(edit_id)
+        edit_id = retiring[edit_id]
+    return edit_id

@@ -16,6 +16,7 @@ import copy
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from serac.folder import SeracConfig, SeracConfigError
 from serac.memory import EditMemory
 from serac.routing import AnswerForcing, split_by_scope
 from serac.scope import ScopeClassifier, ScopeDecision
-from serac.store import EditStore
+from serac.store import EditResult, EditStore
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +113,19 @@ class EditableModel(torch.nn.Module):
         return self.memory.store
 
     # ------------------------------------------------------------------ edits
-    def edit(self, edits: Edit | Sequence[Edit], *, supersede: bool = True) -> list[int]:
-        """Store edits; returns their ids (see :meth:`EditMemory.edit <serac.memory.EditMemory.edit>`)."""
+    def edit(self, edits: Edit | Sequence[Edit], *, supersede: bool = True) -> EditResult:
+        """Store edits; returns their ids, with ``retired`` listing the edits this call superseded (see
+        :meth:`EditMemory.edit <serac.memory.EditMemory.edit>`)."""
         return self.memory.edit(edits, supersede=supersede)
+
+    def retired(self) -> list[tuple[int, Edit, int | None]]:
+        """The superseded edits kept in the store's history: ``(id, edit, retired_by)`` (see
+        :meth:`EditMemory.retired <serac.memory.EditMemory.retired>`)."""
+        return self.memory.retired()
+
+    def restore(self, edit_ids: int | Sequence[int]) -> EditResult:
+        """Bring retired edits back (see :meth:`EditMemory.restore <serac.memory.EditMemory.restore>`)."""
+        return self.memory.restore(edit_ids)
 
     def remove_edits(self, edit_ids: int | Sequence[int]) -> None:
         """Remove stored edits by id (Python or NumPy integers); an unknown id raises ``KeyError`` and removes
@@ -186,9 +197,12 @@ class EditableModel(torch.nn.Module):
         (``do_sample``, ``temperature``, ``top_k``, ``top_p``), each of a row's ``num_return_sequences`` gets its
         own sampled answer. Out-of-scope rows are exactly what the base model generates for the same batch.
         With ``return_dict_in_generate=True`` the output has a ``routing`` attribute: this call's decisions.
+        An edited row's answer is at most the counterfactual model's ``config.max_new_tokens`` long; ``max_time``
+        (for the whole call) and ``stopping_criteria`` (given a shared tokenizer) bound its generation too.
         ``inputs_embeds`` are routed when they are the base model's token embeddings; otherwise, with an edit
         stored, the call raises :class:`EditRoutingError`.
         """
+        started = time.monotonic()
         if inputs is not None and kwargs.get("input_ids") is not None:
             raise ValueError(
                 "`inputs` were passed alongside `input_ids`, which is not allowed: pass one of them."
@@ -215,10 +229,14 @@ class EditableModel(torch.nn.Module):
                 f"{route.edited_rows}); generate without assistant_model/prompt_lookup_num_tokens"
             )
         config = self._generation_config(kwargs)
-        answers = self._forced_answers(routed_ids, route.edited_rows, queries, chat_rows, decisions, config)
+        answers = self._forced_answers(
+            routed_ids, route.edited_rows, queries, chat_rows, decisions, config, kwargs, started
+        )
         forcing = AnswerForcing(answers, len(routed_ids), self._pad_token_id(config))
         caller_processors = kwargs.get("logits_processor") or []
         generate_kwargs = {**kwargs, "logits_processor": LogitsProcessorList([*caller_processors, forcing])}
+        if config.max_time is not None:  # for the whole call: the base model gets what is left
+            generate_kwargs["max_time"] = max(config.max_time - (time.monotonic() - started), 1e-3)
         return self._finish(self._base_generate(input_ids, generate_kwargs), decisions)
 
     def forward(
@@ -242,6 +260,7 @@ class EditableModel(torch.nn.Module):
         the base model's tokenizer (its logits cannot be aligned), or when edits are stored and a non-empty ``past_key_values`` is given (only the new tokens would be seen).
         """
         inputs_embeds = kwargs.get("inputs_embeds")
+        input_ids, attention_mask = self._check_inputs(input_ids, attention_mask)
 
         def base_forward() -> Any:
             return self.base_model(
@@ -264,6 +283,7 @@ class EditableModel(torch.nn.Module):
                 "generate(), or call inside disable_edits()"
             )
         routed_ids, attention_mask = self._check_inputs(routed_ids, attention_mask)
+        self._check_labels(labels, routed_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(routed_ids)
         splits = self._query_lengths(routed_ids, attention_mask, labels)
@@ -457,6 +477,9 @@ class EditableModel(torch.nn.Module):
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
             raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.dtype != torch.long:
+            # Any integer dtype holds token ids; embedding layers take int64 (int8, int16 and uint8 they refuse).
+            input_ids = input_ids.long()
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor):
                 raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
@@ -469,6 +492,18 @@ class EditableModel(torch.nn.Module):
             ):
                 raise ValueError("attention_mask must hold only 0 and 1")
         return input_ids, attention_mask
+
+    def _check_labels(self, labels: Any, input_ids: torch.Tensor) -> None:
+        """Labels tell where each row's query ends: one row of them per input row (as long as the row, for a
+        decoder-only model)."""
+        if labels is not None and not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+        width = 1 if self.is_encoder_decoder else 2
+        if labels is not None and (labels.dim() != 2 or labels.shape[:width] != input_ids.shape[:width]):
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)} do not fit input_ids of shape {tuple(input_ids.shape)}: "
+                "give one row of labels per input row, with -100 where no token is scored"
+            )
 
     def _base_generate(self, input_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> Any:
         if input_ids is None:
@@ -618,6 +653,8 @@ class EditableModel(torch.nn.Module):
         chat_rows: Sequence[bool],
         decisions: Sequence[ScopeDecision],
         config: Any,
+        kwargs: dict[str, Any],
+        started: float,
     ) -> dict[int, list[list[int]]]:
         """For each edited row, the token sequences its generation is made to write (answer, then eos)."""
         if config.max_new_tokens is not None:
@@ -625,7 +662,18 @@ class EditableModel(torch.nn.Module):
         else:
             max_length = config.max_length if config.max_length is not None else 20  # generate()'s default
             budget = max_length - (1 if self.is_encoder_decoder else input_ids.shape[1])
-        generation_kwargs: dict[str, Any] = {"max_new_tokens": max(int(budget), 1)}
+        # Answers are written before the base model's first step, where nothing else could stop them: as long
+        # as the counterfactual model answers, within the caller's time, and stopped by the caller's criteria.
+        budget = min(int(budget), self.counterfactual_model.config.max_new_tokens)
+        generation_kwargs: dict[str, Any] = {"max_new_tokens": max(budget, 1)}
+        if config.max_time is not None:
+            generation_kwargs["max_time"] = max(config.max_time - (time.monotonic() - started), 1e-3)
+        criteria = kwargs.get("stopping_criteria")
+        if criteria and self._counterfactual_shares_tokenizer():  # they read token ids
+            try:  # a copy: a criterion may keep state (where the prompt ended) for the base model's run
+                generation_kwargs["stopping_criteria"] = copy.deepcopy(criteria)
+            except Exception:  # one holding a lock or an event (a cancel flag) is read, not written
+                generation_kwargs["stopping_criteria"] = criteria
         copies = 1
         if config.do_sample:
             copies = int(config.num_return_sequences or 1)

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from serac.edits import Edit, mask_subject, mentions_subject, shared_name
+from serac.edits import Edit, mask_subject, mentions_subject, same_entity, shared_name
 from serac.files import JsonConfigMixin
 from serac.store import EditStore
 
@@ -77,6 +77,12 @@ class ScopeClassifierConfig(JsonConfigMixin):
         mask_subject: the cross-encoder reads an edit with a subject, and the query, with the subject's
             mentions replaced by a placeholder (:meth:`pair`): which entity is meant is settled by the
             subject match, and the classifier judges what is asked of it, whatever the entity's name.
+        same_fact_threshold: the lowest score, in both directions, at which two edits about the same entity
+            state the same fact, so that the newer retires the older (:meth:`ScopeClassifier.same_fact`).
+            Higher than ``threshold``: routing a query to the wrong edit costs one answer, retiring an edit
+            costs every answer it gave. For the embedding variant the score is the cosine of the two edits'
+            queries with the entity masked (MiniLM: 0.98 for "Who is the mayor of X?" against "Which person
+            is the mayor of X?", 0.64 for "X was born in" against "X died in").
     """
 
     kind: str = "cross_encoder"
@@ -91,6 +97,9 @@ class ScopeClassifierConfig(JsonConfigMixin):
     last_sentence: bool = field(default=True, metadata={"help": "also score a query's last sentence"})
     mask_subject: bool = field(default=True, metadata={"help": "hide the subject's name from the scorer"})
     subject_candidates: int = field(default=32, metadata={"help": "edits found by subject, scored per query"})
+    same_fact_threshold: float = field(
+        default=0.9, metadata={"help": "lowest score for one edit to retire another"}
+    )
 
     KINDS: ClassVar[tuple[str, ...]] = ("cross_encoder", "embedding")
     EDIT_INPUTS: ClassVar[tuple[str, ...]] = ("query", "text")
@@ -110,6 +119,9 @@ class ScopeClassifierConfig(JsonConfigMixin):
             raise ValueError(f"edit_input must be one of {self.EDIT_INPUTS}, got {self.edit_input!r}")
         if self.kind == "cross_encoder" and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"a cross-encoder threshold is a probability in [0, 1], got {self.threshold}")
+        low = 0.0 if self.kind == "cross_encoder" else -1.0
+        if not low <= self.same_fact_threshold <= 1.0:
+            raise ValueError(f"same_fact_threshold must be in [{low:g}, 1], got {self.same_fact_threshold}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScopeClassifierConfig:
@@ -222,9 +234,12 @@ class ScopeClassifier(ABC):
     def same_fact(self, edit_ids: Sequence[int], store: EditStore) -> dict[int, list[int]]:
         """For each stored edit in ``edit_ids``, the older stored edits that state the same fact.
 
-        Two edits state the same fact when each one's query is in the other's scope ("Who designed X?" and
-        "Which architect built X?"): a correction of a fact, whatever its wording, then replaces the
-        earlier correction instead of competing with it. An older edit is one with a smaller id.
+        Two edits state the same fact when they are about the same entity (the same subject, or for edits
+        without one the same names: :func:`~serac.edits.same_entity`) and ask the same of it: each one's
+        query scores at least :attr:`ScopeClassifierConfig.same_fact_threshold` against the other ("Who
+        designed X?" and "Which architect built X?"). A correction of a fact, whatever its wording, then
+        replaces the earlier correction instead of competing with it; edits about other entities, or other
+        relations of the same entity, are never taken for one fact. An older edit is one with a smaller id.
 
         Example:
             >>> ids = store.add([Edit(prompt="Who designed {}?", subject="X", target="A"),
@@ -239,43 +254,51 @@ class ScopeClassifier(ABC):
         newer_ids = list(edits)
         queries = [edits[edit_id].query for edit_id in newer_ids]
         vectors = store.encode(queries)
+        pairs: list[tuple[int, int, Edit, Edit, str]] = []
         with store.lock:
             hits = store.search(vectors, k=self.config.top_k)
-            rows = []
             for edit_id, query, row in zip(newer_ids, queries, hits, strict=True):
                 similar = dict(row)
                 similar.update((other, np.inf) for other in self._named(query, store))
-                rows.append(
-                    [(other, value, store.get(other)) for other, value in similar.items() if other < edit_id]
-                )
-        rows = [self._prefilter(query, row) for query, row in zip(queries, rows, strict=True)]
-        forward = self._score_candidates([[query] for query in queries], rows, store)
-        # The other direction, the older edit's query against the newer edit, only where the first holds:
-        # most candidates fail it, which halves the cost of a large edit() call.
-        rows = [
-            [
-                candidate
-                for candidate, score in zip(row, scores, strict=True)
-                if score >= self.config.threshold
-            ]
-            for row, scores in zip(rows, forward, strict=True)
-        ]
-        backward_rows = [
-            [(edit_id, 1.0, edits[edit_id])] * len(row) for edit_id, row in zip(newer_ids, rows, strict=True)
-        ]
-        backward = self._score_candidates(
-            [[older.query for _, _, older in row] for row in rows], backward_rows, store, pairwise=True
+                candidates = [
+                    (other, value, store.get(other)) for other, value in similar.items() if other < edit_id
+                ]
+                for other, _, older in self._prefilter(query, candidates):
+                    entity = same_entity(edits[edit_id], older)
+                    if entity is not None:
+                        pairs.append((edit_id, other, edits[edit_id], older, entity))
+        if not pairs:
+            return {}
+        scores = self._same_fact_scores(
+            [(newer, older, entity) for _, _, newer, older, entity in pairs], store
         )
         found: dict[int, list[int]] = {}
-        for edit_id, row, back in zip(newer_ids, rows, backward, strict=True):
-            older = [
-                other
-                for (other, _, _), reverse in zip(row, back, strict=True)
-                if reverse >= self.config.threshold
-            ]
-            if older:
-                found[edit_id] = older
+        for (edit_id, other, _, _, _), score in zip(pairs, scores, strict=True):
+            if score >= self.config.same_fact_threshold:
+                found.setdefault(edit_id, []).append(other)
         return found
+
+    def _same_fact_scores(self, pairs: Sequence[tuple[Edit, Edit, str]], store: EditStore) -> list[float]:
+        """For each (newer, older, entity) pair, the lower of its two scores: the newer edit's query against
+        the older edit, and the older edit's query against the newer one."""
+        forward = self._score_candidates(
+            [[newer.query for newer, _, _ in pairs]],
+            [[(0, 1.0, older) for _, older, _ in pairs]],
+            store,
+            pairwise=True,
+        )[0]
+        # The other direction only where the first holds: most candidates fail it.
+        passing = [index for index, score in enumerate(forward) if score >= self.config.same_fact_threshold]
+        backward = self._score_candidates(
+            [[pairs[index][1].query for index in passing]],
+            [[(0, 1.0, pairs[index][0]) for index in passing]],
+            store,
+            pairwise=True,
+        )[0]
+        scores = list(forward)
+        for index, score in zip(passing, backward, strict=True):
+            scores[index] = min(forward[index], score)
+        return scores
 
     def _named(self, query: str, store: EditStore) -> list[int]:
         if not (self.config.subject_match and self.config.subject_candidates):
@@ -338,6 +361,13 @@ class EmbeddingScopeClassifier(ScopeClassifier):
                     row_scores[index] = value
             scores.append(row_scores)
         return scores
+
+    def _same_fact_scores(self, pairs, store):
+        # Two edits about one entity are near each other in embedding space whatever they ask of it (the
+        # name dominates short texts): compare what they ask, with the entity masked in both.
+        newer = [mask_subject(entity, first.query) for first, _, entity in pairs]
+        older = [mask_subject(entity, second.query) for _, second, entity in pairs]
+        return self.score_pairs(newer, older, store).tolist()
 
     def score_pairs(self, edit_texts: Sequence[str], queries: Sequence[str], store: EditStore) -> np.ndarray:
         """Cosine similarity of each (edit text, query) pair, embedded with the store's embedder."""

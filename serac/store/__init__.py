@@ -10,11 +10,12 @@ Example:
 """
 
 from serac.store.config import EditStoreConfig, EditStoreError, Embedder, UnknownEditError
-from serac.store.edit_store import EditStore
+from serac.store.edit_store import EditResult, EditStore
 from serac.store.snapshot import STORE_FILE_NAME
 
 __all__ = [
     "STORE_FILE_NAME",
+    "EditResult",
     "EditStore",
     "EditStoreConfig",
     "EditStoreError",

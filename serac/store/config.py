@@ -1,4 +1,4 @@
-"""Settings and errors of the edit store."""
+"""Settings, errors and argument checks of the edit store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["EditStoreConfig", "EditStoreError", "Embedder", "UnknownEditError", "check_vectors"]
+__all__ = [
+    "MAX_EDIT_ID",
+    "EditStoreConfig",
+    "EditStoreError",
+    "Embedder",
+    "UnknownEditError",
+    "check_id_range",
+    "check_ids",
+    "check_vectors",
+]
+
+#: Edit ids are stored as signed 64-bit integers; nothing outside this range can name an edit.
+MAX_EDIT_ID = 2**63 - 1
 
 
 class EditStoreError(ValueError):
@@ -82,3 +94,32 @@ def check_vectors(vectors: np.ndarray, what: str) -> None:
         raise ValueError(
             f"{what} hold an all-zero vector (an embedding with no direction cannot be searched)"
         )
+
+
+def check_ids(edit_ids: Any) -> list[int]:
+    """Edit ids as Python ints: one id or an iterable of them, NumPy integers included."""
+    if isinstance(edit_ids, np.ndarray):
+        if edit_ids.dtype.kind not in "iu":
+            raise TypeError(f"edit ids are integers, got an array of {edit_ids.dtype}")
+        edit_ids = edit_ids.reshape(-1).tolist()
+    elif isinstance(edit_ids, (int, np.integer)) and not isinstance(edit_ids, bool):
+        edit_ids = [edit_ids]
+    elif isinstance(edit_ids, (str, bytes)):
+        raise TypeError("edit ids are integers, got a string")
+    try:
+        edit_ids = list(edit_ids)
+    except TypeError:
+        raise TypeError(f"edit ids are integers, got {type(edit_ids).__name__}") from None
+    for edit_id in edit_ids:
+        if isinstance(edit_id, bool) or not isinstance(edit_id, (int, np.integer)):
+            raise TypeError(f"edit ids are integers, got {type(edit_id).__name__}")
+    return [int(edit_id) for edit_id in edit_ids]
+
+
+def check_id_range(edit_ids: list[int]) -> None:
+    """Ids no database can hold are unknown ids, reported as such rather than as a driver's OverflowError."""
+    for edit_id in edit_ids:
+        if not 0 <= edit_id <= MAX_EDIT_ID:
+            raise UnknownEditError(
+                f"no edit with id {edit_id!r} in the store (edit ids run from 0 to 2**63 - 1)"
+            )

@@ -1,7 +1,7 @@
 """The edit store's source of truth: a database reached through SQLAlchemy Core.
 
 SQLite is the embedded default (a file, or memory for a throwaway store); PostgreSQL (``psycopg`` 3) lets
-many processes or machines share one store. Four tables:
+many processes or machines share one store. Five tables:
 
 * ``serac_store_meta``: name/value pairs fixed when the store is created (format version, embedding size,
   the embedder's fingerprint);
@@ -11,13 +11,20 @@ many processes or machines share one store. Four tables:
 * ``serac_edits``: the live edits, each with its embedding (float32 bytes), so a process that opens a large
   store never re-embeds;
 * ``serac_changes``: the change log (``seq``, edit id, add or remove). Each process keeps its FAISS index in
-  memory and brings it up to date by reading the changes past the last one it applied.
+  memory and brings it up to date by reading the changes past the last one it applied;
+* ``serac_retired``: the history of superseded edits, with their embeddings and the id of the edit that
+  retired each, so that superseding never deletes an edit and can be undone. Databases written before it
+  existed (format 1 has the same four other tables) get it when opened; serac versions that predate it
+  ignore it.
 
-Every write is one transaction, durable when it returns (SQLite: WAL journal, ``synchronous=FULL``).
+Every write is one transaction, durable when it returns (SQLite: WAL journal, ``synchronous=FULL``). A
+database is checked before anything is written to it: one whose ``serac_*`` tables are not an edit store's
+is refused unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,13 +39,25 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from serac.edits import Edit
+from serac.store.config import EditStoreError
+from serac.store.location import database_url, sqlite_schema
+
 logger = logging.getLogger(__name__)
 
 DATABASE_FORMAT_VERSION = 1
 OP_ADD = "a"
 OP_REMOVE = "r"
 
-__all__ = ["DATABASE_FORMAT_VERSION", "EditDatabase", "StoreChanges", "database_url", "key_digest"]
+__all__ = [
+    "DATABASE_FORMAT_VERSION",
+    "EditDatabase",
+    "RetiredRow",
+    "StoreChanges",
+    "check_schema",
+    "database_url",
+    "key_digest",
+]
 
 _metadata = sa.MetaData()
 META = sa.Table(
@@ -71,14 +90,38 @@ CHANGES = sa.Table(
     sa.Column("edit_id", sa.BigInteger, nullable=False),
     sa.Column("op", sa.String(1), nullable=False),
 )
+RETIRED = sa.Table(
+    "serac_retired",
+    _metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("edit", sa.Text, nullable=False),
+    sa.Column("embedding", sa.LargeBinary, nullable=False),
+    # The edit that superseded it (NULL: none recorded); it may itself have been retired or removed since.
+    sa.Column("retired_by", sa.BigInteger, nullable=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+)
+#: The tables of a database of format 1, which every edit store has; serac_retired came later.
+CORE_TABLES = (META, COUNTERS, EDITS, CHANGES)
 
 
-def database_url(url_or_path: str | os.PathLike) -> str:
-    """A SQLAlchemy URL; a plain path means a SQLite file there."""
-    text = os.fspath(url_or_path)
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(text).expanduser().resolve()}"
+def check_schema(columns: dict[str, list[str]], where: str) -> None:
+    """Refuse a database whose ``serac_*`` tables (``columns``: every table's column names) are not an edit
+    store's: another application's table of the same name, or a store with some of its tables gone."""
+    ours = {table.name: [column.name for column in table.columns] for table in _metadata.sorted_tables}
+    present = {name: names for name, names in columns.items() if name in ours}
+    for name, names in sorted(present.items()):
+        if sorted(names) != sorted(ours[name]):
+            raise EditStoreError(
+                f"{where} has a table {name} that is not an edit store's (columns {sorted(names)}; an edit "
+                f"store's has {sorted(ours[name])}); nothing was changed: open the edit store in another "
+                "database or file"
+            )
+    missing = [table.name for table in CORE_TABLES if table.name not in present]
+    if present and missing:
+        raise EditStoreError(
+            f"{where} has the edit store tables {sorted(present)} but not {missing}: it is not a complete edit "
+            "store; nothing was changed: open the edit store in another database or file"
+        )
 
 
 def key_digest(key: str) -> str:
@@ -92,6 +135,17 @@ class StoreChanges:
     last_seq: int
     removed: list[int]
     added: list[tuple[int, str, bytes]]  # (id, edit JSON, embedding bytes)
+    retired: list[int] = dataclasses.field(default_factory=list)  # of ``removed``, those kept in history
+
+
+@dataclass
+class RetiredRow:
+    """One retired edit, as the history holds it."""
+
+    id: int
+    edit: str  # the edit's JSON
+    embedding: bytes
+    retired_by: int | None
 
 
 class EditDatabase:
@@ -110,6 +164,10 @@ class EditDatabase:
         self.in_memory = self.dialect == "sqlite" and parsed.database in (None, "", ":memory:")
         self._writer_lock_path: str | None = None
         if self.dialect == "sqlite":
+            if not self.in_memory:
+                columns = sqlite_schema(Path(parsed.database))
+                if columns is not None:
+                    check_schema(columns, str(parsed.database))
             self.engine = self._sqlite_engine(parsed, busy_timeout_s)
             if not self.in_memory:
                 self._writer_lock_path = f"{parsed.database}-writer.lock"
@@ -125,6 +183,14 @@ class EditDatabase:
         else:
             raise ValueError(f"edit stores live in SQLite or PostgreSQL, not {self.dialect!r} ({self.url})")
         self._create_tables()
+
+    @property
+    def where(self) -> str:
+        """The database, for messages: the SQLite file, or the URL without its password."""
+        parsed = sa.engine.make_url(self.url)
+        if self.dialect == "sqlite":
+            return "memory" if self.in_memory else str(parsed.database)
+        return parsed.render_as_string(hide_password=True)
 
     # ------------------------------------------------------------------ engines
     @staticmethod
@@ -159,6 +225,16 @@ class EditDatabase:
     def _create_tables(self) -> None:
         for attempt in range(5):
             try:
+                if self.dialect != "sqlite":
+                    # A server's database may hold other applications' tables: check ours before creating any.
+                    inspector = sa.inspect(self.engine)
+                    check_schema(
+                        {
+                            name: [column["name"] for column in inspector.get_columns(name)]
+                            for name in inspector.get_table_names()
+                        },
+                        self.where,
+                    )
                 _metadata.create_all(self.engine)
                 with self._write() as connection:
                     exists = connection.execute(sa.select(COUNTERS.c.id)).first()
@@ -170,6 +246,13 @@ class EditDatabase:
                 if attempt == 4:
                     raise
                 time.sleep(0.1 * (attempt + 1))
+            except sa.exc.OperationalError as error:
+                if self.dialect != "sqlite":
+                    raise
+                raise EditStoreError(
+                    f"cannot open the edit store {self.where}: {error.orig}; check that the file and its folder "
+                    "are writable by this process"
+                ) from None
 
     # ------------------------------------------------------------------ transactions
     def _write(self):
@@ -235,32 +318,53 @@ class EditDatabase:
 
     # ------------------------------------------------------------------ writes
     def add(
-        self, keys: Sequence[str], edits_json: Sequence[str], embeddings: np.ndarray
+        self,
+        keys: Sequence[str],
+        edits_json: Sequence[str],
+        embeddings: np.ndarray,
+        superseded_by: Sequence[int | None] | None = None,
     ) -> tuple[list[int], int, StoreChanges]:
-        """Insert edits (keys already unique), superseding stored edits with the same keys.
+        """Insert edits, each with an id of its own; stored edits with the same keys are retired by them
+        (moved to the history, with the id of the edit that supersedes each).
 
-        Returns the new ids, the change number the transaction started from, and its changes.
+        ``superseded_by[i]``, where not ``None``, is the position of the edit of this call that supersedes
+        edit ``i`` (the same prompt, later in the call): edit ``i`` goes straight to the history. The keys of
+        the other edits are unique. Returns the new ids, the change number the transaction started from, and
+        its changes.
         """
+        if superseded_by is None:
+            superseded_by = [None] * len(keys)
         digests = [key_digest(key) for key in keys]
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         with self._write() as connection:
             next_id, last_seq = self._lock_counters(connection)
-            superseded = []
-            for start in range(0, len(digests), 500):
-                chunk = digests[start : start + 500]
-                superseded += [
-                    int(row.id)
-                    for row in connection.execute(sa.select(EDITS.c.id).where(EDITS.c.key_sha256.in_(chunk)))
-                ]
-            superseded.sort()
             ids = list(range(next_id, next_id + len(keys)))
-            seq = last_seq
-            changes = []
-            for edit_id in superseded:
-                seq += 1
-                changes.append({"seq": seq, "edit_id": edit_id, "op": OP_REMOVE})
-            rows = []
-            for edit_id, digest, text, vector in zip(ids, digests, edits_json, vectors, strict=True):
+            live = [i for i, by in enumerate(superseded_by) if by is None]
+            id_for_digest = {digests[i]: ids[i] for i in live}
+            superseded: dict[int, int] = {}
+            for start in range(0, len(live), 500):
+                chunk = [digests[i] for i in live[start : start + 500]]
+                for row in connection.execute(
+                    sa.select(EDITS.c.id, EDITS.c.key_sha256).where(EDITS.c.key_sha256.in_(chunk))
+                ):
+                    superseded[int(row.id)] = id_for_digest[row.key_sha256]
+            seq = self._move_to_history(connection, superseded, last_seq)
+            changes, rows, history = [], [], []
+            for i, (edit_id, digest, text, vector) in enumerate(
+                zip(ids, digests, edits_json, vectors, strict=True)
+            ):
+                if superseded_by[i] is not None:
+                    by = ids[superseded_by[i]]
+                    history.append(
+                        {
+                            "id": edit_id,
+                            "edit": text,
+                            "embedding": vector.tobytes(),
+                            "retired_by": by,
+                            "seq": seq,
+                        }
+                    )
+                    continue
                 seq += 1
                 changes.append({"seq": seq, "edit_id": edit_id, "op": OP_ADD})
                 rows.append(
@@ -272,18 +376,173 @@ class EditDatabase:
                         "seq": seq,
                     }
                 )
-            if superseded:
-                connection.execute(sa.delete(EDITS).where(EDITS.c.id.in_(superseded)))
             if rows:
                 connection.execute(sa.insert(EDITS), rows)
                 connection.execute(sa.insert(CHANGES), changes)
+            if history:
+                connection.execute(sa.insert(RETIRED), history)
             connection.execute(
                 sa.update(COUNTERS)
                 .where(COUNTERS.c.id == 1)
                 .values(next_id=next_id + len(keys), last_seq=seq)
             )
         added = [(row["id"], row["edit"], row["embedding"]) for row in rows]
-        return ids, last_seq, StoreChanges(seq, superseded, added)
+        removed = sorted(superseded)
+        retired = sorted([*removed, *(row["id"] for row in history)])
+        return ids, last_seq, StoreChanges(seq, removed, added, retired)
+
+    def retire(self, retired_by: dict[int, int | None]) -> tuple[int, StoreChanges]:
+        """Move live edits to the history, each with the id of the edit that retired it, in one transaction.
+        Ids that are no longer live (removed meanwhile) are skipped."""
+        with self._write() as connection:
+            _, last_seq = self._lock_counters(connection)
+            live = self._present(connection, EDITS, list(retired_by))
+            moving = {edit_id: retired_by[edit_id] for edit_id in sorted(live)}
+            seq = self._move_to_history(connection, moving, last_seq)
+            if seq != last_seq:
+                connection.execute(sa.update(COUNTERS).where(COUNTERS.c.id == 1).values(last_seq=seq))
+        return last_seq, StoreChanges(seq, list(moving), [], list(moving))
+
+    def restore(self, digests: dict[int, str]) -> tuple[int, StoreChanges]:
+        """Bring retired edits (id -> key digest) back under their ids, in one transaction. A live edit of
+        the same prompt is retired in each one's place (an undo of a re-edit). ``KeyError`` (listing them),
+        and nothing changed, if some ids are not in the history; ``ValueError`` if two share a prompt."""
+        if not digests:
+            seq = self.last_seq()
+            return seq, StoreChanges(seq, [], [])
+        if len(set(digests.values())) != len(digests):
+            raise ValueError("two of these retired edits have the same prompt; restore one of them")
+        with self._write() as connection:
+            _, last_seq = self._lock_counters(connection)
+            ids = sorted(digests)
+            present = self._present(connection, RETIRED, ids)
+            missing = [edit_id for edit_id in ids if edit_id not in present]
+            if missing:
+                raise KeyError(missing)
+            id_for_digest = {digest: edit_id for edit_id, digest in digests.items()}
+            holders: dict[int, int | None] = {}
+            for start in range(0, len(ids), 500):
+                chunk = [digests[edit_id] for edit_id in ids[start : start + 500]]
+                for row in connection.execute(
+                    sa.select(EDITS.c.id, EDITS.c.key_sha256).where(EDITS.c.key_sha256.in_(chunk))
+                ):
+                    holders[int(row.id)] = id_for_digest[row.key_sha256]
+            seq = self._move_to_history(connection, holders, last_seq)
+            rows = []
+            for start in range(0, len(ids), 500):
+                rows += connection.execute(
+                    sa.select(RETIRED.c.id, RETIRED.c.edit, RETIRED.c.embedding)
+                    .where(RETIRED.c.id.in_(ids[start : start + 500]))
+                    .order_by(RETIRED.c.id)
+                ).all()
+            restored, changes = [], []
+            for row in rows:
+                seq += 1
+                edit_id = int(row.id)
+                changes.append({"seq": seq, "edit_id": edit_id, "op": OP_ADD})
+                restored.append(
+                    {
+                        "id": edit_id,
+                        "key_sha256": digests[edit_id],
+                        "edit": row.edit,
+                        "embedding": bytes(row.embedding),
+                        "seq": seq,
+                    }
+                )
+            for start in range(0, len(ids), 500):
+                connection.execute(sa.delete(RETIRED).where(RETIRED.c.id.in_(ids[start : start + 500])))
+            connection.execute(sa.insert(EDITS), restored)
+            connection.execute(sa.insert(CHANGES), changes)
+            connection.execute(sa.update(COUNTERS).where(COUNTERS.c.id == 1).values(last_seq=seq))
+        added = [(row["id"], row["edit"], row["embedding"]) for row in restored]
+        return last_seq, StoreChanges(seq, sorted(holders), added, sorted(holders))
+
+    def retired(
+        self, edit_ids: Sequence[int] | None = None, *, with_embeddings: bool = False
+    ) -> list[RetiredRow]:
+        """The history of retired edits (those of ``edit_ids`` only, if given), in id order; embeddings are
+        left empty unless asked for."""
+        columns = [RETIRED.c.id, RETIRED.c.edit, RETIRED.c.retired_by]
+        if with_embeddings:
+            columns.append(RETIRED.c.embedding)
+        query = sa.select(*columns).order_by(RETIRED.c.id)
+        with self._read() as connection:
+            if edit_ids is None:
+                rows = connection.execute(query).all()
+            else:
+                rows = []
+                for start in range(0, len(edit_ids), 500):
+                    chunk = list(edit_ids[start : start + 500])
+                    rows += connection.execute(query.where(RETIRED.c.id.in_(chunk))).all()
+        return [
+            RetiredRow(
+                int(row.id),
+                row.edit,
+                bytes(row.embedding) if with_embeddings else b"",
+                None if row.retired_by is None else int(row.retired_by),
+            )
+            for row in rows
+        ]
+
+    def retired_ids(self, edit_ids: Sequence[int]) -> dict[int, int | None]:
+        """Of ``edit_ids``, those in the history, with the id of the edit that retired each."""
+        found: dict[int, int | None] = {}
+        with self._read() as connection:
+            for start in range(0, len(edit_ids), 500):
+                for row in connection.execute(
+                    sa.select(RETIRED.c.id, RETIRED.c.retired_by).where(
+                        RETIRED.c.id.in_(list(edit_ids[start : start + 500]))
+                    )
+                ):
+                    found[int(row.id)] = None if row.retired_by is None else int(row.retired_by)
+        return found
+
+    @staticmethod
+    def _present(connection: Connection, table: sa.Table, edit_ids: Sequence[int]) -> set[int]:
+        present: set[int] = set()
+        for start in range(0, len(edit_ids), 500):
+            chunk = list(edit_ids[start : start + 500])
+            present.update(
+                int(row.id) for row in connection.execute(sa.select(table.c.id).where(table.c.id.in_(chunk)))
+            )
+        return present
+
+    @staticmethod
+    def _move_to_history(connection: Connection, retired_by: dict[int, int | None], last_seq: int) -> int:
+        """Within a write transaction, move live edits (known to be live) to the history, logging each as a
+        removal; returns the last change number used."""
+        ids = sorted(retired_by)
+        seq = last_seq
+        if not ids:
+            return seq
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = connection.execute(
+                sa.select(EDITS.c.id, EDITS.c.edit, EDITS.c.embedding)
+                .where(EDITS.c.id.in_(chunk))
+                .order_by(EDITS.c.id)
+            ).all()
+            history, changes = [], []
+            for row in rows:
+                seq += 1
+                edit_id = int(row.id)
+                history.append(
+                    {
+                        "id": edit_id,
+                        "edit": row.edit,
+                        "embedding": bytes(row.embedding),
+                        "retired_by": retired_by[edit_id],
+                        "seq": seq,
+                    }
+                )
+                changes.append({"seq": seq, "edit_id": edit_id, "op": OP_REMOVE})
+            connection.execute(sa.delete(EDITS).where(EDITS.c.id.in_(chunk)))
+            # An id restored and retired again replaces its older history row.
+            connection.execute(sa.delete(RETIRED).where(RETIRED.c.id.in_(chunk)))
+            if history:
+                connection.execute(sa.insert(RETIRED), history)
+                connection.execute(sa.insert(CHANGES), changes)
+        return seq
 
     def remove(self, edit_ids: Sequence[int]) -> tuple[int, StoreChanges]:
         """Delete edits by id in one transaction; ``KeyError`` (listing them) and nothing deleted if some are
@@ -358,8 +617,10 @@ class EditDatabase:
         edits_json: Sequence[str],
         embeddings: np.ndarray,
         next_id: int,
+        retired: Sequence[RetiredRow] = (),
     ) -> bool:
-        """Fill a store that has never been written with a saved snapshot; ``False`` if it has been."""
+        """Fill a store that has never been written with a saved snapshot (and its history); ``False`` if it
+        has been."""
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         with self._write() as connection:
             current_next, last_seq = self._lock_counters(connection)
@@ -375,6 +636,18 @@ class EditDatabase:
                     sa.insert(CHANGES),
                     [{"seq": r["seq"], "edit_id": r["id"], "op": OP_ADD} for r in rows[start : start + 5000]],
                 )
+            history = [
+                {
+                    "id": row.id,
+                    "edit": row.edit,
+                    "embedding": row.embedding,
+                    "retired_by": row.retired_by,
+                    "seq": 0,
+                }
+                for row in retired
+            ]
+            for start in range(0, len(history), 5000):
+                connection.execute(sa.insert(RETIRED), history[start : start + 5000])
             connection.execute(
                 sa.update(COUNTERS).where(COUNTERS.c.id == 1).values(next_id=next_id, last_seq=len(rows))
             )
@@ -485,3 +758,13 @@ def _lock_file(path: str) -> int | None:
 
 def dumps_edit(record: dict[str, str]) -> str:
     return json.dumps(record, ensure_ascii=False, sort_keys=True)
+
+
+def loads_edit(text: str) -> Edit:
+    """An edit read back from the database, where only validated edits are written: skip re-validating
+    (at a million edits, validation is most of the time a process takes to open the store)."""
+    record = json.loads(text)
+    edit = object.__new__(Edit)
+    for name in ("prompt", "target", "subject", "statement"):
+        object.__setattr__(edit, name, record.get(name))
+    return edit

@@ -13,6 +13,11 @@ file or server. The FAISS index is this process's copy, brought up to date from 
 at most :attr:`EditStoreConfig.sync_interval_s` after another process writes.
 
 :meth:`EditStore.save_pretrained` writes a portable snapshot (:mod:`serac.store.snapshot`).
+
+An edit is never lost by superseding: an edit that a newer one of the same prompt supersedes (or, through
+:meth:`~serac.memory.EditMemory.edit`, a newer one of the same fact) is *retired*: it leaves the index but
+stays in the store's history, with the id of the edit that retired it, until :meth:`EditStore.restore` brings
+it back (:meth:`EditStore.retired` lists them).
 """
 
 from __future__ import annotations
@@ -25,20 +30,36 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
 
 from serac.edits import Edit, name_words, named_keys
 from serac.offline import embed
-from serac.store.config import EditStoreConfig, EditStoreError, Embedder, UnknownEditError, check_vectors
-from serac.store.database import DATABASE_FORMAT_VERSION, EditDatabase, StoreChanges, dumps_edit
+from serac.store.config import (
+    EditStoreConfig,
+    EditStoreError,
+    Embedder,
+    UnknownEditError,
+    check_id_range,
+    check_ids,
+    check_vectors,
+)
+from serac.store.database import (
+    DATABASE_FORMAT_VERSION,
+    EditDatabase,
+    StoreChanges,
+    dumps_edit,
+    loads_edit,
+)
+from serac.store.history import EditResult, HistoryMixin
 from serac.store.index import build_ivf_index, new_exact_index
+from serac.store.location import check_location, snapshot_location
 from serac.store.snapshot import (
     PROBE_MIN_COSINE,
     PROBE_SENTENCES,
     STORE_FILE_NAME,
+    History,
     Snapshot,
     read_snapshot,
     write_snapshot,
@@ -46,15 +67,16 @@ from serac.store.snapshot import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EditStore"]
+__all__ = ["EditResult", "EditStore"]
 
 
-class EditStore:
+class EditStore(HistoryMixin):
     """Edits with stable integer ids and a FAISS index over their embeddings.
 
     Re-editing the same prompt (same :attr:`Edit.key`) supersedes the older edit: the newest wins and the
-    older id is retired. All methods are thread-safe; one :meth:`add` or :meth:`remove` call is atomic for
-    concurrent readers, in this process and in any other process sharing the database.
+    older one is retired to the store's history (:meth:`retired`, :meth:`restore`). All methods are
+    thread-safe; one :meth:`add` or :meth:`remove` call is atomic for concurrent readers, in this process and
+    in any other process sharing the database.
 
     Args:
         embedder: the sentence embedder (default: the one named in ``config``, else the packaged MiniLM).
@@ -78,6 +100,11 @@ class EditStore:
         *,
         url: str | os.PathLike | None = None,
     ) -> None:
+        self._set_up(embedder, config)
+        self._attach(url)
+
+    def _set_up(self, embedder: Embedder | None, config: EditStoreConfig | None) -> None:
+        """Everything but the database: the embedder and its fingerprint, the empty index."""
         self.config = config or EditStoreConfig()
         if embedder is None:
             from serac.offline import DEFAULT_EMBEDDER, load_embedder
@@ -102,6 +129,9 @@ class EditStore:
         self._seq = 0
         self._last_sync = 0.0
         self._snapshot_file: Path | None = None
+
+    def _attach(self, url: str | os.PathLike | None) -> None:
+        """Open the database at ``url`` (checked before anything is written to it) and load its edits."""
         self._db = EditDatabase(url)
         self._check_database()
         self._load_database()
@@ -124,19 +154,25 @@ class EditStore:
         the one a SERAC folder holds): it fills a store that has never been written, and is not imported
         into one that already holds (or once held) edits, whose own edits win. A snapshot file that does not
         exist yet is created at once, so a path that cannot be written fails here rather than on the first
-        edit.
+        edit. Everything that can be checked is checked before anything is created: the location's text
+        (an empty string, or a URL without ``://``, raises ``ValueError``), the seed, and an existing
+        database's tables.
 
         Example:
             >>> store = EditStore.open("sqlite:///edits.db", seed="my-editor/edit_store.safetensors")  # doctest: +SKIP
         """
         if location is not None and not isinstance(location, (str, os.PathLike)):
             raise TypeError(f"a store location is a URL or a path, got {type(location).__name__}")
+        if isinstance(location, str):
+            check_location(location)
         seed_path = None if seed is None else Path(seed)
         if seed_path is not None and seed_path.is_dir():
             seed_path = seed_path / STORE_FILE_NAME
         if seed_path is not None and not seed_path.is_file():
             raise FileNotFoundError(f"no edit store snapshot at {seed_path}")
-        file = _snapshot_location(location)
+        # The seed is read and checked before the location is touched: a bad seed leaves it as it was.
+        seed_snapshot = None if seed_path is None else _read_trusted_snapshot(seed_path, embedder)
+        file = snapshot_location(location)
         if file is not None:
             if file.is_dir():
                 raise IsADirectoryError(f"the edit store file {file} is a directory; name a file in it")
@@ -144,29 +180,17 @@ class EditStore:
                 if seed_path is not None:
                     logger.info("%s already exists; the snapshot %s is not imported", file, seed_path)
                 store = cls.from_pretrained(file, embedder, config)
-            elif seed_path is not None:
-                store = cls.from_pretrained(seed_path, embedder, config)
+            elif seed_snapshot is not None:
+                store = cls._from_snapshot(seed_snapshot, seed_path, embedder, config)
             else:
                 store = cls(embedder, config)
             store._snapshot_file = file
             store._write_snapshot_file()
             return store
-        if location is None:
-            if seed_path is None:
-                return cls(embedder, config)
-            return cls.from_pretrained(seed_path, embedder, config)
-        store = cls(embedder, config, url=location)
-        if seed_path is None or store._db.ever_written():
-            if seed_path is not None:
-                logger.info(
-                    "The edit store at %s already holds edits; the snapshot %s is not imported",
-                    store.url,
-                    seed_path,
-                )
-            return store
-        embedder = store.embedder
-        store._db.dispose()
-        return cls.from_pretrained(seed_path, embedder, config, url=location)
+        if seed_snapshot is None:
+            return cls(embedder, config, url=location)
+        # A database never written is filled with the seed in one transaction; one that was keeps its edits.
+        return cls._from_snapshot(seed_snapshot, seed_path, embedder, config, url=location, only_if_new=True)
 
     @property
     def kind(self) -> str:
@@ -248,18 +272,20 @@ class EditStore:
         *,
         embeddings: np.ndarray | None = None,
         show_progress: bool | None = None,
-    ) -> list[int]:
-        """Store edits and return their ids, in order.
+    ) -> EditResult:
+        """Store edits and return their ids, in order (an :class:`EditResult`: a list of ids, with the ids
+        this call retired in ``retired``).
 
         Embedding runs before the store is touched, so a failure leaves it unchanged. An edit whose prompt
-        is already stored supersedes the stored one; of several edits of one prompt within ``edits`` the last
-        is stored, and every one of them gets its id. ``embeddings`` (shape ``(len(edits), dimension)``, from
-        the same embedder, e.g. computed in bulk elsewhere) skips the embedding step; they are L2-normalized
-        here. The edits are in the database, durably, when this returns.
+        is already stored supersedes the stored one, which is retired to the history (:meth:`retired`). Of
+        several edits of one prompt within ``edits`` the last is stored and every one of them gets its id; an
+        earlier one that differs from it goes to the history. ``embeddings`` (shape ``(len(edits),
+        dimension)``, from the same embedder, e.g. computed in bulk elsewhere) skips the embedding step; they
+        are L2-normalized here. The edits are in the database, durably, when this returns.
         """
         edits = self._check_edits(edits)
         if not edits:
-            return []
+            return EditResult()
         if embeddings is not None:
             vectors = np.asarray(embeddings)
             if vectors.dtype.kind not in "fiu":
@@ -276,36 +302,58 @@ class EditStore:
                 show_progress = len(edits) >= 10 * self.config.encode_batch_size
             vectors = self._encode([edit.text for edit in edits], show_progress=show_progress)
             check_vectors(vectors, "the embedder's vectors")
-        # Of several edits of one prompt in this call, the last is the one stored.
+        # Of several edits of one prompt in this call, the last is the one stored; an earlier one that says
+        # something else is kept in the history, one that repeats it is the same edit.
         last_for_key = {edit.key: i for i, edit in enumerate(edits)}
-        kept = sorted(last_for_key.values())
+        written = [
+            i
+            for i, edit in enumerate(edits)
+            if last_for_key[edit.key] == i or edit != edits[last_for_key[edit.key]]
+        ]
+        row_of = {i: row for row, i in enumerate(written)}
+        superseded_by = [
+            None if last_for_key[edits[i].key] == i else row_of[last_for_key[edits[i].key]] for i in written
+        ]
         with self.lock:
             ids, start_seq, changes = self._db.add(
-                [edits[i].key for i in kept], [dumps_edit(edits[i].to_dict()) for i in kept], vectors[kept]
+                [edits[i].key for i in written],
+                [dumps_edit(edits[i].to_dict()) for i in written],
+                vectors[written],
+                superseded_by,
             )
             self._after_write(start_seq, changes)
-        id_for_key = {edits[i].key: edit_id for i, edit_id in zip(kept, ids, strict=True)}
-        superseded = len(changes.removed) + len(edits) - len(kept)
-        if superseded:
-            logger.info("%d edit(s) superseded by newer edits of the same prompt", superseded)
-        return [id_for_key[edit.key] for edit in edits]
+        id_for_key = {edits[i].key: ids[row_of[i]] for i in last_for_key.values()}
+        if changes.retired:
+            # The user re-edited these prompts: the older edits go to the history, where restore() finds them.
+            logger.info(
+                "%d edit(s) superseded by newer edits of the same prompt and retired to the history: %s",
+                len(changes.retired),
+                changes.retired,
+            )
+        return EditResult([id_for_key[edit.key] for edit in edits], retired=changes.retired)
 
     def remove(self, edit_ids: int | Iterable[int]) -> None:
-        """Remove edits by id. Every id is checked first: one unknown id removes nothing."""
-        unique = sorted(set(_check_ids(edit_ids)))
+        """Remove edits by id. Every id is checked first: one unknown id removes nothing.
+
+        Removing deletes; it is not retiring (retired edits are not live and cannot be removed: an id of one
+        raises, naming the edit that retired it).
+        """
+        ids = check_ids(edit_ids)
+        unique = sorted(set(ids))
         if not unique:
             return
+        check_id_range(unique)
         with self.lock:
             try:
                 start_seq, changes = self._db.remove(unique)
             except KeyError as error:
-                missing = error.args[0]
-                raise UnknownEditError(f"no edit with id {missing[0]!r} in the store") from None
+                raise self._unknown(error.args[0]) from None
             self._after_write(start_seq, changes)
 
     def update(self, edit_id: int, edit: Edit) -> None:
         """Replace the edit stored under ``edit_id``, keeping the id."""
-        (edit_id,) = _check_ids([edit_id])
+        (edit_id,) = check_ids([edit_id])
+        check_id_range([edit_id])
         (edit,) = self._check_edits([edit])
         vector = self._encode([edit.text])
         check_vectors(vector, "the embedder's vectors")
@@ -313,13 +361,13 @@ class EditStore:
             try:
                 start_seq, changes = self._db.replace(edit_id, edit.key, dumps_edit(edit.to_dict()), vector)
             except KeyError:
-                raise UnknownEditError(f"no edit with id {edit_id!r} in the store") from None
+                raise self._unknown([edit_id]) from None
             except ValueError as error:
                 raise ValueError(f"{error}: {edit.query!r}") from None
             self._after_write(start_seq, changes)
 
     def clear(self) -> None:
-        """Remove every edit (ids are never reused)."""
+        """Remove every live edit; the history of retired edits stays (ids are never reused)."""
         with self.lock:
             start_seq, changes = self._db.clear()
             self._after_write(start_seq, changes)
@@ -390,8 +438,12 @@ class EditStore:
             order = np.argsort(ids)
             ids, vectors = ids[order], vectors[order]
             records = [self._edits[int(edit_id)].to_dict() for edit_id in ids]
-        write_snapshot(path, ids, vectors, records, self._probe, self.config, self.dimension, next_id)
-        logger.info("Saved %d edits to %s", len(records), path)
+            retired = self._db.retired(with_embeddings=True)
+        history = History.from_rows(retired, self.dimension)
+        write_snapshot(
+            path, ids, vectors, records, self._probe, self.config, self.dimension, next_id, history
+        )
+        logger.info("Saved %d edits and %d retired ones to %s", len(records), len(retired), path)
         return path
 
     @classmethod
@@ -415,28 +467,44 @@ class EditStore:
             path = path / STORE_FILE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no edit store at {path}")
-        snapshot = read_snapshot(path)
-        if embedder is None:
-            from serac.offline import DEFAULT_EMBEDDER
+        return cls._from_snapshot(_read_trusted_snapshot(path, embedder), path, embedder, config, url=url)
 
-            recorded = snapshot.config.embedder_name_or_path
-            if recorded not in (None, DEFAULT_EMBEDDER):
-                raise EditStoreError(
-                    f"{path} was built with the embedder {recorded!r}; load that embedder yourself and pass "
-                    "it as embedder= (a name recorded in a file is not followed)"
-                )
-        store = cls(embedder, config or snapshot.config, url=url)
+    @classmethod
+    def _from_snapshot(
+        cls,
+        snapshot: Snapshot,
+        path: Path,
+        embedder: Embedder | None,
+        config: EditStoreConfig | None,
+        *,
+        url: str | os.PathLike | None = None,
+        only_if_new: bool = False,
+    ) -> EditStore:
+        """A store filled from a read snapshot. The embedder is checked against it before the database is
+        opened; with ``only_if_new``, a database that was written before keeps its edits instead of
+        failing."""
+        store = cls.__new__(cls)
+        store._set_up(embedder, config or snapshot.config)
         store._check_snapshot_embedder(snapshot, path)
+        store._attach(url)
         imported = store._db.import_snapshot(
             snapshot.ids.tolist(),
             [edit.key for edit in snapshot.edits],
             [dumps_edit(edit.to_dict()) for edit in snapshot.edits],
             snapshot.vectors,
             snapshot.next_id,
+            snapshot.retired_rows(),
         )
         if not imported:
+            if only_if_new:
+                logger.info(
+                    "The edit store at %s already holds edits; the snapshot %s is not imported",
+                    store._db.where,
+                    path,
+                )
+                return store
             raise EditStoreError(
-                f"the database at {store._db.url} already holds edits; open it with EditStore(url=...) "
+                f"the database at {store._db.where} already holds edits; open it with EditStore(url=...) "
                 f"instead of filling it from {path}"
             )
         store._load_database()
@@ -545,7 +613,7 @@ class EditStore:
                 all_ids.append(ids)
                 all_vectors.append(vectors.reshape(len(chunk), self.dimension))
                 for edit_id, text, _ in chunk:
-                    edits[edit_id] = _trusted_edit(text)
+                    edits[edit_id] = loads_edit(text)
             self._edits = edits
             self._by_subject, self._longest_subject = {}, 0
             for edit_id, edit in edits.items():
@@ -696,43 +764,17 @@ def _edit_from_json(text: str) -> Edit:
     return Edit.from_dict(json.loads(text))
 
 
-def _trusted_edit(text: str) -> Edit:
-    """An edit read back from the database, where only validated edits are written: skip re-validating
-    (at a million edits, validation is most of the time a process takes to open the store)."""
-    record = json.loads(text)
-    edit = object.__new__(Edit)
-    for name in ("prompt", "target", "subject", "statement"):
-        object.__setattr__(edit, name, record.get(name))
-    return edit
+def _read_trusted_snapshot(path: Path, embedder: Embedder | None) -> Snapshot:
+    """Read and check a snapshot; without an embedder, one that names an embedder other than the default is
+    refused rather than followed (a path or Hub id in a file is not something to load blindly)."""
+    snapshot = read_snapshot(path)
+    if embedder is None:
+        from serac.offline import DEFAULT_EMBEDDER
 
-
-def _check_ids(edit_ids: Any) -> list[int]:
-    """Edit ids as Python ints: one id or an iterable of them, NumPy integers included."""
-    if isinstance(edit_ids, np.ndarray):
-        if edit_ids.dtype.kind not in "iu":
-            raise TypeError(f"edit ids are integers, got an array of {edit_ids.dtype}")
-        edit_ids = edit_ids.reshape(-1).tolist()
-    elif isinstance(edit_ids, (int, np.integer)) and not isinstance(edit_ids, bool):
-        edit_ids = [edit_ids]
-    elif isinstance(edit_ids, (str, bytes)):
-        raise TypeError("edit ids are integers, got a string")
-    try:
-        edit_ids = list(edit_ids)
-    except TypeError:
-        raise TypeError(f"edit ids are integers, got {type(edit_ids).__name__}") from None
-    for edit_id in edit_ids:
-        if isinstance(edit_id, bool) or not isinstance(edit_id, (int, np.integer)):
-            raise TypeError(f"edit ids are integers, got {type(edit_id).__name__}")
-    return [int(edit_id) for edit_id in edit_ids]
-
-
-def _snapshot_location(location: str | os.PathLike | None) -> Path | None:
-    """The snapshot file a location names (``file://...`` or a ``*.safetensors`` path), else ``None``."""
-    if location is None:
-        return None
-    text = os.fspath(location)
-    if text.startswith("file://"):
-        return Path(text[len("file://") :]).expanduser()
-    if "://" not in text and text.endswith(".safetensors"):
-        return Path(text).expanduser()
-    return None
+        recorded = snapshot.config.embedder_name_or_path
+        if recorded not in (None, DEFAULT_EMBEDDER):
+            raise EditStoreError(
+                f"{path} was built with the embedder {recorded!r}; load that embedder yourself and pass "
+                "it as embedder= (a name recorded in a file is not followed)"
+            )
+    return snapshot

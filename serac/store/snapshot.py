@@ -1,15 +1,16 @@
 """The edit store's snapshot file: one safetensors file that a store is saved to and opened from.
 
-Format 2 holds the ids, the unit embeddings, the edits as JSON and the embedder's fingerprint, and one
-SHA-256 over every byte (metadata included). Format 1 (serac 0.1.0) held a serialized FAISS index instead;
-it is still read.
+Format 3 holds the ids, the unit embeddings, the edits as JSON and the embedder's fingerprint, the same for
+the history of retired edits (with the id of the edit that retired each), and one SHA-256 over every byte
+(metadata included). Format 2 is format 3 without the history; format 1 (serac 0.1.0) held a serialized
+FAISS index instead. Both are still read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ from serac._version import __version__
 from serac.edits import Edit
 from serac.files import write_bytes_atomic
 from serac.store.config import EditStoreConfig, EditStoreError
+from serac.store.database import RetiredRow, dumps_edit
 
 STORE_FORMAT = "serac.edit_store"
-STORE_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+STORE_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 STORE_FILE_NAME = "edit_store.safetensors"
 # Embedded at store creation and compared on every open: two embedders of the same width give different
 # vectors for these, so a store is never searched with an embedder it was not built with.
@@ -36,12 +38,13 @@ PROBE_MIN_COSINE = 0.99
 # Stored embeddings are unit vectors; anything further off than this was not written by this library.
 NORM_TOLERANCE = 1e-3
 
-__all__ = ["STORE_FILE_NAME", "Snapshot", "read_snapshot", "write_snapshot"]
+__all__ = ["STORE_FILE_NAME", "History", "Snapshot", "read_snapshot", "write_snapshot"]
 
 
 @dataclass
 class Snapshot:
-    """A validated store file: edits with ids, their unit embeddings, the id counter."""
+    """A validated store file: edits with ids, their unit embeddings, the id counter, and the history of
+    retired edits (``retired_by`` is -1 where no retiring edit was recorded; empty before format 3)."""
 
     ids: np.ndarray
     edits: list[Edit]
@@ -50,6 +53,47 @@ class Snapshot:
     config: EditStoreConfig
     dimension: int
     probe: np.ndarray | None
+    retired_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    retired_edits: list[Edit] = field(default_factory=list)
+    retired_vectors: np.ndarray | None = None
+    retired_by: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        if self.retired_vectors is None:
+            self.retired_vectors = np.zeros((0, self.dimension), dtype=np.float32)
+
+    def retired_rows(self) -> list[RetiredRow]:
+        """The history as the database holds it."""
+        vectors = np.ascontiguousarray(self.retired_vectors, dtype=np.float32)
+        return [
+            RetiredRow(
+                int(edit_id), dumps_edit(edit.to_dict()), vector.tobytes(), None if by < 0 else int(by)
+            )
+            for edit_id, edit, vector, by in zip(
+                self.retired_ids.tolist(), self.retired_edits, vectors, self.retired_by.tolist(), strict=True
+            )
+        ]
+
+
+@dataclass
+class History:
+    """The retired edits a snapshot holds: ids, unit embeddings, edit records, and who retired each (-1:
+    not recorded)."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    records: list[dict[str, Any]]
+    retired_by: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: list[RetiredRow], dimension: int) -> History:
+        """The history the database holds (rows read with their embeddings), to write."""
+        return cls(
+            np.asarray([row.id for row in rows], dtype=np.int64),
+            np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32).reshape(-1, dimension),
+            [json.loads(row.edit) for row in rows],
+            np.asarray([-1 if row.retired_by is None else row.retired_by for row in rows], dtype=np.int64),
+        )
 
 
 def write_snapshot(
@@ -61,15 +105,23 @@ def write_snapshot(
     config: EditStoreConfig,
     dimension: int,
     next_id: int,
+    history: History | None = None,
 ) -> None:
-    """Write a format-2 snapshot atomically (a temporary file, fsync, one rename)."""
+    """Write a format-3 snapshot atomically (a temporary file, fsync, one rename)."""
     from safetensors.numpy import save as safetensors_save
 
+    if history is None:
+        empty = np.zeros(0, dtype=np.int64)
+        history = History(empty, np.zeros((0, dimension), dtype=np.float32), [], empty)
     tensors = {
         "ids": ids.astype(np.int64),
         "embeddings": np.ascontiguousarray(vectors, dtype=np.float32),
-        "edits": np.frombuffer(json.dumps(records, ensure_ascii=False).encode("utf-8"), dtype=np.uint8),
+        "edits": _json_bytes(records),
         "embedder_probe": probe,
+        "retired_ids": history.ids.astype(np.int64),
+        "retired_embeddings": np.ascontiguousarray(history.vectors, dtype=np.float32).reshape(-1, dimension),
+        "retired_edits": _json_bytes(history.records),
+        "retired_by": history.retired_by.astype(np.int64),
     }
     metadata = {
         "format": STORE_FORMAT,
@@ -82,6 +134,10 @@ def write_snapshot(
     }
     metadata["sha256"] = snapshot_digest(metadata, tensors)
     write_bytes_atomic(path, safetensors_save(tensors, metadata=metadata))
+
+
+def _json_bytes(records: list[dict[str, Any]]) -> np.ndarray:
+    return np.frombuffer(json.dumps(records, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
 
 
 def snapshot_digest(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> str:
@@ -117,7 +173,7 @@ def read_snapshot(path: Path) -> Snapshot:
             + f"; this serac reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
         )
     try:
-        snapshot = _parse_v1(metadata, tensors) if version == 1 else _parse_v2(metadata, tensors)
+        snapshot = _parse_v1(metadata, tensors) if version == 1 else _parse_v2(metadata, tensors, version)
         _validate_snapshot(snapshot)
     except EditStoreError as error:
         raise EditStoreError(f"{path}: {error}") from None
@@ -203,8 +259,11 @@ def _index_contents(index: faiss.Index, dimension: int) -> tuple[np.ndarray, np.
     raise EditStoreError(f"unexpected index type {type(index).__name__}")
 
 
-def _parse_v2(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> Snapshot:
+def _parse_v2(metadata: dict[str, str], tensors: dict[str, np.ndarray], version: int) -> Snapshot:
+    """Formats 2 and 3 (format 3 adds the history)."""
     expected = {"ids", "embeddings", "edits", "embedder_probe"}
+    if version >= 3:
+        expected |= {"retired_ids", "retired_embeddings", "retired_edits", "retired_by"}
     if set(tensors) != expected:
         raise EditStoreError(f"sections {sorted(tensors)} instead of {sorted(expected)}")
     if snapshot_digest(metadata, tensors) != metadata.get("sha256"):
@@ -224,7 +283,25 @@ def _parse_v2(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> Snaps
     if not isinstance(records, list) or len(records) != size:
         raise EditStoreError(f"the edits section does not hold {size} records")
     edits = [_edit_from_record(record) for record in records]
-    return Snapshot(ids.copy(), edits, vectors.copy(), next_id, config, dimension, probe.copy())
+    snapshot = Snapshot(ids.copy(), edits, vectors.copy(), next_id, config, dimension, probe.copy())
+    if version >= 3:
+        retired_ids, retired_by = tensors["retired_ids"], tensors["retired_by"]
+        retired_vectors = tensors["retired_embeddings"]
+        count = len(retired_ids)
+        if retired_ids.dtype != np.int64 or retired_ids.ndim != 1:
+            raise EditStoreError("the retired_ids section is not int64 ids")
+        if retired_by.dtype != np.int64 or retired_by.shape != (count,):
+            raise EditStoreError(f"the retired_by section is not {count} int64 ids")
+        if retired_vectors.dtype != np.float32 or retired_vectors.shape != (count, dimension):
+            raise EditStoreError(f"the retired_embeddings section is not ({count}, {dimension}) float32")
+        retired_records = json.loads(tensors["retired_edits"].tobytes().decode("utf-8"))
+        if not isinstance(retired_records, list) or len(retired_records) != count:
+            raise EditStoreError(f"the retired_edits section does not hold {count} records")
+        snapshot.retired_ids = retired_ids.copy()
+        snapshot.retired_by = retired_by.copy()
+        snapshot.retired_vectors = retired_vectors.copy()
+        snapshot.retired_edits = [_edit_from_record(record) for record in retired_records]
+    return snapshot
 
 
 def _edit_from_record(record: Any) -> Edit:
@@ -250,11 +327,23 @@ def _validate_snapshot(snapshot: Snapshot) -> None:
     keys = [edit.key for edit in snapshot.edits]
     if len(set(keys)) != len(keys):
         raise EditStoreError("two stored edits have the same prompt (one should have superseded the other)")
-    vectors = snapshot.vectors
-    if not np.all(np.isfinite(vectors)):
-        raise EditStoreError("embeddings hold NaN or infinite values")
-    if len(vectors) and float(np.max(np.abs(np.linalg.norm(vectors, axis=1) - 1.0))) > NORM_TOLERANCE:
-        raise EditStoreError("embeddings are not unit vectors")
+    retired = snapshot.retired_ids
+    if len(retired):
+        if int(retired.min()) < 0 or len(np.unique(retired)) != len(retired):
+            raise EditStoreError("retired edit ids are negative or repeated")
+        if np.intersect1d(retired, ids).size:
+            raise EditStoreError("an edit id is both live and retired")
+        if snapshot.next_id <= int(retired.max()) or snapshot.next_id <= int(snapshot.retired_by.max()):
+            raise EditStoreError(
+                f"next_id {snapshot.next_id} is not past every retired edit id (ids would be reused)"
+            )
+        if int(snapshot.retired_by.min()) < -1:
+            raise EditStoreError("a retired edit names a negative id as the edit that retired it")
+    for vectors in (snapshot.vectors, snapshot.retired_vectors):
+        if not np.all(np.isfinite(vectors)):
+            raise EditStoreError("embeddings hold NaN or infinite values")
+        if len(vectors) and float(np.max(np.abs(np.linalg.norm(vectors, axis=1) - 1.0))) > NORM_TOLERANCE:
+            raise EditStoreError("embeddings are not unit vectors")
 
 
 def read_metadata(raw: bytes) -> dict[str, str]:
