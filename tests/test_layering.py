@@ -27,7 +27,7 @@ FLOORS: list[tuple[str, ...]] = [
         "serac.durable_folder",
     ),
     # the parts
-    ("serac.store", "serac.counterfactual", "serac.data"),
+    ("serac.store", "serac.counterfactual", "serac.in_context", "serac.data"),
     ("serac.scope", "serac.conversation"),
     ("serac.routing",),
     # the edit side as one object, and the SERAC folder it is saved in

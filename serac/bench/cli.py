@@ -188,7 +188,9 @@ class RunArguments:
 class ModelArguments:
     _argument_group_name: ClassVar[str] = "models"
 
-    model: str | None = _option("base model name or path (default: offline SmolLM2-135M)")
+    model: str | None = _option(
+        "base model name or path, or a packaged model's name: gemma3-270m (default: offline SmolLM2-135M)"
+    )
     serac_path: str | None = _option("a saved SERAC folder (default: the default trained parts)")
     device: str | None = _option("torch device for the base model (default: where it loads)")
     threads: int | None = _option("torch CPU threads")

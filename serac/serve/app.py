@@ -42,6 +42,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serac.serve.engine import BaseModelGenerator, EditRouter, GenerationResult
+from serac.serve.in_context import in_context_config, request_with_edit
 from serac.serve.metrics import ServerMetrics
 from serac.serve.persistence import describe, description
 from serac.serve.protocol import (
@@ -337,7 +338,16 @@ class _Server:
             routing, decision = await self.route(parsed.query)
             self.metrics.routing.observe(time.perf_counter() - routing_started)
             route = routing.route
-            if routing.in_scope:
+            in_context = in_context_config(self.router) if routing.in_scope else None
+            if in_context is not None:
+                # The in-context kind: the base model answers for itself with the edit in the request, on the
+                # base route's path (this process's model in local mode, the upstream in proxy mode).
+                parsed, raw = await self.run(
+                    self.parsing_pool, request_with_edit, parsed, raw, decision.edit, in_context
+                )
+                if self.generator is not None:
+                    prompt_ids = await self.run(self.generation_pool, self.generator.prompt_ids, parsed)
+            if routing.in_scope and in_context is None:
                 prompt_tokens = None if prompt_ids is None else len(prompt_ids)
                 job = self._edit_job(decision, parsed, max_new_tokens, endpoint, prompt_tokens)
             elif prompt_ids is not None:

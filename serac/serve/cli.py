@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--model",
-        help="local mode: a Hugging Face model id or path (default: the offline SmolLM2-135M-Instruct)",
+        help="local mode: a Hugging Face model id or path, or a packaged model's name (gemma3-270m) "
+        "(default: the offline SmolLM2-135M-Instruct)",
     )
     source.add_argument(
         "--upstream",
@@ -85,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve the base model only: no routing, edits API read-only (a baseline for measurements)",
     )
+    parser.add_argument(
+        "--counterfactual",
+        choices=["trained", "in-context"],
+        default=None,
+        help="what answers in-scope requests: 'trained', the editor folder's counterfactual model, or "
+        "'in-context', the served model itself with the edit in the request (a system message before a chat, "
+        "a prefix of a prompt), here or upstream in proxy mode; default: what the folder holds",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -106,13 +115,15 @@ def build_app(args: argparse.Namespace) -> Any:
     if args.upstream is None:
         from serac.modeling import EditableModel
 
-        model = EditableModel.from_pretrained(args.model, editor, store=args.store)
+        model = EditableModel.from_pretrained(
+            args.model, editor, store=args.store, counterfactual=args.counterfactual
+        )
         router = EditRouter.from_editable_model(model, enabled=not args.no_edits)
         generator = BaseModelGenerator(model.base_model, model.tokenizer)
         name = args.served_model_name or args.model or "smollm2-135m-instruct"
         upstream = None
     else:
-        memory = EditMemory.from_pretrained(editor, store=args.store)
+        memory = EditMemory.from_pretrained(editor, store=args.store, counterfactual=args.counterfactual)
         router = EditRouter(memory, enabled=not args.no_edits)
         generator = None
         name = args.served_model_name or "serac-proxy"
