@@ -7,8 +7,9 @@ alone misses both. :func:`routing_query` reads the turns before it, in two steps
 last turn needs it, so that a turn that stands alone (and with it every new topic) is routed exactly as
 before:
 
-1. A last user turn that asks nothing (no question mark, no question word) is a follow-up: the question it
-   follows is the latest user question of the conversation, and routing reads that question.
+1. A last user turn that only says how to answer (short, no question mark, opening with a word of
+   instruction: "Please answer in one word.") is a follow-up: routing reads the latest user question of the
+   conversation.
 2. A question that names no entity but refers to one (a third-person pronoun: "she", "its", "them") is
    read with the latest entity named in the turns before it, put in place of the pronoun ("Which country is
    Ellie Kemper a citizen of?"). An entity that has edits in the store is preferred to any other name.
@@ -28,7 +29,7 @@ from typing import Any
 from serac.edits import mentions_subject
 from serac.store import EditStore
 
-__all__ = ["Turn", "RoutingQuery", "as_turns", "routing_query"]
+__all__ = ["Turn", "RoutingQuery", "as_turns", "routing_query", "routing_query_of_text"]
 
 #: How many turns before the last one are read for the entity or the question it follows.
 DEFAULT_WINDOW = 6
@@ -127,7 +128,7 @@ def routing_query(
     last = users[-1]
     earliest = max(0, last - window)
     question_turn = last
-    if not _asks(turns[last].content):
+    if _only_instructs(turns[last].content):
         earlier = [index for index in users[:-1] if index >= earliest and _asks(turns[index].content)]
         if earlier:
             question_turn = earlier[-1]
@@ -163,6 +164,38 @@ def _referent(
             if runs:
                 return index, runs[-1][1]
     return None
+
+
+def routing_query_of_text(
+    text: str, store: EditStore | None = None, *, window: int = DEFAULT_WINDOW
+) -> RoutingQuery | None:
+    """A plain prompt of several sentences read as a conversation of one user, sentence by sentence: the
+    completed question when its last sentence leans on the ones before it, ``None`` when the prompt is
+    routed as it is (one sentence, or a last sentence that stands alone)."""
+    sentences = [sentence for sentence in _SENTENCE_END.split(text.strip()) if sentence.strip()]
+    if len(sentences) < 2:
+        return None
+    found = routing_query([Turn("user", sentence) for sentence in sentences], store, window=window)
+    if found.entity is None and found.turn == len(sentences) - 1:
+        return None
+    return found
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def _only_instructs(text: str) -> bool:
+    """Whether a turn only says how to answer ("Please answer in one word.", "Be brief"): short, no question
+    mark, and opening with a word of instruction. A cloze prompt ("Ellie Kemper is a citizen of") or a
+    statement is not one: it is routed as it is."""
+    words = _WORD.findall(text.lower())
+    return bool(words) and "?" not in text and len(words) <= 12 and words[0] in _INSTRUCTION_WORDS
+
+
+_INSTRUCTION_WORDS = frozenset(
+    ("please", "answer", "reply", "respond", "be", "keep", "just", "only", "use", "give", "make", "say",
+     "write", "explain", "briefly", "shortly", "in", "one", "short", "and", "also", "again", "thanks")
+)  # fmt: skip
 
 
 def _asks(text: str) -> bool:

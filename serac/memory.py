@@ -19,14 +19,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from serac.conversation import Turn, as_turns, routing_query, routing_query_of_text
 from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
 from serac.folder import (
@@ -147,11 +149,32 @@ class EditMemory:
         return len(self.store)
 
     # ------------------------------------------------------------------ routing and answering
-    def route(self, queries: Sequence[str]) -> list[ScopeDecision]:
-        """The scope decision for each query text: in scope of which edit, with what score."""
+    def route(self, queries: Sequence[str | Sequence[Mapping[str, Any] | Turn]]) -> list[ScopeDecision]:
+        """The scope decision for each query: in scope of which edit, with what score.
+
+        A query is a text, or a conversation (chat messages, ``{"role": ..., "content": ...}``, or
+        :class:`~serac.conversation.Turn` objects), routed by its last user turn completed from the turns
+        before it (:func:`~serac.conversation.routing_query`); its decision records the text routed and the
+        turn it came from. A text of several sentences whose last one leans on the ones before it is read
+        the same way, sentence by sentence (:func:`~serac.conversation.routing_query_of_text`).
+        """
+        texts, sources = [], []
+        for query in queries:
+            found = (
+                routing_query_of_text(query, self.store)
+                if isinstance(query, str)
+                else routing_query(as_turns(query), self.store)
+            )
+            texts.append(query if found is None else found.text)
+            sources.append(found)
         if len(self.store) == 0:
-            return [ScopeDecision(in_scope=False) for _ in queries]
-        return self.scope_classifier.classify(list(queries), self.store)
+            decisions = [ScopeDecision(in_scope=False) for _ in texts]
+        else:
+            decisions = self.scope_classifier.classify(texts, self.store)
+        return [
+            decision if source is None else dataclasses.replace(decision, query=source.text, turn=source.turn)
+            for decision, source in zip(decisions, sources, strict=True)
+        ]
 
     def answer(
         self, decisions: Sequence[ScopeDecision], queries: Sequence[str], **generation_kwargs: Any

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
-from serac.chat import chat_markers, last_user_turn
 from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
 from serac.folder import SeracConfig, SeracConfigError
 from serac.in_context import InContextCounterfactual, bind_base_model
 from serac.memory import EditMemory
+from serac.queries import QueryReader, attended_rows
 from serac.routing import AnswerForcing, split_by_scope
 from serac.scope import ScopeClassifier, ScopeDecision
 from serac.store import EditResult, EditStore
@@ -100,7 +100,7 @@ class EditableModel(torch.nn.Module):
         self.tokenizer = tokenizer
         self.memory = memory
         self._local = threading.local()
-        self._chat_markers = chat_markers(tokenizer)
+        self._reader = QueryReader(tokenizer)
         _register_for_pipelines()
 
     @property
@@ -221,7 +221,11 @@ class EditableModel(torch.nn.Module):
             )
 
         queries, chat_rows = self._queries_and_chat_rows(routed_ids, attention_mask)
-        decisions = self.memory.route(queries)
+        decisions = self.memory.route(
+            self._reader.routing_inputs(attended_rows(routed_ids, attention_mask), queries)
+        )
+        # A chat row is answered for the question it was routed by (completed from earlier turns).
+        queries = [decision.query or query for decision, query in zip(decisions, queries, strict=True)]
         route = split_by_scope(decisions)
         if route.all_base:
             return self._finish(self._base_generate(input_ids, kwargs), decisions)
@@ -299,7 +303,8 @@ class EditableModel(torch.nn.Module):
             for ids, mask, split in zip(routed_ids, attention_mask, splits, strict=True)
         ]
         queries, _ = self._query_texts(rows)
-        decisions = self.memory.route(queries)
+        decisions = self.memory.route(self._reader.routing_inputs(rows, queries))
+        queries = [decision.query or query for decision, query in zip(decisions, queries, strict=True)]
         self._set_routing(decisions)
         route = split_by_scope(decisions)
         if route.all_base:
@@ -554,17 +559,7 @@ class EditableModel(torch.nn.Module):
 
     def _query_texts(self, rows: list[list[int]]) -> tuple[list[str], list[bool]]:
         """The query text of each row of token ids, and whether the row is chat-formatted."""
-        plain = [text.strip() for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
-        markers = self._chat_markers
-        if markers is None:
-            return plain, [False] * len(rows)
-        # Rows are parsed one by one: a batch may mix chat-formatted rows with raw prompts.
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False)
-        turns = [last_user_turn(text, *markers) for text in texts]
-        queries = [
-            plain_text if turn is None else turn for plain_text, turn in zip(plain, turns, strict=True)
-        ]
-        return queries, [turn is not None for turn in turns]
+        return self._reader.texts(rows)
 
     def _queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[str]:
         """The query text of each row: the last user turn of a chat-formatted row, else the whole row."""
@@ -574,12 +569,7 @@ class EditableModel(torch.nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[list[str], list[bool]]:
         """The query text of each row, and whether the row is chat-formatted."""
-        rows = []
-        for row, ids in enumerate(input_ids):
-            if attention_mask is not None:
-                ids = ids[attention_mask[row].bool()]
-            rows.append(ids.tolist())
-        return self._query_texts(rows)
+        return self._query_texts(attended_rows(input_ids, attention_mask))
 
     def _query_lengths(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None

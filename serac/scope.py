@@ -154,13 +154,17 @@ class ScopeDecision:
 
     ``edit`` is the edit as it was when the decision was taken, so a concurrent removal cannot change
     what the counterfactual model is given. ``score`` is the best candidate's score, in scope or not
-    (``None`` when no candidate was scored).
+    (``None`` when no candidate was scored). For a conversation, ``query`` is the text that was routed
+    (the question, completed from earlier turns: :mod:`serac.conversation`) and ``turn`` the index of the
+    message whose question it is; both are ``None`` for a single query, which is routed as it is.
     """
 
     in_scope: bool
     edit_id: int | None = None
     score: float | None = None
     edit: Edit | None = None
+    query: str | None = None
+    turn: int | None = None
 
 
 class ScopeClassifier(ABC):

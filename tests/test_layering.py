@@ -22,6 +22,7 @@ FLOORS: list[tuple[str, ...]] = [
         "serac.files",
         "serac.edits",
         "serac.chat",
+        "serac.queries",
         "serac.metrics",
         "serac.offline",
         "serac.durable_folder",
