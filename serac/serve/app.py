@@ -6,13 +6,15 @@ Two modes share this app:
 * **proxy**: out-of-scope requests are forwarded to an OpenAI-compatible upstream (vLLM, TGI, llama.cpp,
   a hosted API, another ``serac serve``), its answer streamed back as it arrives and its errors passed on.
 
-In both, in-scope requests are answered here by the counterfactual model. Model work runs on two worker
-threads, never on the event loop: one for routing and edit writes (the embedder and the edit store), one
-for generation (base and counterfactual models). Each worker is a single thread because Hugging Face fast
-tokenizers are not safe to call from several threads at once; queued requests wait their turn. A
-request's routing is the scope decision computed for that request alone and travels with it, so
-concurrent requests never see each other's routing, and edit writes (on the routing worker) fall between
-decisions, never inside one.
+In both, in-scope requests are answered here by the counterfactual model. Model work runs on worker threads,
+never on the event loop: one for routing (the embedder and the edit store), one for edit writes, one for
+generation (base and counterfactual models; :mod:`serac.serve.batching`), which answers the requests waiting
+for it together, in shared ``generate()`` calls. Routing and generation are single threads because Hugging
+Face fast tokenizers are not safe to call from several threads at once (prompts are tokenized with a copy of
+the tokenizer of their own). A request's routing is the scope decision computed for that request alone and
+travels with it, so concurrent requests never see each other's routing; a decision reads the edit store
+under its lock, so it sees an edit write's transaction whole or not at all, and a slow write (its embedding
+runs before the lock is taken) does not hold routing back.
 
 Request bodies are read up to ``ServeSettings.max_request_bytes`` (a 413 beyond it, before anything is parsed)
 and parsed on a worker thread too; in local mode a prompt is measured against the base model's context before
@@ -35,12 +37,12 @@ from functools import partial
 from typing import Any
 
 import httpx
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serac.serve.batching import BaseJob, EditJob, GenerationBatcher
 from serac.serve.engine import BaseModelGenerator, EditRouter, GenerationResult
 from serac.serve.in_context import in_context_config, request_with_edit
 from serac.serve.metrics import ServerMetrics
@@ -153,7 +155,19 @@ class _Server:
         self.metrics = ServerMetrics()
         self.metrics.edits_stored.set(len(router.store))
         self.routing_pool = ThreadPoolExecutor(1, thread_name_prefix="serac-routing")
-        self.generation_pool = ThreadPoolExecutor(1, thread_name_prefix="serac-generation")
+        # Edit writes (an embedding and a database transaction) have a worker of their own, so a slow write
+        # never holds a routing decision back; the store's lock keeps each decision on one consistent store.
+        self.writes_pool = ThreadPoolExecutor(1, thread_name_prefix="serac-edit-writes")
+        if router.enabled:
+            # Routing and writes then embed on two threads with one embedder, whose fast tokenizer changes
+            # its own padding settings on its first call only: make that call here, before either thread.
+            router.store.encode(["warm-up"])
+        self.batcher = GenerationBatcher(
+            router,
+            generator,
+            max_batch_size=settings.max_batch_size,
+            on_batch=lambda route, size: self.metrics.batch_size.labels(route).observe(size),
+        )
         # Parsing a body of megabytes is not model work, but it must not hold the event loop either.
         self.parsing_pool = ThreadPoolExecutor(2, thread_name_prefix="serac-parsing")
         self.max_prompt_chars: int | None = None
@@ -322,6 +336,8 @@ class _Server:
     async def complete(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
         route, status, streaming = "none", 500, False
+        # Until its job is submitted, a batch about to start may wait a little for this request.
+        arrival = self.batcher.arrival()
         try:
             self.check_inference(request)
             # Only a server that answers every request itself refuses fields it does not know; a proxy
@@ -333,7 +349,8 @@ class _Server:
             if self.generator is not None:
                 # Before routing: a prompt beyond the context is refused whichever route it would take.
                 self.check_prompt_length(parsed)
-                prompt_ids = await self.run(self.generation_pool, self.generator.prompt_ids, parsed)
+                # Off the generation thread, which may be running a batch meanwhile.
+                prompt_ids = await self.run(self.parsing_pool, self.generator.prompt_ids, parsed)
             routing_started = time.perf_counter()
             routing, decision = await self.route(parsed.query)
             self.metrics.routing.observe(time.perf_counter() - routing_started)
@@ -346,7 +363,7 @@ class _Server:
                     self.parsing_pool, request_with_edit, parsed, raw, decision.edit, in_context
                 )
                 if self.generator is not None:
-                    prompt_ids = await self.run(self.generation_pool, self.generator.prompt_ids, parsed)
+                    prompt_ids = await self.run(self.parsing_pool, self.generator.prompt_ids, parsed)
             if routing.in_scope and in_context is None:
                 prompt_tokens = None if prompt_ids is None else len(prompt_ids)
                 job = self._edit_job(decision, parsed, max_new_tokens, endpoint, prompt_tokens)
@@ -359,11 +376,11 @@ class _Server:
             if parsed.stream:
                 status, streaming = 200, True
                 return StreamingResponse(
-                    self._stream(job, parsed, endpoint, routing, started),
+                    self._stream(self._submit_streamed(job), parsed, endpoint, routing, started),
                     media_type="text/event-stream",
                     headers=_routing_header(routing),
                 )
-            result: GenerationResult = await self.run(self.generation_pool, job, None, None)
+            result: GenerationResult = await asyncio.wrap_future(self.batcher.submit(job))
             status = 200
             return JSONResponse(
                 self._body(parsed, endpoint, routing, result), headers=_routing_header(routing)
@@ -372,6 +389,7 @@ class _Server:
             status = error.status_code
             raise
         finally:
+            arrival.done()
             if not streaming:  # a stream records itself when it ends
                 self._record(endpoint, route, status, started)
 
@@ -387,49 +405,21 @@ class _Server:
         max_new_tokens: int,
         endpoint: str,
         prompt_tokens: int | None,
-    ) -> Callable[..., GenerationResult]:
-        def job(on_text: Callable[[str], None] | None, cancelled: threading.Event | None) -> GenerationResult:
-            # The caller's sampling settings and the prompt's length as the base route counts it (the
-            # templated prompt), so usage and sampling do not depend on the route.
-            result = self.router.answer(
-                decision,
-                parsed.query,
-                max_new_tokens,
-                parsed.stop,
-                request=parsed,
-                prompt_tokens=prompt_tokens,
-            )
-            if endpoint == "completions" and result.text:
-                # A completion continues the prompt: the answer follows it after a space, as
-                # EditableModel.generate() appends it.
-                result = GenerationResult(" " + result.text, *_rest(result))
-            if on_text is not None and result.text:
-                on_text(result.text)
-            return result
+    ) -> EditJob:
+        # The caller's sampling settings and the prompt's length as the base route counts it (the templated
+        # prompt), so usage and sampling do not depend on the route. A completion continues the prompt: the
+        # answer follows it after a space, as EditableModel.generate() appends it.
+        return EditJob(
+            decision,
+            parsed.query,
+            parsed,
+            max_new_tokens,
+            prompt_tokens=prompt_tokens,
+            prefix=" " if endpoint == "completions" else "",
+        )
 
-        return job
-
-    def _base_job(
-        self, prompt_ids: list[int], parsed: GenerationRequest, max_new_tokens: int
-    ) -> Callable[..., GenerationResult]:
-        generator = self.generator
-        assert generator is not None  # only built in local mode
-
-        def job(on_text: Callable[[str], None] | None, cancelled: threading.Event | None) -> GenerationResult:
-            if parsed.seed is None:
-                return generator.generate(
-                    prompt_ids, parsed, max_new_tokens, on_text=on_text, cancelled=cancelled
-                )
-            # A seeded request samples from its own random state and leaves the process's untouched.
-            device = next(generator.model.parameters()).device
-            devices = [] if device.type == "cpu" else [device]
-            with torch.random.fork_rng(devices=devices, device_type=device.type):
-                torch.manual_seed(parsed.seed)
-                return generator.generate(
-                    prompt_ids, parsed, max_new_tokens, on_text=on_text, cancelled=cancelled
-                )
-
-        return job
+    def _base_job(self, prompt_ids: list[int], parsed: GenerationRequest, max_new_tokens: int) -> BaseJob:
+        return BaseJob(prompt_ids, parsed, max_new_tokens)
 
     def _body(
         self, parsed: GenerationRequest, endpoint: str, routing: Routing, result: GenerationResult
@@ -446,27 +436,37 @@ class _Server:
             result.completion_tokens,
         )
 
+    def _submit_streamed(
+        self, job: BaseJob | EditJob
+    ) -> tuple[asyncio.Future, asyncio.Queue, threading.Event]:
+        """Submit a streamed job: its result, the queue its text pieces arrive in, and its cancel switch."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def on_text(text: str) -> None:
+            # Called on the generation thread, for this row of its batch; a loop already closed (the server
+            # stopping) must not fail the other rows.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
+
+        future = asyncio.wrap_future(self.batcher.submit(job, on_text, cancelled))
+        # The worker's text callbacks are queued before the future completes, so "done" comes last.
+        future.add_done_callback(lambda _: queue.put_nowait(("done", None)))
+        return future, queue, cancelled
+
     async def _stream(
         self,
-        job: Callable[..., GenerationResult],
+        submitted: tuple[asyncio.Future, asyncio.Queue, threading.Event],
         parsed: GenerationRequest,
         endpoint: str,
         routing: Routing,
         started: float,
     ) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancelled = threading.Event()
+        future, queue, cancelled = submitted
         response_id = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
         created = int(time.time())
         model = self.response_model(parsed)
-
-        def on_text(text: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
-
-        future = loop.run_in_executor(self.generation_pool, job, on_text, cancelled)
-        # The worker's text callbacks are queued before the future completes, so "done" comes last.
-        future.add_done_callback(lambda _: queue.put_nowait(("done", None)))
         status, first = 200, True
 
         def chunk(**fields: Any) -> dict[str, Any]:
@@ -590,10 +590,6 @@ class _Server:
         self.router.remove_edit(edit_id)
 
 
-def _rest(result: GenerationResult) -> tuple[str, int, int]:
-    return result.finish_reason, result.prompt_tokens, result.completion_tokens
-
-
 def _edit_json(edit_id: int, edit: Any) -> dict[str, Any]:
     return {"id": edit_id, "object": "edit", **edit.to_dict()}
 
@@ -655,7 +651,8 @@ def create_app(
             if server.http is not None:
                 await server.http.aclose()
             server.routing_pool.shutdown(wait=False, cancel_futures=True)
-            server.generation_pool.shutdown(wait=False, cancel_futures=True)
+            server.writes_pool.shutdown(wait=False, cancel_futures=True)
+            server.batcher.close()
             server.parsing_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="serac", summary="OpenAI-compatible serving with live edits", lifespan=lifespan)
@@ -735,7 +732,7 @@ def create_app(
         try:
             server.check_admin(request)
             _, edits = await server.read_json(request, parse_edits, root="edits", note="; nothing was stored")
-            ids = await server.run(server.routing_pool, server.add_edits, edits)
+            ids = await server.run(server.writes_pool, server.add_edits, edits)
             status = 200
         except APIError as error:
             status = error.status_code
@@ -775,7 +772,7 @@ def create_app(
             server.check_admin(request)
             number = _parse_edit_id(edit_id)
             try:
-                await server.run(server.routing_pool, server.remove_edit, number)
+                await server.run(server.writes_pool, server.remove_edit, number)
             except (UnknownEditError, KeyError):
                 raise APIError(
                     404, f"no edit with id {number}", param="edit_id", code="edit_not_found"

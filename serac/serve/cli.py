@@ -22,8 +22,9 @@ ADMIN_TOKEN_ENV = "SERAC_ADMIN_TOKEN"
 API_KEY_ENV = "SERAC_API_KEY"
 UPSTREAM_API_KEY_ENV = "SERAC_UPSTREAM_API_KEY"
 SHUTDOWN_TIMEOUT_SECONDS = 10
-# The same default as ServeSettings', kept here so that the parser does not import the app and FastAPI.
+# The same defaults as ServeSettings', kept here so that the parser does not import the app and FastAPI.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BATCH_SIZE = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request body read, in bytes; a larger one gets a 413 (default: 4 MiB)",
     )
     parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help="most concurrent requests answered by one generate() call (default: 32; 1: one at a time)",
+    )
+    parser.add_argument(
         "--no-edits",
         action="store_true",
         help="serve the base model only: no routing, edits API read-only (a baseline for measurements)",
@@ -135,6 +142,7 @@ def build_app(args: argparse.Namespace) -> Any:
         max_tokens=args.max_tokens,
         upstream_api_key=args.upstream_api_key or None,
         max_request_bytes=args.max_request_bytes,
+        max_batch_size=args.max_batch_size,
     )
     return create_app(router, generator=generator, upstream=upstream, settings=settings)
 

@@ -7,11 +7,14 @@ Everything here is synchronous and runs on the server's worker threads, never on
   mode uses to route. Each call returns the routing of *that* call, taken from the scope classifier's
   decision, so concurrent requests never share routing state.
 * :class:`BaseModelGenerator` runs the base model's own ``generate()`` for out-of-scope requests in local
-  mode, streaming text as it is produced.
+  mode, several prompts in one call (left-padded) when they share their sampling settings, streaming each
+  one's text to its own caller as it is produced.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -28,7 +31,10 @@ from serac.store import EditStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BaseModelGenerator", "EditRouter", "GenerationResult"]
+__all__ = ["BaseModelGenerator", "EditRouter", "GenerationJob", "GenerationResult"]
+
+#: The fewest common first tokens a batch's prompts read once, in a forward pass of their own.
+MIN_SHARED_PREFIX = 8
 
 #: Routing when editing is disabled or nothing was in scope.
 BASE_ROUTE = "base_model"
@@ -93,36 +99,62 @@ class _TextAccumulator:
             self.emitted = end
 
 
-class _Streamer:
-    """A ``generate()`` streamer feeding new token ids to an accumulator (the first call is the prompt)."""
+@dataclass
+class GenerationJob:
+    """One prompt for :meth:`BaseModelGenerator.generate_many`: its token ids, the request it comes from (its
+    sampling settings and stop strings), its budget of new tokens, and where its text goes.
 
-    def __init__(self, accumulator: _TextAccumulator) -> None:
-        self.accumulator = accumulator
-        self.seen_prompt = False
+    ``on_text`` receives the answer's text piece by piece; setting ``cancelled`` stops the row at its next
+    token (its client went away) without stopping the other rows of its batch.
+    """
+
+    prompt_ids: list[int]
+    request: GenerationRequest
+    max_new_tokens: int
+    on_text: Callable[[str], None] | None = None
+    cancelled: threading.Event | None = None
+
+
+class _Row:
+    """The progress of one prompt in a batch: its new tokens, its text, and whether it has ended."""
+
+    def __init__(self, job: GenerationJob, tokenizer: Any, budget: int) -> None:
+        self.job = job
+        self.budget = budget
+        self.accumulator = _TextAccumulator(tokenizer, job.request.stop, job.on_text)
         self.generated: list[int] = []
+        self.ended_by_eos = False
+        self.done = False
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.seen_prompt:
-            self.seen_prompt = True
-            return
-        ids = value.reshape(-1).tolist()
-        self.generated.extend(ids)
-        self.accumulator.add(ids)
-
-    def end(self) -> None:
-        pass
+    def cancelled(self) -> bool:
+        return self.job.cancelled is not None and self.job.cancelled.is_set()
 
 
-class _StopWhen:
-    """A stopping criterion: stop at a stop string or when the client went away."""
+class _RowsStop:
+    """The stopping criterion of a batch, called by ``generate()`` after every step with the ids so far.
 
-    def __init__(self, accumulator: _TextAccumulator, cancelled: threading.Event | None) -> None:
-        self.accumulator = accumulator
-        self.cancelled = cancelled
+    Each row's new token goes to that row's text (and its caller) and the row stops on its own: at its own
+    budget, stop string or end of sequence, or when its client went away. ``generate()`` leaves a stopped
+    row alone (it pads it) while the others go on, and ends when every row has stopped.
+    """
+
+    def __init__(self, rows: Sequence[_Row], eos_ids: set[int]) -> None:
+        self.rows = rows
+        self.eos_ids = eos_ids
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        stop = self.accumulator.stopped or (self.cancelled is not None and self.cancelled.is_set())
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
+            if row.done:
+                continue
+            if token in self.eos_ids:
+                row.ended_by_eos = row.done = True
+                continue
+            row.generated.append(token)
+            row.accumulator.add([token])
+            row.done = row.accumulator.stopped or len(row.generated) >= row.budget
+        for row in self.rows:
+            row.done = row.done or row.cancelled()
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
 
 
 class BaseModelGenerator:
@@ -143,15 +175,29 @@ class BaseModelGenerator:
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
         )
+        # Prompts are tokenized on the server's request threads while the generation thread decodes with
+        # ``tokenizer`` (and the counterfactual model may pad with it): a fast tokenizer is not safe to use
+        # from two threads at once, so prompts get a copy of their own, one thread at a time.
+        self._prompt_tokenizer = copy.deepcopy(tokenizer)
+        self._prompt_lock = threading.Lock()
+        #: Whether a batch reads its prompts' common beginning once (see :meth:`generate_many`).
+        self.share_prefixes = True
 
     @property
     def is_encoder_decoder(self) -> bool:
         return bool(getattr(self.model.config, "is_encoder_decoder", False))
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        """The token ids the base model reads: the chat template applied to the messages, or the prompt."""
+        """The token ids the base model reads: the chat template applied to the messages, or the prompt.
+
+        Safe to call from any thread, while the model generates.
+        """
+        with self._prompt_lock:
+            return self._prompt_ids(self._prompt_tokenizer, request)
+
+    def _prompt_ids(self, tokenizer: Any, request: GenerationRequest) -> list[int]:
         if request.messages is not None:
-            if not getattr(self.tokenizer, "chat_template", None):
+            if not getattr(tokenizer, "chat_template", None):
                 raise APIError(
                     400,
                     "this model has no chat template; use /v1/completions",
@@ -160,12 +206,10 @@ class BaseModelGenerator:
                 )
             # The rendered template already holds the model's special tokens; adding them again would
             # double a BOS token.
-            text = self.tokenizer.apply_chat_template(
-                request.messages, tokenize=False, add_generation_prompt=True
-            )
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         else:
-            ids = self.tokenizer(request.prompt)["input_ids"]
+            ids = tokenizer(request.prompt)["input_ids"]
         if self.max_length is not None and len(ids) >= self.max_length:
             raise APIError(
                 400,
@@ -173,6 +217,12 @@ class BaseModelGenerator:
                 code="context_length_exceeded",
             )
         return ids
+
+    def budget(self, prompt_length: int, max_new_tokens: int) -> int:
+        """The new tokens a prompt of ``prompt_length`` tokens may get: ``max_new_tokens``, within the context."""
+        if self.max_length is not None and not self.is_encoder_decoder:
+            return max(1, min(max_new_tokens, self.max_length - prompt_length))
+        return max_new_tokens
 
     def generate(
         self,
@@ -184,30 +234,106 @@ class BaseModelGenerator:
         cancelled: threading.Event | None = None,
     ) -> GenerationResult:
         """Run ``generate()`` on one prompt; ``on_text`` receives the answer's text piece by piece."""
+        (result,) = self.generate_many(
+            [GenerationJob(prompt_ids, request, max_new_tokens, on_text, cancelled)]
+        )
+        return result
+
+    def generate_many(self, jobs: Sequence[GenerationJob]) -> list[GenerationResult]:
+        """Answer several prompts in one ``generate()`` call; each row gets the answer it gets alone.
+
+        The prompts are padded on the side the model reads padding on (the left for a decoder, the right for
+        an encoder) and masked, so under greedy decoding each answer is, token for token, the one
+        :meth:`generate` gives that prompt alone. A decoder reads the prompts' common beginning (a chat
+        template's system prompt) once: its keys and values are computed for one row and shared by all, and
+        the padding goes between it and the rest of each prompt. Every row stops on its own (its budget, stop
+        strings, end of sequence, its client going away), and its text goes to its own ``on_text`` as it is
+        produced. The jobs must share their sampling settings: they are read from the first job's request.
+        """
         from transformers import StoppingCriteriaList
 
-        if self.max_length is not None and not self.is_encoder_decoder:
-            max_new_tokens = max(1, min(max_new_tokens, self.max_length - len(prompt_ids)))
-        accumulator = _TextAccumulator(self.tokenizer, request.stop, on_text)
-        streamer = _Streamer(accumulator)
+        if not jobs:
+            return []
+        rows = [
+            _Row(job, self.tokenizer, self.budget(len(job.prompt_ids), job.max_new_tokens)) for job in jobs
+        ]
         device = next(self.model.parameters()).device
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        width = max(len(job.prompt_ids) for job in jobs)
+        shared = self._shared_prefix_length(jobs)
+        cache = self._prefix_cache(jobs[0].prompt_ids[:shared], len(jobs), device) if shared else None
+        shared = shared if cache is not None else 0
+        ids, mask = [], []
+        for job in jobs:
+            prompt, padding = job.prompt_ids, width - len(job.prompt_ids)
+            if self.is_encoder_decoder:
+                ids.append(prompt + [self.pad_id] * padding)
+                mask.append([1] * len(prompt) + [0] * padding)
+            else:
+                # Left padding, after the shared beginning (none when nothing is shared): position ids follow
+                # the attention mask, so each row reads its prompt at the positions it has alone.
+                ids.append(prompt[:shared] + [self.pad_id] * padding + prompt[shared:])
+                mask.append([1] * shared + [0] * padding + [1] * (len(prompt) - shared))
         kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "max_new_tokens": max_new_tokens,
+            "input_ids": torch.tensor(ids, dtype=torch.long, device=device),
+            "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
+            "max_new_tokens": max(row.budget for row in rows),
             "pad_token_id": self.pad_id,
-            "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([_StopWhen(accumulator, cancelled)]),
+            "stopping_criteria": StoppingCriteriaList([_RowsStop(rows, self.eos_ids)]),
         }
-        kwargs.update(_sampling_kwargs(request))
+        kwargs.update(_sampling_kwargs(jobs[0].request))
+        if cache is not None:
+            kwargs[self._cache_argument] = cache
         with torch.no_grad():
             self.model.generate(**kwargs)
-        text = accumulator.finish()
-        generated = [token for token in streamer.generated if token not in self.eos_ids]
-        ended_by_eos = any(token in self.eos_ids for token in streamer.generated)
-        finish = "stop" if (accumulator.stopped or ended_by_eos) else "length"
-        return GenerationResult(text, finish, len(prompt_ids), len(generated))
+        results = []
+        for row in rows:
+            text = row.accumulator.finish()
+            finish = "stop" if (row.accumulator.stopped or row.ended_by_eos) else "length"
+            results.append(GenerationResult(text, finish, len(row.job.prompt_ids), len(row.generated)))
+        return results
+
+    def _shared_prefix_length(self, jobs: Sequence[GenerationJob]) -> int:
+        """How many first tokens every prompt shares (each keeps at least one of its own); 0 when too few
+        to be worth a forward pass of their own, or for a single prompt or an encoder-decoder."""
+        if len(jobs) < 2 or self.is_encoder_decoder or not self.share_prefixes:
+            return 0
+        first = jobs[0].prompt_ids
+        limit = min(len(job.prompt_ids) for job in jobs) - 1
+        length = 0
+        while length < limit and all(job.prompt_ids[length] == first[length] for job in jobs):
+            length += 1
+        return length if length >= MIN_SHARED_PREFIX else 0
+
+    def _prefix_cache(self, prefix: list[int], rows: int, device: torch.device) -> Any:
+        """The keys and values of ``prefix``, computed once and repeated for ``rows`` rows; ``None`` (and no
+        more sharing) for a model whose cache cannot be built this way."""
+        from transformers import DynamicCache
+
+        try:
+            try:
+                cache = DynamicCache(config=self.model.config)
+            except TypeError:  # releases before the cache took the model's config
+                cache = DynamicCache()
+            input_ids = torch.tensor([prefix], dtype=torch.long, device=device)
+            with torch.no_grad():
+                self.model(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    use_cache=True,
+                    **{self._cache_argument: cache},
+                )
+            cache.batch_repeat_interleave(rows)
+        except Exception as error:  # e.g. a model whose cache is not a DynamicCache
+            logger.warning("Prompts are not shared in batches of %s: %s", type(self.model).__name__, error)
+            self.share_prefixes = False
+            return None
+        return cache
+
+    @property
+    def _cache_argument(self) -> str:
+        # Newer transformers name the key-value cache ``cache``; earlier ones ``past_key_values``.
+        parameters = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _sampling_kwargs(request: GenerationRequest) -> dict[str, Any]:
@@ -287,23 +413,58 @@ class EditRouter:
         route counts it (the templated prompt, in local mode); without it the query's own tokens are
         counted. An answer cut at ``max_new_tokens`` ends with ``"length"``, as on the base route.
         """
-        if not decision.in_scope or decision.edit is None:
+        (result,) = self.answer_many(
+            [decision], [query], [max_new_tokens], [stops], request=request, prompt_tokens=[prompt_tokens]
+        )
+        return result
+
+    def answer_many(
+        self,
+        decisions: Sequence[ScopeDecision],
+        queries: Sequence[str],
+        max_new_tokens: Sequence[int],
+        stops: Sequence[Sequence[str]],
+        *,
+        request: GenerationRequest | None = None,
+        prompt_tokens: Sequence[int | None] | None = None,
+    ) -> list[GenerationResult]:
+        """:meth:`answer` for several queries in one call of the counterfactual model.
+
+        Each query keeps its own budget and stop strings; the sampling settings of ``request`` are shared
+        (batch queries that share them).
+        """
+        count = len(decisions)
+        prompt_tokens = [None] * count if prompt_tokens is None else list(prompt_tokens)
+        if not (len(queries) == len(max_new_tokens) == len(stops) == len(prompt_tokens) == count):
+            raise ValueError(
+                "answer_many() needs one query, budget, stop list and prompt length per decision"
+            )
+        if any(not decision.in_scope or decision.edit is None for decision in decisions):
             raise ValueError("answer() needs an in-scope decision")
+        if not count:
+            return []
         generation = _sampling_kwargs(request) if request is not None else {}
-        # One token past the budget tells an answer that was cut from one that ended there.
-        (answer,) = self.memory.answer([decision], [query], max_new_tokens=max_new_tokens + 1, **generation)
-        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        finish = "stop"
-        if len(ids) > max_new_tokens:
-            ids, finish = ids[:max_new_tokens], "length"
-            answer = self.tokenizer.decode(ids, skip_special_tokens=True)
-        for stop in stops:
-            if stop in answer:
-                answer, finish = answer[: answer.index(stop)], "stop"
-                ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        if prompt_tokens is None:
-            prompt_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-        return GenerationResult(answer, finish, prompt_tokens, len(ids))
+        # One token past the largest budget tells an answer that was cut from one that ended there.
+        answers = self.memory.answer(
+            list(decisions), list(queries), max_new_tokens=max(max_new_tokens) + 1, **generation
+        )
+        results = []
+        for answer, query, budget, row_stops, counted in zip(
+            answers, queries, max_new_tokens, stops, prompt_tokens, strict=True
+        ):
+            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            finish = "stop"
+            if len(ids) > budget:
+                ids, finish = ids[:budget], "length"
+                answer = self.tokenizer.decode(ids, skip_special_tokens=True)
+            for stop in row_stops:
+                if stop in answer:
+                    answer, finish = answer[: answer.index(stop)], "stop"
+                    ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            if counted is None:
+                counted = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+            results.append(GenerationResult(answer, finish, counted, len(ids)))
+        return results
 
     # ------------------------------------------------------------------ edits
     def add_edits(self, edits: Sequence[Edit]) -> list[int]:

@@ -7,6 +7,8 @@
 * ``serac_time_to_first_token_seconds{endpoint, route}``: streams only.
 * ``serac_routing_duration_seconds``: the scope classifier's decision, queueing included.
 * ``serac_edits_stored``: edits in the store; ``serac_edit_writes_total{operation, status}``.
+* ``serac_generation_batch_size{route}``: requests answered by one ``generate()`` call of the base model
+  (``base_model``) or the counterfactual model (``edit``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ class ServerMetrics:
             "serac_edit_writes_total",
             "Calls of the edits API that change the store, by operation and HTTP status",
             ("operation", "status"),
+            registry=self.registry,
+        )
+
+        self.batch_size = Histogram(
+            "serac_generation_batch_size",
+            "Requests answered by one generate() call, by route",
+            ("route",),
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
 

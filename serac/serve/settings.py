@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "ServeSettings"]
+__all__ = ["DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_REQUEST_BYTES", "ServeSettings"]
 
 #: The largest request body a server reads by default: far above any chat a context window holds.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+#: The most requests one ``generate()`` call answers by default.
+DEFAULT_MAX_BATCH_SIZE = 32
 
 
 @dataclass
@@ -24,6 +26,8 @@ class ServeSettings:
             ``Authorization`` header. A client's own header is never passed on: it may hold the admin token.
         upstream_timeout: seconds to wait for the upstream.
         max_request_bytes: the largest request body read; a larger one gets a 413 before it is parsed.
+        max_batch_size: the most requests one ``generate()`` call answers (local mode's base model, and the
+            counterfactual model); 1 answers them one at a time.
     """
 
     model_name: str = "serac"
@@ -34,6 +38,7 @@ class ServeSettings:
     upstream_api_key: str | None = None
     upstream_timeout: float = 600.0
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
 
     def __post_init__(self) -> None:
         if self.admin_token is not None and not self.admin_token:
@@ -46,10 +51,14 @@ class ServeSettings:
             isinstance(self.max_request_bytes, int) and self.max_request_bytes >= 1
         ):
             raise ValueError(f"max_request_bytes must be a positive integer, got {self.max_request_bytes!r}")
+        if isinstance(self.max_batch_size, bool) or not (
+            isinstance(self.max_batch_size, int) and self.max_batch_size >= 1
+        ):
+            raise ValueError(f"max_batch_size must be a positive integer, got {self.max_batch_size!r}")
 
     def __repr__(self) -> str:  # keep tokens out of logs and tracebacks
         return (
             f"ServeSettings(model_name={self.model_name!r}, admin_token={'set' if self.admin_token else None}, "
             f"api_keys={len(self.api_keys)}, max_tokens={self.max_tokens}, "
-            f"max_request_bytes={self.max_request_bytes})"
+            f"max_request_bytes={self.max_request_bytes}, max_batch_size={self.max_batch_size})"
         )

@@ -1,0 +1,313 @@
+"""Dynamic batching: the server's generation thread answers the requests waiting for it together.
+
+Requests that arrive while a batch runs wait for the next pass of the generation thread, which takes the
+oldest waiting request and every other waiting one that can share its ``generate()`` call: base-model
+requests with the same sampling settings (one left-padded call of the base model, each row stopping on its
+own and streaming to its own client), or edit-route requests with the same sampling settings (one call of
+the counterfactual model). A seeded sampled request runs alone, on its own random state, so its answer does
+not depend on what it was batched with. A pass about to start waits a little for requests still on their way
+(:meth:`GenerationBatcher.arrival`), so that clients answered together, who ask again together, share the
+next pass instead of waiting for a pass that started without them.
+
+Everything model-related happens on this one thread: Hugging Face fast tokenizers are not safe to call from
+several threads at once, and the models run one ``generate()`` at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from serac.scope import ScopeDecision
+from serac.serve.engine import (
+    BaseModelGenerator,
+    EditRouter,
+    GenerationJob,
+    GenerationResult,
+    _sampling_kwargs,
+)
+from serac.serve.protocol import GenerationRequest
+from serac.serve.settings import DEFAULT_MAX_BATCH_SIZE
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MAX_GATHER_S", "Arrival", "BaseJob", "EditJob", "GenerationBatcher"]
+
+#: The longest a batch about to start waits for requests still being parsed or routed: far below the time of
+#: a pass of a real model, whose requests it saves from waiting for the whole next pass.
+DEFAULT_MAX_GATHER_S = 0.1
+
+
+@dataclass(frozen=True)
+class BaseJob:
+    """An out-of-scope request in local mode: the base model continues ``prompt_ids``."""
+
+    prompt_ids: list[int]
+    request: GenerationRequest
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class EditJob:
+    """An in-scope request: the counterfactual model answers ``query`` under the decision's edit.
+
+    ``prompt_tokens`` is the prompt's length as the base route counts it; ``prefix`` goes before a non-empty
+    answer (a completion continues its prompt after a space).
+    """
+
+    decision: ScopeDecision
+    query: str
+    request: GenerationRequest
+    max_new_tokens: int
+    prompt_tokens: int | None = None
+    prefix: str = ""
+
+
+class Arrival:
+    """A request counted by :meth:`GenerationBatcher.arrival`; ``done()`` (once or more) stops counting it."""
+
+    def __init__(self, batcher: GenerationBatcher) -> None:
+        self._batcher: GenerationBatcher | None = batcher
+
+    def done(self) -> None:
+        if self._batcher is not None:
+            batcher, self._batcher = self._batcher, None
+            batcher._arrived()
+
+
+@dataclass
+class _Waiting:
+    job: BaseJob | EditJob
+    on_text: Callable[[str], None] | None
+    cancelled: threading.Event | None
+    future: Future = field(default_factory=Future)
+
+
+def _batch_key(job: BaseJob | EditJob) -> tuple:
+    """Requests with equal keys can share one ``generate()`` call."""
+    sampling = tuple(sorted(_sampling_kwargs(job.request).items(), key=lambda item: item[0]))
+    if isinstance(job, EditJob):
+        return ("edit", sampling)
+    if job.request.seed is not None and job.request.temperature != 0:
+        return ("seeded", id(job))  # its own random state: alone
+    return ("base", sampling)
+
+
+class GenerationBatcher:
+    """The generation thread: answers submitted jobs, batching those that wait together.
+
+    Args:
+        router: answers edit-route jobs with its counterfactual model.
+        generator: answers base-route jobs (local mode); ``None`` in proxy mode.
+        max_batch_size: the most jobs one ``generate()`` call answers; 1 answers them one at a time.
+
+    ``batches`` counts the ``generate()`` passes run so far and ``largest_batch`` the most jobs one of
+    them answered.
+    """
+
+    def __init__(
+        self,
+        router: EditRouter,
+        generator: BaseModelGenerator | None = None,
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_gather_s: float = DEFAULT_MAX_GATHER_S,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
+        if not max_gather_s >= 0:
+            raise ValueError(f"max_gather_s must be >= 0, got {max_gather_s!r}")
+        self.router = router
+        self.generator = generator
+        self.max_batch_size = max_batch_size
+        self.max_gather_s = max_gather_s
+        self.on_batch = on_batch
+        self.batches = 0
+        self.largest_batch = 0
+        self._waiting: list[_Waiting] = []
+        self._arriving = 0
+        self._last_pass_s = 0.0
+        self._condition = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="serac-generation", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        job: BaseJob | EditJob,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> Future:
+        """Queue ``job``; the future gets its :class:`~serac.serve.engine.GenerationResult`.
+
+        ``on_text`` receives the answer's text piece by piece, on the generation thread; setting
+        ``cancelled`` stops the job at its next token, or before it starts.
+        """
+        if isinstance(job, BaseJob) and self.generator is None:
+            raise ValueError("a base-model job needs a generator (local mode)")
+        waiting = _Waiting(job, on_text, cancelled)
+        with self._condition:
+            if self._closed:
+                raise RuntimeError("the generation batcher is closed")
+            self._waiting.append(waiting)
+            self._condition.notify()
+        return waiting.future
+
+    def arrival(self) -> Arrival:
+        """Count a request on its way to :meth:`submit` (being parsed, tokenized, routed) until its
+        :meth:`Arrival.done`: a batch about to start waits a little for it (see :data:`DEFAULT_MAX_GATHER_S`).
+        Call ``done()`` after submitting, so the request always counts in one place."""
+        with self._condition:
+            self._arriving += 1
+        return Arrival(self)
+
+    def _arrived(self) -> None:
+        with self._condition:
+            self._arriving -= 1
+            self._condition.notify()
+
+    @property
+    def waiting(self) -> int:
+        """Jobs submitted and not started yet."""
+        with self._condition:
+            return len(self._waiting)
+
+    def close(self) -> None:
+        """Stop the thread after its current batch; jobs still waiting are cancelled."""
+        with self._condition:
+            self._closed = True
+            waiting, self._waiting = self._waiting, []
+            self._condition.notify()
+        for item in waiting:
+            item.future.cancel()
+
+    # ------------------------------------------------------------------ the generation thread
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._waiting and not self._closed:
+                    self._condition.wait()
+                self._gather()
+                if self._closed:
+                    return
+                batch = self._next_batch()
+            batch = [item for item in batch if self._start(item)]
+            if batch:
+                started = time.perf_counter()
+                self._answer(batch)
+                self._last_pass_s = time.perf_counter() - started
+
+    def _gather(self) -> None:
+        """Wait (the lock is held) for requests on their way, while the batch has room: clients answered
+        by the last pass ask again at about the same time, and a pass that starts before their requests
+        are routed makes them wait for all of it. Bounded by a quarter of the last pass's time (so a fast
+        model barely waits) and by ``max_gather_s``."""
+        deadline = time.monotonic() + min(self.max_gather_s, self._last_pass_s / 4)
+        while self._arriving and len(self._waiting) < self.max_batch_size and not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._condition.wait(remaining)
+
+    def _next_batch(self) -> list[_Waiting]:
+        """The oldest waiting job and the waiting ones that can share its call (the lock is held)."""
+        first = self._waiting[0]
+        key = _batch_key(first.job)
+        batch, rest = [first], []
+        widest = budget = 0
+        if isinstance(first.job, BaseJob):
+            widest, budget = len(first.job.prompt_ids), first.job.max_new_tokens
+        for item in self._waiting[1:]:
+            if len(batch) >= self.max_batch_size or _batch_key(item.job) != key:
+                rest.append(item)
+                continue
+            if isinstance(item.job, BaseJob) and not self._fits(
+                max(widest, len(item.job.prompt_ids)), max(budget, item.job.max_new_tokens)
+            ):
+                rest.append(item)  # padded to the widest prompt, it would run past the context
+                continue
+            if isinstance(item.job, BaseJob):
+                widest, budget = max(widest, len(item.job.prompt_ids)), max(budget, item.job.max_new_tokens)
+            batch.append(item)
+        self._waiting = rest
+        return batch
+
+    def _fits(self, width: int, max_new_tokens: int) -> bool:
+        generator = self.generator
+        if generator is None or generator.max_length is None or generator.is_encoder_decoder:
+            return True
+        return width + generator.budget(width, max_new_tokens) <= generator.max_length
+
+    @staticmethod
+    def _start(item: _Waiting) -> bool:
+        if item.cancelled is not None and item.cancelled.is_set():
+            item.future.cancel()  # its client went away before it started
+            return False
+        return item.future.set_running_or_notify_cancel()
+
+    def _answer(self, batch: list[_Waiting]) -> None:
+        try:
+            results = self._generate(batch)
+        except Exception as error:  # every request of the batch gets the failure, not a hang
+            for item in batch:
+                item.future.set_exception(error)
+            return
+        for item, result in zip(batch, results, strict=True):
+            item.future.set_result(result)
+
+    def _generate(self, batch: Sequence[_Waiting]) -> list[GenerationResult]:
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        route = "edit" if isinstance(batch[0].job, EditJob) else "base_model"
+        if self.on_batch is not None:
+            self.on_batch(route, len(batch))
+        if route == "edit":
+            return self._answer_edits(batch)
+        assert self.generator is not None  # checked in submit()
+        jobs = [
+            GenerationJob(
+                item.job.prompt_ids, item.job.request, item.job.max_new_tokens, item.on_text, item.cancelled
+            )
+            for item in batch
+        ]
+        seed = batch[0].job.request.seed
+        if len(batch) > 1 or seed is None:
+            return self.generator.generate_many(jobs)
+        # A seeded request samples from its own random state and leaves the process's untouched.
+        device = next(self.generator.model.parameters()).device
+        devices = [] if device.type == "cpu" else [device]
+        with torch.random.fork_rng(devices=devices, device_type=device.type):
+            torch.manual_seed(seed)
+            return self.generator.generate_many(jobs)
+
+    def _answer_edits(self, batch: Sequence[_Waiting]) -> list[GenerationResult]:
+        jobs: list[Any] = [item.job for item in batch]
+        results = self.router.answer_many(
+            [job.decision for job in jobs],
+            [job.query for job in jobs],
+            [job.max_new_tokens for job in jobs],
+            [job.request.stop for job in jobs],
+            request=jobs[0].request,
+            prompt_tokens=[job.prompt_tokens for job in jobs],
+        )
+        answered = []
+        for item, job, result in zip(batch, jobs, results, strict=True):
+            if job.prefix and result.text:
+                result = GenerationResult(
+                    job.prefix + result.text,
+                    result.finish_reason,
+                    result.prompt_tokens,
+                    result.completion_tokens,
+                )
+            if item.on_text is not None and result.text:
+                item.on_text(result.text)
+            answered.append(result)
+        return answered
