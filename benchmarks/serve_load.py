@@ -7,8 +7,11 @@ Two runs of the same request sequence, each against a fresh server process start
   keeps it ``--edit-interval`` seconds (0.2-1.0 by default), removes it, waits as long, and so on, for the
   whole run.
 
-With ``--rounds N`` the two runs alternate N times, so a change in the machine's load hits both alike; the
-ratios are medians over rounds. Half the requests are streamed, half in scope of a slot (by default).
+With ``--transformers-serve cb`` a third run, ``transformers serve`` (the OpenAI-compatible server shipped with
+transformers) with ``--continuous-batching`` on the same model, is the anchor (``plain``: without continuous
+batching). With ``--rounds N`` the runs alternate N times, each round starting with the next one, so a change
+in the machine's load hits them alike; the ratios are medians over rounds. Half the requests are streamed,
+half in scope of a slot (by default).
 
 Every inference request asks either the prompt of one edit slot (in scope exactly while that slot's edit is
 stored) or an unrelated question. Afterwards each answer's routing (the ``serac`` field) is checked against
@@ -31,8 +34,17 @@ the store only within that bound are counted apart from the contradictions. Afte
 K`` trials post an edit to one process and ask the others until they route to it (then delete it and ask
 until they stop): the measured delay.
 
+With ``--proxy-edits N`` (and ``--transformers-serve``), after the rounds: a SQLite store of N synthetic edits
+(random unit embeddings, so building 100,000 takes seconds and every real question stays out of scope) behind
+``serac serve --upstream`` in front of ``transformers serve``; one client asks the same questions of the
+upstream and of the proxy in alternating order, and the proxy's added latency is the median of the pairs'
+differences (``--proxy-max-tokens``, default 1, keeps the upstream's own spread small).
+
     python benchmarks/serve_load.py --requests 2000 --concurrency 16 --rounds 2
     python benchmarks/serve_load.py --requests 2000 --concurrency 16 --rounds 2 --processes 2
+    python benchmarks/serve_load.py --model smollm2-135m-instruct --requests 160 --rounds 3 --transformers-serve cb
+    python benchmarks/serve_load.py --model smollm2-135m-instruct --skip-load --transformers-serve cb \
+        --proxy-edits 100000
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import string
@@ -50,6 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,26 +158,34 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``serac serve`` in a subprocess, stopped on exit."""
+    """``serac serve`` (or, with ``command``, another server) in a subprocess, stopped on exit.
 
-    def __init__(self, arguments: list[str], log_path: Path) -> None:
+    ``command`` builds the whole command line from the port; by default it is ``serac serve`` with
+    ``arguments``.
+    """
+
+    def __init__(
+        self, arguments: list[str], log_path: Path, command: Callable[[int], list[str]] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         env.setdefault("OMP_NUM_THREADS", "1")
-        command = [
-            sys.executable,
-            "-m",
-            "serac.serve.cli",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
+        if command is None:
+            line = [
+                sys.executable,
+                "-m",
+                "serac.serve.cli",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ]
+            line += arguments
+        else:
+            line = command(self.port)
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            command + arguments, stdout=self.log, stderr=subprocess.STDOUT, env=env
-        )
+        self.process = subprocess.Popen(line, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
@@ -235,10 +257,15 @@ def question(slot: int | None, index: int) -> str:
 
 
 async def one_request(
-    http: httpx.AsyncClient, index: int, slot: int | None, stream: bool, max_tokens: int
+    http: httpx.AsyncClient,
+    index: int,
+    slot: int | None,
+    stream: bool,
+    max_tokens: int,
+    model: str = "served",
 ) -> Result:
     body = {
-        "model": "served",
+        "model": model,
         "messages": [{"role": "user", "content": question(slot, index)}],
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -251,7 +278,8 @@ async def one_request(
             response = await http.post("/v1/chat/completions", json=body)
             result.status = response.status_code
             if response.status_code == 200:
-                routing = response.json()["serac"]
+                # A server other than serac's answers without the routing field.
+                routing = response.json().get("serac") or {"route": None, "edit_id": None}
                 result.route, result.edit_id = routing["route"], routing["edit_id"]
             else:
                 result.error = response.text[:200]
@@ -265,7 +293,8 @@ async def one_request(
                         if "error" in data:
                             result.error = json.dumps(data)[:200]
                         else:
-                            routings.add((data["serac"]["route"], data["serac"]["edit_id"]))
+                            routing = data.get("serac") or {"route": None, "edit_id": None}
+                            routings.add((routing["route"], routing["edit_id"]))
                 if len(routings) == 1:
                     result.route, result.edit_id = routings.pop()
                 elif result.error is None:
@@ -285,6 +314,7 @@ async def run_load(
     seed: int,
     edit_interval: tuple[float, float] = (0.2, 1.0),
     staleness_s: float = 0.05,
+    model: str = "served",
 ) -> dict:
     urls = [urls] if isinstance(urls, str) else list(urls)
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -312,7 +342,7 @@ async def run_load(
                     return
                 slot, stream = plan.requests[index]
                 http = clients[index % len(clients)]
-                results.append(await one_request(http, index, slot, stream, max_tokens))
+                results.append(await one_request(http, index, slot, stream, max_tokens, model))
 
         async def churn_slot(slot: int) -> None:
             rng = random.Random(seed * 100 + slot)
@@ -487,6 +517,200 @@ async def measure_propagation(urls: list[str], trials: int, max_tokens: int = 1)
     return {"add": summary(added), "remove": summary(removed), "write_errors": errors}
 
 
+# ---------------------------------------------------------------------------------------------- anchors
+def transformers_serve(model_path: str, continuous_batching: bool) -> Callable[[int], list[str]]:
+    """The command line of ``transformers serve`` (the server shipped with transformers) on ``model_path``."""
+    program = shutil.which("transformers")
+    if program is None:
+        raise SystemExit("transformers serve needs the transformers CLI: pip install 'transformers[serving]'")
+
+    def command(port: int) -> list[str]:
+        line = [
+            program,
+            "serve",
+            model_path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+        return line + (["--continuous-batching"] if continuous_batching else [])
+
+    return command
+
+
+def wait_until_idle(pid: int, timeout: float = 900.0, busy_share: float = 0.1) -> float:
+    """Wait until process ``pid`` uses under ``busy_share`` of a core over 2 s (a large store builds its IVF
+    index in the background after it serves); returns the seconds waited."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds() -> float:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds()
+        time.sleep(2.0)
+        if cpu_seconds() - before < 2.0 * busy_share:
+            break
+    return time.monotonic() - started
+
+
+# ---------------------------------------------------------------------------------------------- proxy
+def build_synthetic_store(path: Path, count: int, chunk: int = 10_000) -> float:
+    """A SQLite edit store of ``count`` synthetic edits, for the packaged MiniLM; returns the seconds taken.
+
+    The edits are stored with random unit embeddings (``EditStore.add(..., embeddings=...)``), so building
+    100,000 takes seconds instead of embedding each: searching them costs what searching real ones does, and
+    no real question is near any of them, so every request stays out of scope.
+    """
+    import numpy as np
+
+    from serac import Edit, EditStore
+    from serac.offline import load_embedder
+
+    started = time.perf_counter()
+    store = EditStore(load_embedder(), url=f"sqlite:///{path}")
+    rng = np.random.default_rng(0)
+    for offset in range(0, count, chunk):
+        size = min(chunk, count - offset)
+        edits = [
+            Edit(prompt=f"Who keeps the synthetic record number {i}?", target=f"keeper {i}")
+            for i in range(offset, offset + size)
+        ]
+        vectors = rng.standard_normal((size, store.dimension)).astype(np.float32)
+        store.add(edits, embeddings=vectors)
+    stored = len(store)
+    store._db.dispose()
+    if stored != count:
+        raise RuntimeError(f"the synthetic store holds {stored} edits, not {count}")
+    return time.perf_counter() - started
+
+
+async def paired_latencies(direct_url: str, proxy_url: str, pairs: int, max_tokens: int, model: str) -> dict:
+    """One client, one request at a time: the same question to the upstream and through the proxy, in
+    alternating order; the proxy's added latency is the median of the pairs' differences."""
+    direct, proxied, differences, errors = [], [], [], 0
+    async with (
+        httpx.AsyncClient(base_url=direct_url, timeout=120) as upstream,
+        httpx.AsyncClient(base_url=proxy_url, timeout=120) as proxy,
+    ):
+
+        async def timed(http: httpx.AsyncClient, question: str) -> float | None:
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            }
+            sent = time.perf_counter()
+            response = await http.post("/v1/chat/completions", json=body)
+            elapsed = time.perf_counter() - sent
+            if response.status_code != 200:
+                return None
+            routing = response.json().get("serac")
+            if http is proxy and (routing is None or routing["route"] != "base_model"):
+                return None
+            return elapsed
+
+        for index in range(pairs):
+            question = UNRELATED[index % len(UNRELATED)]
+            first, second = (upstream, proxy) if index % 2 == 0 else (proxy, upstream)
+            times = {first: await timed(first, question), second: await timed(second, question)}
+            if times[upstream] is None or times[proxy] is None:
+                errors += 1
+                continue
+            direct.append(times[upstream])
+            proxied.append(times[proxy])
+            differences.append(times[proxy] - times[upstream])
+
+    def ms(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return (
+            round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+            if ordered
+            else float("nan")
+        )
+
+    return {
+        "pairs": len(differences),
+        "errors": errors,
+        "direct_p50_ms": ms(direct, 0.5),
+        "proxied_p50_ms": ms(proxied, 0.5),
+        "added_p50_ms": ms(differences, 0.5),
+        "added_p95_ms": ms(differences, 0.95),
+    }
+
+
+def measure_proxy(args: argparse.Namespace, workdir: Path, model_path: str, editor: str) -> dict:
+    """``serac serve --upstream`` with ``args.proxy_edits`` stored edits in front of ``transformers serve``."""
+    path = workdir / "proxy-edits.db"
+    build_seconds = build_synthetic_store(path, args.proxy_edits)
+    upstream = ServerProcess(
+        [], workdir / "proxy-upstream.log", transformers_serve(model_path, args.transformers_serve == "cb")
+    )
+    proxy = None
+    try:
+        upstream.wait_ready(900)
+        proxy = ServerProcess(
+            ["--upstream", upstream.url + "/v1", "--editor", editor, "--store", f"sqlite:///{path}"],
+            workdir / "proxy.log",
+        )
+        proxy.wait_ready(900)
+        settled = wait_until_idle(proxy.process.pid)
+        health = httpx.get(proxy.url + "/health", timeout=10).json()
+        asyncio.run(
+            paired_latencies(upstream.url, proxy.url, 10, args.proxy_max_tokens, model_path)
+        )  # warm-up
+        routing_before = routing_seconds(proxy.url)
+        figures = asyncio.run(
+            paired_latencies(upstream.url, proxy.url, args.proxy_pairs, args.proxy_max_tokens, model_path)
+        )
+        routing_after = routing_seconds(proxy.url)
+    finally:
+        for server in (proxy, upstream):
+            if server is not None:
+                server.stop()
+    decisions = routing_after[1] - routing_before[1]
+    return {
+        **figures,
+        "max_tokens": args.proxy_max_tokens,
+        "routing_mean_ms": round((routing_after[0] - routing_before[0]) / decisions * 1000, 1)
+        if decisions
+        else None,
+        "stored_edits": health["store"]["edits"],
+        "store_build_s": round(build_seconds, 1),
+        "waited_for_index_s": round(settled, 1),
+    }
+
+
+def routing_seconds(url: str) -> tuple[float, float]:
+    """The server's ``serac_routing_duration_seconds`` sum and count, read from its ``/metrics``."""
+    values = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("serac_routing_duration_seconds_sum", "serac_routing_duration_seconds_count"):
+            values[name] = float(value)
+    return values["serac_routing_duration_seconds_sum"], values["serac_routing_duration_seconds_count"]
+
+
+def mean_batch_sizes(urls: list[str]) -> dict[str, float]:
+    """Requests per ``generate()`` call of serac servers (warm-up included), by route, from their ``/metrics``."""
+    totals: dict[str, list[float]] = {}
+    for url in urls:
+        for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+            for suffix, index in (("_sum", 0), ("_count", 1)):
+                prefix = f'serac_generation_batch_size{suffix}{{route="'
+                if line.startswith(prefix):
+                    route = line[len(prefix) :].split('"', 1)[0]
+                    totals.setdefault(route, [0.0, 0.0])[index] += float(line.rsplit(" ", 1)[1])
+    return {route: round(total / count, 2) for route, (total, count) in totals.items() if count}
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -515,7 +739,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--rounds", type=int, default=1, help="base and serac runs, alternated, this many times"
+        "--rounds",
+        type=int,
+        default=1,
+        help="base and serac runs (and the anchor's), alternated, this many times",
     )
     parser.add_argument(
         "--processes", type=int, default=1, help="server processes per run (serac: sharing one SQLite store)"
@@ -526,41 +753,92 @@ def main(argv: list[str] | None = None) -> dict:
         default=50,
         help="with several processes: edit-propagation trials after the last round's load",
     )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        help="serac serve --max-batch-size for both serac runs (default: its own)",
+    )
+    parser.add_argument(
+        "--transformers-serve",
+        choices=["cb", "plain"],
+        help="also run `transformers serve` on the same model in each round, as an anchor: with "
+        "--continuous-batching (cb) or without (plain); needs a model path or smollm2-135m-instruct",
+    )
+    parser.add_argument(
+        "--proxy-edits",
+        type=int,
+        default=0,
+        help="after the rounds: serac serve --upstream with this many stored edits in front of transformers "
+        "serve (--transformers-serve), its added latency per request against the upstream directly",
+    )
+    parser.add_argument("--proxy-pairs", type=int, default=200, help="request pairs of the proxy measurement")
+    parser.add_argument(
+        "--proxy-max-tokens",
+        type=int,
+        default=1,
+        help="new tokens per request of the proxy measurement (few: the upstream's own spread stays small)",
+    )
+    parser.add_argument("--skip-load", action="store_true", help="only the proxy measurement")
     parser.add_argument("--output", help="write the figures as JSON here")
     args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if args.proxy_edits and not args.transformers_serve:
+        parser.error("--proxy-edits needs --transformers-serve (the upstream)")
 
     workdir = Path(tempfile.mkdtemp(prefix="serac serve-load-"))
     tiny_model, tiny_editor = build_tiny_models(workdir)
+    editor = str(args.editor or tiny_editor)
+    model_path = str(tiny_model)
+    if args.model:
+        from serac.offline import resolve_base_model
+
+        model_path = resolve_base_model(args.model)
     # The tiny editor (embedding scope classifier, tiny counterfactual model) fits any base model.
-    served = ["--model", str(args.model or tiny_model), "--editor", str(args.editor or tiny_editor)]
+    served = ["--model", model_path, "--editor", editor]
+    if args.max_batch_size is not None:
+        served += ["--max-batch-size", str(args.max_batch_size)]
     plan = Plan.make(args.requests, args.in_scope_share, args.stream_share, args.seed)
-    if args.processes < 1:
-        parser.error("--processes must be at least 1")
+    runs_of_a_round: list[tuple[str, list[str], bool]] = [
+        ("base", ["--no-edits"], False),
+        ("serac", [], True),
+    ]
+    if args.transformers_serve:
+        runs_of_a_round.append(("transformers", [], False))
     rounds: list[dict[str, dict]] = []
     propagation = None
-    for round_index in range(args.rounds):
-        # Base and serac runs alternate, so a change in the machine's load hits both alike.
+    for round_index in range(0 if args.skip_load else args.rounds):
+        # The runs alternate, each round starting with the next one, so a change in the machine's load hits
+        # them alike.
+        shift = round_index % len(runs_of_a_round)
         runs = {}
-        for name, extra, churn in (
-            ("base", ["--no-edits"], False),
-            (
-                "serac",
-                ["--store", f"sqlite:///{workdir / f'edits-{round_index}.db'}", "--admin-token", ADMIN],
-                True,
-            ),
-        ):
+        for name, extra, churn in runs_of_a_round[shift:] + runs_of_a_round[:shift]:
+            if name == "serac":
+                extra = [
+                    "--store",
+                    f"sqlite:///{workdir / f'edits-{round_index}.db'}",
+                    "--admin-token",
+                    ADMIN,
+                ]
+            command = None
+            if name == "transformers":
+                command = transformers_serve(model_path, args.transformers_serve == "cb")
             servers = []
             try:
-                for process in range(args.processes):
+                for process in range(1 if name == "transformers" else args.processes):
                     # One at a time: the first creates the store's tables, the others open them.
                     servers.append(
-                        ServerProcess(served + extra, workdir / f"{name}-{round_index}-{process}.log")
+                        ServerProcess(
+                            served + extra, workdir / f"{name}-{round_index}-{process}.log", command
+                        )
                     )
-                    servers[-1].wait_ready()
+                    servers[-1].wait_ready(900)
                 urls = [server.url for server in servers]
+                model = model_path if name == "transformers" else "served"
                 # A few requests first, so one-time costs (first forward pass, allocations) are not measured.
                 for url in urls:
-                    asyncio.run(run_load(url, Plan.make(20, 0.5, 0.5, 99), 4, args.max_tokens, False, 0))
+                    warm_up = Plan.make(20, 0.5, 0.5, 99)
+                    asyncio.run(run_load(url, warm_up, 4, args.max_tokens, False, 0, model=model))
                 runs[name] = asyncio.run(
                     run_load(
                         urls,
@@ -570,62 +848,86 @@ def main(argv: list[str] | None = None) -> dict:
                         churn,
                         args.seed,
                         tuple(args.edit_interval),
+                        model=model,
                     )
                 )
+                if name != "transformers":
+                    runs[name]["mean_batch"] = mean_batch_sizes(urls)
                 last_round = round_index == args.rounds - 1
                 if churn and last_round and args.processes > 1 and args.propagation > 0:
                     propagation = asyncio.run(measure_propagation(urls, args.propagation))
             finally:
                 for server in servers:
                     server.stop()
-        rounds.append(runs)
+        rounds.append({name: runs[name] for name, _, _ in runs_of_a_round})
 
-    def ratio(key: str, base_key: str | None = None) -> float:
-        return round(statistics.median(r["serac"][key] / r["base"][base_key or key] for r in rounds), 3)
+    proxy = measure_proxy(args, workdir, model_path, editor) if args.proxy_edits else None
 
-    report = {
+    def ratio(over: str, under: str, key: str, under_key: str | None = None) -> float:
+        return round(statistics.median(r[over][key] / r[under][under_key or key] for r in rounds), 3)
+
+    def ratios(over: str, under: str) -> dict:
+        return {
+            "p50": ratio(over, under, "p50_ms"),
+            "p95": ratio(over, under, "p95_ms"),
+            "throughput": ratio(over, under, "throughput_rps"),
+        }
+
+    report: dict = {
         "config": {**vars(args), "workdir": str(workdir)},
         "rounds": rounds,
         "propagation": propagation,
-        "serac_over_base": {
-            "p50": ratio("p50_ms"),
-            "p95": ratio("p95_ms"),
-            "p50_of_base_routed_answers": ratio("p50_ms_base_routed", "p50_ms"),
-            "throughput": ratio("throughput_rps"),
-        },
     }
-    print(
-        f"{args.requests} requests per run, {args.concurrency} clients, {args.max_tokens} new tokens, "
-        f"{args.processes} server process(es) per run, {args.rounds} round(s)"
-    )
-    print(
-        f"{'round':<7}{'server':<8}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}{'edit writes':>13}"
-        f"{'contradictions':>16}{'within bound':>14}{'routed to edit':>16}"
-    )
+    if rounds:
+        report["serac_over_base"] = {
+            **ratios("serac", "base"),
+            "p50_of_base_routed_answers": ratio("serac", "base", "p50_ms_base_routed", "p50_ms"),
+        }
+        if args.transformers_serve:
+            report["serac_over_transformers"] = ratios("serac", "transformers")
+            report["base_over_transformers"] = ratios("base", "transformers")
+    report["proxy"] = proxy
+    if rounds:
+        print(
+            f"{args.requests} requests per run, {args.concurrency} clients, {args.max_tokens} new tokens, "
+            f"{args.processes} server process(es) per run, {args.rounds} round(s)"
+        )
+        print(
+            f"{'round':<7}{'server':<14}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}{'edit writes':>13}"
+            f"{'contradictions':>16}{'within bound':>14}{'routed to edit':>16}"
+        )
     for round_index, runs in enumerate(rounds):
         for name, run in runs.items():
             print(
-                f"{round_index:<7}{name:<8}{run['errors']:>8}{run['p50_ms']:>9}{run['p95_ms']:>9}"
+                f"{round_index:<7}{name:<14}{run['errors']:>8}{run['p50_ms']:>9}{run['p95_ms']:>9}"
                 f"{run['throughput_rps']:>8}{run['edit_writes']:>13}"
                 f"{run['contradictions'] if name == 'serac' else '-':>16}"
                 f"{run['contradicting_only_within_staleness_bound'] if name == 'serac' else '-':>14}"
                 f"{run['routed_to_edit']:>16}"
             )
-    misroutes = sum(
-        r["serac"]["routed_to_another_slots_edit"] + r["serac"]["unrelated_routed_to_an_edit"] for r in rounds
-    )
-    print(
-        f"serac / base (median over rounds): p50 {report['serac_over_base']['p50']}x, "
-        f"p95 {report['serac_over_base']['p95']}x, throughput {report['serac_over_base']['throughput']}x, "
-        f"p50 of the answers routed to the base model {report['serac_over_base']['p50_of_base_routed_answers']}x; "
-        f"answers routed to the wrong edit or unrelated questions routed to an edit: {misroutes}"
-    )
+    if rounds:
+        misroutes = sum(
+            r["serac"]["routed_to_another_slots_edit"] + r["serac"]["unrelated_routed_to_an_edit"]
+            for r in rounds
+        )
+        over = report["serac_over_base"]
+        print(
+            f"serac / base (median over rounds): p50 {over['p50']}x, p95 {over['p95']}x, "
+            f"throughput {over['throughput']}x, p50 of the answers routed to the base model "
+            f"{over['p50_of_base_routed_answers']}x; answers routed to the wrong edit or unrelated questions "
+            f"routed to an edit: {misroutes}"
+        )
+        for key in ("serac_over_transformers", "base_over_transformers"):
+            if key in report:
+                print(f"{key.replace('_', ' ')} (median over rounds): {report[key]}")
     if propagation is not None:
         print(
             f"edit propagation between processes ({propagation['add']['trials']} trials): an added edit is "
             f"routed by another process after {propagation['add']}; a removed one stops after "
             f"{propagation['remove']}; write errors {propagation['write_errors']}"
         )
+    if proxy is not None:
+        print(f"proxy with {proxy['stored_edits']} stored edits in front of transformers serve: {proxy}")
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2, default=str))
     return report

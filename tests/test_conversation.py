@@ -175,8 +175,14 @@ def test_a_plain_prompt_of_several_sentences_is_read_the_same_way():
     from serac.conversation import routing_query_of_text
 
     found = routing_query_of_text("I'm reading about Ellie Kemper. Which country is she a citizen of?")
-    assert (found.text, found.turn, found.entity) == ("Which country is Ellie Kemper a citizen of?", 1, "Ellie Kemper")
-    follow_up = routing_query_of_text("What is the country of citizenship of Ellie Kemper? Please answer in one word.")
+    assert (found.text, found.turn, found.entity) == (
+        "Which country is Ellie Kemper a citizen of?",
+        1,
+        "Ellie Kemper",
+    )
+    follow_up = routing_query_of_text(
+        "What is the country of citizenship of Ellie Kemper? Please answer in one word."
+    )
     assert (follow_up.text, follow_up.turn) == ("What is the country of citizenship of Ellie Kemper?", 0)
     # Routed as they are: one sentence, a last sentence that stands alone, a cloze after unrelated context.
     for text in (

@@ -83,3 +83,24 @@ def test_prompt_tokens_count_the_templated_prompt_on_both_routes(budgeted_server
     assert base.usage.prompt_tokens == len(
         chat_tokenizer(unrelated_templated, add_special_tokens=False)["input_ids"]
     )
+
+
+def test_a_chat_is_routed_by_its_conversation(budgeted_server):
+    from .test_serve import SPORT, client
+
+    url, _ = budgeted_server
+    (sport_id,) = post_edits(url, [SPORT]).json()["ids"]
+    messages = [
+        {"role": "user", "content": "Tell me about LeBron James."},
+        {"role": "assistant", "content": "He is a basketball player."},
+        {"role": "user", "content": "Which sport does he play?"},
+    ]
+    answer = client(url).chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
+    assert (answer.serac["route"], answer.serac["edit_id"]) == ("edit", sport_id)
+    assert (answer.serac["query"], answer.serac["turn"]) == ("Which sport does LeBron James play?", 2)
+    assert answer.choices[0].message.content == "football"
+    # The last message alone names no one: out of scope, and nothing is reported as completed.
+    alone = client(url).chat.completions.create(
+        model="tiny", messages=messages[-1:], max_tokens=4, temperature=0
+    )
+    assert alone.serac["route"] == "base_model" and "query" not in alone.serac

@@ -186,7 +186,7 @@ class _Server:
     async def run(self, pool: ThreadPoolExecutor, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
 
-    async def route(self, query: str) -> tuple[Routing, Any]:
+    async def route(self, query: Any) -> tuple[Routing, Any]:
         """This request's routing. Queries that arrive while the routing worker is busy are decided
         together in its next pass: one batched embedding costs a fraction of one per query, and each
         query still gets its own decision."""
@@ -352,7 +352,10 @@ class _Server:
                 # Off the generation thread, which may be running a batch meanwhile.
                 prompt_ids = await self.run(self.parsing_pool, self.generator.prompt_ids, parsed)
             routing_started = time.perf_counter()
-            routing, decision = await self.route(parsed.query)
+            # A chat is routed by its conversation: the last user turn read with the turns before it.
+            routing, decision = await self.route(
+                parsed.messages if parsed.messages is not None else parsed.query
+            )
             self.metrics.routing.observe(time.perf_counter() - routing_started)
             route = routing.route
             in_context = in_context_config(self.router) if routing.in_scope else None

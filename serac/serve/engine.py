@@ -383,16 +383,23 @@ class EditRouter:
         (routed,) = self.route_many([query])
         return routed
 
-    def route_many(self, queries: Sequence[str]) -> list[tuple[Routing, ScopeDecision]]:
-        """The routing of each query, decided for each on its own (one batched pass of the classifier)."""
+    def route_many(self, queries: Sequence[Any]) -> list[tuple[Routing, ScopeDecision]]:
+        """The routing of each query (a text, or a chat's messages: routed by its last user turn read with
+        the turns before it), decided for each on its own (one batched pass of the classifier)."""
         if not self.enabled:
             return [(Routing(BASE_ROUTE), ScopeDecision(in_scope=False)) for _ in queries]
         routed = []
-        for decision in self.memory.route(list(queries)):
+        for query, decision in zip(queries, self.memory.route(list(queries)), strict=True):
+            # The routed text is reported only when it is not the last message itself.
+            completed = decision.query
+            if completed is not None and completed == _last_user_text(query):
+                completed = None
+            turn = decision.turn if completed is not None else None
             if decision.in_scope:
-                routed.append((Routing(EDIT_ROUTE, decision.edit_id, decision.score), decision))
+                routing = Routing(EDIT_ROUTE, decision.edit_id, decision.score, completed, turn)
             else:
-                routed.append((Routing(BASE_ROUTE, None, decision.score), decision))
+                routing = Routing(BASE_ROUTE, None, decision.score, completed, turn)
+            routed.append((routing, decision))
         return routed
 
     def answer(
@@ -444,6 +451,8 @@ class EditRouter:
         if not count:
             return []
         generation = _sampling_kwargs(request) if request is not None else {}
+        # A chat question completed from earlier turns is answered as completed ("she" -> the entity).
+        queries = [decision.query or query for decision, query in zip(decisions, queries, strict=True)]
         # One token past the largest budget tells an answer that was cut from one that ended there.
         answers = self.memory.answer(
             list(decisions), list(queries), max_new_tokens=max(max_new_tokens) + 1, **generation
@@ -472,3 +481,15 @@ class EditRouter:
 
     def remove_edit(self, edit_id: int) -> None:
         self.memory.remove_edits([edit_id])
+
+
+def _last_user_text(query: Any) -> str | None:
+    """The last user message's text of a chat's messages (``None`` for a plain text query)."""
+    if isinstance(query, str):
+        return None
+    users = [
+        message.get("content")
+        for message in query
+        if isinstance(message, dict) and message.get("role") == "user"
+    ]
+    return users[-1].strip() if users and isinstance(users[-1], str) else None

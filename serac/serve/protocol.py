@@ -202,19 +202,26 @@ class Routing:
     """How one request was answered: by the counterfactual model under an edit, or by the base model.
 
     ``score`` is the scope classifier's best score (``None`` when nothing was scored: an empty store, or
-    editing disabled); ``edit_id`` is set only for ``route == "edit"``.
+    editing disabled); ``edit_id`` is set only for ``route == "edit"``. For a chat whose question was
+    completed from earlier turns (:mod:`serac.conversation`), ``query`` is the text routed and ``turn`` the
+    index of the message it came from; both are left out when the last message was routed as it is.
     """
 
     route: str
     edit_id: int | None = None
     score: float | None = None
+    query: str | None = None
+    turn: int | None = None
 
     @property
     def in_scope(self) -> bool:
         return self.route == "edit"
 
     def to_json(self) -> dict[str, Any]:
-        return {"route": self.route, "edit_id": self.edit_id, "score": self.score}
+        found: dict[str, Any] = {"route": self.route, "edit_id": self.edit_id, "score": self.score}
+        if self.query is not None:
+            found.update(query=self.query, turn=self.turn)
+        return found
 
 
 @dataclass(frozen=True)
