@@ -1,6 +1,8 @@
 """Quality of SERAC's two trained parts, each on its own, on a public edit dataset.
 
 Run: ``python benchmarks/parts_quality.py --data-path ../shared/data/mquake-cf-dev.json [--parts DIR]``
+(``--dataset zsre|counterfact`` for the other files; ``--question-edits`` gives every edit as its own question
+without a subject)
 
 * scope classifier: every edit of the dataset is in the edit store at once; for each in-scope query (the
   edit's cloze form and its question form) a hit is a routing to *its own* edit (recall); for each
@@ -111,6 +113,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--parts", default=None, help="an EditableModel directory (default: the default parts)"
     )
+    parser.add_argument(
+        "--question-edits",
+        action="store_true",
+        help="give each edit as its own question without a subject (EditExample.as_question_edit)",
+    )
     parser.add_argument("--skip-counterfactual", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N edits")
     parser.add_argument("--threads", type=int, default=2)
@@ -129,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         parts = Path(args.parts)
     config = SeracConfig.from_json((parts / CONFIG_NAME).read_text())
     examples = load_examples(f"{args.dataset}:{args.data_path}")[: args.limit]
+    if args.question_edits:
+        examples = [example.as_question_edit() for example in examples if not example.edit.is_statement]
     scope = load_scope_classifier(parts / config.scope_classifier_path)
     results = {"parts": str(parts), "dataset": args.dataset, "edits": len(examples)}
     results["scope_classifier"] = scope_quality(examples, scope, EditStore())

@@ -582,3 +582,61 @@ def test_token_drawdown_beside_answer_drawdown(tmp_path, tiny_model_dir, registr
         noise["out_of_scope_token_top1_unedited"] - noise["out_of_scope_token_top1"]
     )
     assert "DD tok" in markdown_table(result)
+
+
+# ----------------------------------------------------------------------------- edit forms and kinds
+
+
+def test_question_edits_have_no_subject_and_keep_their_queries():
+    def load(**form):
+        config = bench_config.BenchmarkConfig(
+            dataset="mquake", data_path=str(MQUAKE), methods=("serac",), progress=False, **form
+        )
+        return bench_data.load_benchmark_examples(config)
+
+    prompts, questions = load(), load(edit_form="question")
+    assert questions and len(questions) == len(prompts)
+    for example, original in zip(questions, prompts, strict=True):
+        assert example.edit.subject is None and "{}" not in example.edit.prompt
+        assert example.edit.query == original.edit.query and example.edit.target == original.edit.target
+        assert example.in_scope == original.in_scope and example.out_of_scope == original.out_of_scope
+    with pytest.raises(ValueError, match="statement edit"):
+        questions[0].as_statement_edit().as_question_edit()
+    with pytest.raises(bench_config.BenchmarkError, match="--edit-form"):
+        bench_config.validate_config(bench_config.BenchmarkConfig(methods=("serac",), edit_form="questions"))
+
+
+def test_the_in_context_kind_reaches_the_loaded_model(
+    tmp_path, tiny_model_dir, char_tokenizer, embedder, registry
+):
+    from serac.counterfactual import CounterfactualModel
+    from serac.in_context import InContextCounterfactual
+    from serac.memory import EditMemory
+    from serac.scope import EmbeddingScopeClassifier, ScopeClassifierConfig
+    from serac.store import EditStore
+
+    folder = tmp_path / "parts"
+    scope = EmbeddingScopeClassifier(ScopeClassifierConfig(kind="embedding", threshold=0.75, top_k=1))
+    counterfactual = CounterfactualModel(make_tiny_t5(char_tokenizer, seed=3), char_tokenizer)
+    EditMemory(scope, counterfactual, EditStore(embedder)).save_pretrained(folder)
+    built = []
+
+    def factory(model, tokenizer, serac_path, **kind):
+        built.append(bench_methods.load_editable_model(model, tokenizer, serac_path, **kind))
+        return built[-1]
+
+    config = bench_config.BenchmarkConfig(dataset="counterfact", data_path=str(COUNTERFACT), methods=("serac",),
+                                          num_edits=(2,), limit_queries=2, model=str(tiny_model_dir),
+                                          max_new_tokens=4, progress=False, serac_path=str(folder),
+                                          counterfactual="in-context")  # fmt: skip
+    result = bench_runner.run_benchmark(
+        config, model_loader=_tiny_loader(tiny_model_dir), editable_factory=factory
+    )
+    (editable,) = built
+    assert isinstance(editable.counterfactual_model, InContextCounterfactual)
+    assert editable.counterfactual_model.model is editable.base_model
+    assert result["runs"][0]["metrics"]["efficacy_count"] == 2
+    with pytest.raises(bench_config.BenchmarkError, match="--counterfactual"):
+        bench_config.validate_config(
+            bench_config.BenchmarkConfig(methods=("serac",), counterfactual="learned")
+        )

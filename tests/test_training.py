@@ -64,30 +64,6 @@ def scope_examples():
     return generate_synthetic_examples(16, seed=3)
 
 
-@pytest.fixture(scope="session")
-def tiny_cross_encoder_dir(tmp_path_factory):
-    """A two-layer BERT cross-encoder with the packaged MiniLM tokenizer, saved like a hub checkpoint."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from serac.offline import resolve_embedder
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_embedder())
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
-    directory = tmp_path_factory.mktemp("tiny_cross_encoder")
-    BertForSequenceClassification(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
-
-
 def scope_arguments(cross_encoder_dir, **overrides):
     values = {
         "cross_encoder_name_or_path": cross_encoder_dir,

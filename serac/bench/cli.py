@@ -145,7 +145,8 @@ class DataArguments:
         "synthetic examples to generate (default: the largest --num-edits, or 1000)"
     )
     edit_form: str = _option(
-        "edits as prompts with targets (all methods) or as statements (SERAC and cache)",
+        "edits as prompts with targets (all methods), as statements, or as their own question without a "
+        "subject (SERAC and cache)",
         "prompt",
         choices=EDIT_FORMS,
     )
@@ -192,6 +193,11 @@ class ModelArguments:
         "base model name or path, or a packaged model's name: gemma3-270m (default: offline SmolLM2-135M)"
     )
     serac_path: str | None = _option("a saved SERAC folder (default: the default trained parts)")
+    counterfactual: str | None = _option(
+        "who answers in-scope queries: the folder's trained counterfactual model ('trained') or the base "
+        "model reading the edit ('in-context'); default: what the folder says",
+        choices=["trained", "in-context"],
+    )
     device: str | None = _option("torch device for the base model (default: where it loads)")
     threads: int | None = _option("torch CPU threads")
 
@@ -252,6 +258,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         seed=args.seed,
         model=args.model,
         serac_path=args.serac_path,
+        counterfactual=args.counterfactual,
         output=args.output,
         max_new_tokens=args.max_new_tokens,
         match_window=args.match_window,

@@ -31,7 +31,7 @@ BASE_METHOD = "base"
 SERAC_METHOD = "serac"
 DATASETS: tuple[str, ...] = ("mquake", "zsre", "counterfact", "synthetic", "jsonl")
 MODES: tuple[str, ...] = ("batch", "sequential")
-EDIT_FORMS: tuple[str, ...] = ("prompt", "statement")
+EDIT_FORMS: tuple[str, ...] = ("prompt", "statement", "question")
 PROMPT_FORMATS: tuple[str, ...] = ("auto", "raw", "chat")
 DEFAULT_METHODS: tuple[str, ...] = ("base", "serac", "cache", "ft", "rome", "memit")
 DEFAULT_NUM_EDITS = "1,10"
@@ -78,6 +78,7 @@ class BenchmarkConfig:
     seed: int = 0
     model: str | None = None
     serac_path: str | None = None
+    counterfactual: str | None = None
     output: str = DEFAULT_OUTPUT
     max_new_tokens: int = 32
     match_window: int | None = None
@@ -152,6 +153,10 @@ def validate_config(config: BenchmarkConfig, known_methods: Sequence[str] | None
         raise BenchmarkError(f"--mode must be one of {MODES}, got {config.mode!r}")
     if config.edit_form not in EDIT_FORMS:
         raise BenchmarkError(f"--edit-form must be one of {EDIT_FORMS}, got {config.edit_form!r}")
+    if config.counterfactual not in (None, "trained", "in-context"):
+        raise BenchmarkError(
+            f"--counterfactual must be 'trained' or 'in-context', got {config.counterfactual!r}"
+        )
     if config.prompt_format not in PROMPT_FORMATS:
         raise BenchmarkError(f"--prompt-format must be one of {PROMPT_FORMATS}, got {config.prompt_format!r}")
     if config.max_new_tokens < 1:

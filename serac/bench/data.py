@@ -45,12 +45,13 @@ def load_benchmark_examples(config: BenchmarkConfig) -> list[EditExample]:
     """The dataset's examples in the internal schema, with edits in the requested form.
 
     ``--edit-form prompt`` keeps examples whose edit is a prompt with a target (what weight editors need);
-    ``statement`` turns every edit into its one-sentence statement (the edit prompt stays an in-scope query).
+    ``statement`` turns every edit into its one-sentence statement (the edit prompt stays an in-scope query);
+    ``question`` gives every edit as its own question without a subject (:meth:`EditExample.as_question_edit`).
     """
     if config.dataset == "synthetic":
         size = config.synthetic_size or _default_synthetic_size(config.num_edits)
         # Weight editors need prompt edits: generate no statement-form edits rather than dropping them.
-        synthetic = SyntheticDataConfig(statement_fraction=0.0) if config.edit_form == "prompt" else None
+        synthetic = SyntheticDataConfig(statement_fraction=0.0) if config.edit_form != "statement" else None
         examples = generate_synthetic_examples(
             size, seed=SYNTHETIC_SEED_OFFSET + config.seed, config=synthetic
         )
@@ -74,6 +75,10 @@ def load_benchmark_examples(config: BenchmarkConfig) -> list[EditExample]:
                 logger.debug("example %s has no statement form; skipped", example.case_id)
         dropped = len(examples) - len(converted)
         examples = converted
+    elif config.edit_form == "question":
+        kept = [example.as_question_edit() for example in examples if not example.edit.is_statement]
+        dropped = len(examples) - len(kept)
+        examples = kept
     else:
         kept = [example for example in examples if not example.edit.is_statement]
         dropped = len(examples) - len(kept)

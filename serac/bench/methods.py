@@ -128,12 +128,17 @@ def make_editor(name: str, **hyperparameters: Any) -> Editor:
     return get_editor(name, **hyperparameters)
 
 
-def load_editable_model(model: Any, tokenizer: Any, serac_path: str | None) -> EditableModel:
-    """SERAC around the already loaded base model: parts from ``serac_path`` or the default trained ones."""
+def load_editable_model(
+    model: Any, tokenizer: Any, serac_path: str | None, *, counterfactual: str | None = None
+) -> EditableModel:
+    """SERAC around the already loaded base model: parts from ``serac_path`` or the default trained ones;
+    ``counterfactual="in-context"`` has the base model answer in-scope queries itself."""
     if serac_path is not None:
-        editable = EditableModel.from_pretrained(model, serac_path, tokenizer=tokenizer)
+        editable = EditableModel.from_pretrained(
+            model, serac_path, tokenizer=tokenizer, counterfactual=counterfactual
+        )
     else:
-        editable = EditableModel.from_defaults(model, tokenizer=tokenizer)
+        editable = EditableModel.from_defaults(model, tokenizer=tokenizer, counterfactual=counterfactual)
     if len(editable.store):
         logger.info(
             "Starting SERAC from an empty edit store (the saved one holds %d edits)", len(editable.store)
@@ -229,7 +234,9 @@ def build_method(
     if name == BASE_METHOD:
         return Method(name, UneditedModel(), model, tokenizer)
     if name == SERAC_METHOD:
-        editable = editable_factory(model, tokenizer, config.serac_path)
+        # A factory of three arguments serves when no counterfactual kind is asked for.
+        kind = {"counterfactual": config.counterfactual} if config.counterfactual else {}
+        editable = editable_factory(model, tokenizer, config.serac_path, **kind)
         if config.device is not None:
             editable.counterfactual_model.model.to(config.device)
         return Method(name, SeracEditor(editable, background), model, tokenizer)

@@ -290,6 +290,17 @@ class EditExample:
         statement_edit = Edit.from_statement(self.statement, subject=subject)
         return replace(self, edit=statement_edit, in_scope=tuple(queries))
 
+    def as_question_edit(self) -> EditExample:
+        """The same example with the edit given as its own question and no subject, as people often write a
+        correction ("What is the country of citizenship of Ellie Kemper?" -> "Croatia").
+
+        The scope classifier then has no subject to match queries by; the names in the question stand in.
+        Raises ``ValueError`` for a statement edit (it has no question).
+        """
+        if self.edit.is_statement:
+            raise ValueError(f"example {self.case_id!r} has a statement edit, not a question")
+        return replace(self, edit=Edit(prompt=self.edit.query, target=self.edit.target))
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (inverse: :meth:`from_dict`)."""
         return {

@@ -248,6 +248,11 @@ class CounterfactualTrainingArguments(LoopArguments):
         default=200,
         metadata=_help("held-out pairs answered with generate() after training to measure accuracy"),
     )
+    trainable_blocks: int | None = field(
+        default=None,
+        metadata=_help("train only the last N transformer blocks (the rest, embeddings included, stay "
+                       "frozen and need no backward pass); None: the whole model"),
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -265,3 +270,5 @@ class CounterfactualTrainingArguments(LoopArguments):
             raise ValueError(f"max_input_length must be >= 8, got {self.max_input_length}")
         if self.eval_generations < 0:
             raise ValueError(f"eval_generations must be >= 0, got {self.eval_generations}")
+        if self.trainable_blocks is not None and self.trainable_blocks < 1:
+            raise ValueError(f"trainable_blocks must be >= 1 or None, got {self.trainable_blocks}")

@@ -61,6 +61,38 @@ class _CounterfactualCollator:
         )
 
 
+def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The stack of transformer blocks of ``model``: its largest ``ModuleList`` of same-class modules (for an
+    encoder-decoder, the decoder's when the two are the same size)."""
+    best, best_size = None, -1
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
+            if len({type(block) for block in module}) != 1:
+                continue
+            size = sum(parameter.numel() for parameter in module.parameters())
+            if size >= best_size:
+                best, best_size = module, size
+    if best is None:
+        raise ValueError(f"{type(model).__name__} has no stack of transformer blocks to train the top of")
+    return best
+
+
+def freeze_below_top_blocks(model: torch.nn.Module, count: int) -> int:
+    """Leave only the last ``count`` transformer blocks trainable; returns the trainable parameter count.
+
+    Everything below them (embeddings included, and with them a tied output layer) is frozen, so autograd
+    records no backward pass through the lower blocks: a step costs about a forward pass plus the top
+    blocks' backward.
+    """
+    blocks = transformer_blocks(model)
+    if not 1 <= count <= len(blocks):
+        raise ValueError(f"trainable_blocks must be between 1 and {len(blocks)} for this model, got {count}")
+    model.requires_grad_(False)
+    for block in list(blocks)[-count:]:
+        block.requires_grad_(True)
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
 def _load_counterfactual(
     model_name_or_path: str | os.PathLike | CounterfactualModel | None,
     arguments: CounterfactualTrainingArguments,
@@ -165,6 +197,11 @@ def train_counterfactual_model(
     counterfactual = _load_counterfactual(model_name_or_path, arguments)
     model = counterfactual.model
     model.requires_grad_(True)
+    if arguments.trainable_blocks is not None:
+        trainable = freeze_below_top_blocks(model, arguments.trainable_blocks)
+        logger.info(
+            "Training the last %d transformer blocks (%d parameters)", arguments.trainable_blocks, trainable
+        )
     logger.info(
         "Counterfactual model (%s): %d training rows from %d edits, %d held-out rows",
         type(model).__name__, len(train_pairs), len(train_examples), len(eval_pairs),
@@ -181,7 +218,7 @@ def train_counterfactual_model(
             eval_dataset=eval_pairs if len(eval_pairs) else None,
             data_collator=_CounterfactualCollator(counterfactual),
         )
-        quiet_progress(trainer)
+        quiet_progress(trainer, "counterfactual model")
         trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir, arguments.resume))
         history = loss_history(trainer.state.log_history)
         model.eval()

@@ -148,12 +148,19 @@ def hf_arguments(
     )
 
 
-def quiet_progress(trainer: Any) -> Any:
+def quiet_progress(trainer: Any, description: str | None = None) -> Any:
     """Swap the Trainer's progress bar for one that shows the loss on the bar rather than printing a dict
-    per logging step (the bar goes to standard error; the logs stay in ``trainer.state.log_history``)."""
+    per logging step (the bar goes to standard error, named ``description``; the logs stay in
+    ``trainer.state.log_history``)."""
+    from tqdm.auto import tqdm
     from transformers.trainer_callback import ProgressCallback
 
     class _LossOnTheBar(ProgressCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                self.training_bar = tqdm(total=state.max_steps, desc=description, dynamic_ncols=True)
+            self.current_step = 0
+
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
         ) -> None:

@@ -314,7 +314,7 @@ def train_scope_classifier(
             eval_dataset=eval_pairs.select_columns(columns),
             loss=BinaryCrossEntropyLoss(cross_encoder),
         )
-        quiet_progress(trainer)
+        quiet_progress(trainer, "scope classifier")
         trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir, arguments.resume))
         history = loss_history(trainer.state.log_history)
 

@@ -1,0 +1,101 @@
+"""The default parts' recipe: training only the top blocks, the announced estimate, a quiet first run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from serac.counterfactual import CounterfactualModel
+from serac.data import generate_synthetic_examples
+from serac.offline import MissingDefaultModelError
+from serac.training import CounterfactualTrainingArguments, recipe, train_counterfactual_model
+from serac.training.counterfactual import freeze_below_top_blocks, transformer_blocks
+
+from .conftest import make_tiny_llama, make_tiny_t5
+
+FAST = {"show_progress": False, "save_steps": 1000, "logging_steps": 1, "eval_steps": 0}
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return generate_synthetic_examples(40, seed=3)
+
+
+def test_transformer_blocks_are_the_decoder_stack(char_tokenizer):
+    llama = make_tiny_llama(char_tokenizer)
+    assert transformer_blocks(llama) is llama.model.layers
+    t5 = make_tiny_t5(char_tokenizer)
+    # The decoder's blocks carry cross-attention, so they are the larger stack.
+    assert transformer_blocks(t5) is t5.decoder.block
+
+
+@pytest.mark.parametrize("count", [0, 3])
+def test_trainable_blocks_out_of_range_is_refused(char_tokenizer, count):
+    with pytest.raises(ValueError, match="trainable_blocks"):
+        freeze_below_top_blocks(make_tiny_llama(char_tokenizer), count)
+
+
+def test_trainable_blocks_argument_is_checked():
+    with pytest.raises(ValueError, match="trainable_blocks"):
+        CounterfactualTrainingArguments(trainable_blocks=0)
+
+
+def test_training_the_top_block_leaves_the_rest_untouched(examples, char_tokenizer, tmp_path):
+    counterfactual = CounterfactualModel(make_tiny_llama(char_tokenizer, seed=4), char_tokenizer)
+    before = {name: p.detach().clone() for name, p in counterfactual.model.named_parameters()}
+    arguments = CounterfactualTrainingArguments(
+        max_steps=6, batch_size=8, learning_rate=5e-3, eval_generations=0, trainable_blocks=1, **FAST
+    )
+    trained = train_counterfactual_model(examples, arguments, counterfactual, tmp_path / "cf")
+    changed = {n for n, p in trained.model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all(name.startswith("model.layers.1.") for name in changed)
+    assert not any(name.startswith("model.layers.0.") or "embed" in name for name in changed)
+    loaded = CounterfactualModel.from_pretrained(tmp_path / "cf")
+    for name, parameter in loaded.model.named_parameters():
+        assert torch.equal(parameter, dict(trained.model.named_parameters())[name])
+
+
+def test_the_estimate_scales_the_probed_steps(monkeypatch):
+    monkeypatch.setattr(recipe, "_scope_step_seconds", lambda *args: 0.5)
+    monkeypatch.setattr(recipe, "_counterfactual_step_seconds", lambda *args: 2.0)
+    shipped = recipe.estimate_training_seconds()
+    longer = recipe.estimate_training_seconds(replace(recipe.DEFAULT_RECIPE, scope_steps=1250))
+    assert longer - shipped == pytest.approx(recipe._TRAINER_STEP_FACTOR * 1000 * 0.5)
+    assert 0 < shipped < 3600
+
+
+def test_the_probes_time_real_training_steps(tiny_cross_encoder_dir, char_tokenizer, tmp_path):
+    small = generate_synthetic_examples(16, seed=1)
+    probe = replace(recipe.DEFAULT_RECIPE, counterfactual_blocks=1)
+    assert recipe._scope_step_seconds(probe, small, tiny_cross_encoder_dir, 1) > 0
+    model_dir = tmp_path / "tiny_llama"
+    make_tiny_llama(char_tokenizer, seed=5).save_pretrained(model_dir)
+    char_tokenizer.save_pretrained(model_dir)
+    assert recipe._counterfactual_step_seconds(probe, small, str(model_dir), 1) > 0
+
+
+def test_a_first_run_announces_what_it_trains_and_how_long(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SERAC_CACHE", str(tmp_path))
+    monkeypatch.setattr(recipe, "estimate_training_seconds", lambda recipe: 312.0)
+    trained = []
+
+    def train(target, *, recipe):
+        trained.append(recipe)
+        (target / "serac_config.json").parent.mkdir(parents=True)
+        (target / "serac_config.json").write_text("{}")
+        return target
+
+    monkeypatch.setattr(recipe, "train_default_parts", train)
+    with pytest.raises(MissingDefaultModelError):
+        recipe.default_parts_dir(train_if_missing=False)
+    folder = recipe.default_parts_dir()
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.splitlines()
+    assert "scope classifier (250 steps)" in line and "counterfactual model (80 steps)" in line
+    assert str(folder) in line and "About 5 min on this machine." in line
+    assert trained == [recipe.DEFAULT_RECIPE]
+    # The second call finds the folder: no announcement, no training.
+    assert recipe.default_parts_dir() == folder and capsys.readouterr().err == "" and len(trained) == 1
