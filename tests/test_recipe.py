@@ -99,3 +99,14 @@ def test_a_first_run_announces_what_it_trains_and_how_long(monkeypatch, tmp_path
     assert trained == [recipe.DEFAULT_RECIPE]
     # The second call finds the folder: no announcement, no training.
     assert recipe.default_parts_dir() == folder and capsys.readouterr().err == "" and len(trained) == 1
+
+
+def test_library_bars_are_off_while_the_default_parts_train_and_back_after():
+    import datasets
+    import transformers
+
+    assert datasets.is_progress_bar_enabled() and transformers.utils.logging.is_progress_bar_enabled()
+    with recipe._quiet_libraries():
+        assert not datasets.is_progress_bar_enabled()
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+    assert datasets.is_progress_bar_enabled() and transformers.utils.logging.is_progress_bar_enabled()
