@@ -135,7 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         parts = Path(args.parts)
     config = SeracConfig.from_json((parts / CONFIG_NAME).read_text())
-    examples = load_examples(f"{args.dataset}:{args.data_path}")[: args.limit]
+    if args.dataset in ("zsre", "counterfact"):
+        # These files hold a few records without a new answer: skipped (logged), as the benchmark does.
+        from serac.data import load_counterfact, load_zsre
+
+        loader = load_zsre if args.dataset == "zsre" else load_counterfact
+        examples = loader(args.data_path, skip_invalid=True)[: args.limit]
+    else:
+        examples = load_examples(f"{args.dataset}:{args.data_path}")[: args.limit]
     if args.question_edits:
         examples = [example.as_question_edit() for example in examples if not example.edit.is_statement]
     scope = load_scope_classifier(parts / config.scope_classifier_path)
