@@ -52,14 +52,16 @@ class DefaultRecipe:
     The defaults are the shipped recipe (version 5). Version 4, the recipe before it, was
     ``DefaultRecipe(version=4, scope_steps=800, scope_learning_rate=3e-5, scope_beta=0.5, scope_eval_steps=200,
     counterfactual_steps=120, counterfactual_learning_rate=1e-4, counterfactual_blocks=None,
-    counterfactual_eval_generations=200, counterfactual_eval_steps=200)``: about an hour of training on two busy CPU cores.
+    counterfactual_eval_generations=200, counterfactual_eval_steps=200)``: 25.5 min on an idle 2-core CPU,
+    against 7.8 min for version 5 (benchmarks/first_run.py).
     """
 
     version: int = 5
     num_edits: int = 3000
-    #: 250 steps of 32 pairs at a high learning rate reach the old recipe's routing on the development sets
-    #: (800 steps at 3e-5 did before); the scores come out less peaked, so the threshold weighs precision
-    #: more (F-beta with beta 0.35 rather than 0.5).
+    #: 250 steps of 32 pairs at a high learning rate (800 at 3e-5 before) route MQuAKE-CF and zsRE as well as
+    #: the old recipe or better, CounterFact's paraphrase prompts and dense synthetic sets less well
+    #: (benchmarks/README.md, "The default parts"); the scores come out less peaked, so the threshold weighs
+    #: precision more (F-beta with beta 0.35 rather than 0.5).
     scope_steps: int = 250
     scope_learning_rate: float = 1e-4
     scope_beta: float = 0.35
