@@ -172,6 +172,17 @@ class ScopeTrainingArguments(LoopArguments):
     )
     eval_batch_size: int = field(default=64, metadata=_help("pairs per batch when scoring held-out pairs"))
 
+    def pair_options(self) -> dict:
+        """The keywords of :func:`serac.data.scope_pairs` these arguments set (all but the seed)."""
+        return {
+            "negatives_per_positive": self.negatives_per_positive,
+            "hard_negative_fraction": self.hard_negative_fraction,
+            "max_positives_per_edit": self.max_positives_per_edit,
+            "statement_fraction": self.statement_fraction,
+            "subject_match": self.subject_match,
+            "context_fraction": self.context_fraction,
+        }
+
     def __post_init__(self) -> None:
         super().__post_init__()
         # The saved classifier's config owns these checks; build one to run them.
@@ -253,6 +264,15 @@ class CounterfactualTrainingArguments(LoopArguments):
         metadata=_help("train only the last N transformer blocks (the rest, embeddings included, stay "
                        "frozen and need no backward pass); None: the whole model"),
     )  # fmt: skip
+
+    def pair_options(self) -> dict:
+        """The keywords of :func:`serac.data.counterfactual_pairs` these arguments set (all but the seed)."""
+        return {
+            "kinds": self.kinds,
+            "statement_fraction": self.statement_fraction,
+            "include_portability": self.include_portability,
+            "answer_style": self.answer_style,
+        }
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -183,12 +183,7 @@ def train_counterfactual_model(
 
     from transformers import Trainer, TrainingArguments, set_seed
 
-    pair_options = {
-        "kinds": arguments.kinds,
-        "statement_fraction": arguments.statement_fraction,
-        "include_portability": arguments.include_portability,
-        "answer_style": arguments.answer_style,
-    }
+    pair_options = arguments.pair_options()
     train_pairs = counterfactual_pairs(train_examples, seed=arguments.seed, **pair_options)
     eval_pairs = counterfactual_pairs(held_out, seed=arguments.seed + 1, **pair_options)
     if len(train_pairs) == 0:

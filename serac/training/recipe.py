@@ -221,8 +221,18 @@ def estimate_training_seconds(recipe: DefaultRecipe = DEFAULT_RECIPE, *, probe_s
     return scope + counterfactual
 
 
-def _timed_steps(step, probe_steps: int) -> float:
-    step()  # warm-up: first-call allocations and kernel choices
+def _timed_steps(model: torch.nn.Module, loss, learning_rate: float, probe_steps: int) -> float:
+    """Seconds per AdamW step on ``loss()`` over ``model``'s trainable parameters, after one untimed step
+    (first-call allocations and kernel choices)."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+
+    def step() -> None:
+        loss().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()
     start = time.perf_counter()
     for _ in range(probe_steps):
         step()
@@ -240,19 +250,10 @@ def _scope_step_seconds(
     arguments = recipe.scope_arguments(show_progress=False)
     cross_encoder = CrossEncoder(start, num_labels=1, max_length=arguments.max_length)
     model = cross_encoder.model
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=arguments.learning_rate)
     # Rows as the training draws them (in scope and out, some after an unrelated sentence), in the order
     # the classifier reads them.
-    pairs = scope_pairs(
-        examples,
-        seed=arguments.seed,
-        negatives_per_positive=arguments.negatives_per_positive,
-        hard_negative_fraction=arguments.hard_negative_fraction,
-        statement_fraction=arguments.statement_fraction,
-        subject_match=arguments.subject_match,
-        context_fraction=arguments.context_fraction,
-    ).shuffle(seed=arguments.seed)[: arguments.batch_size]
+    pairs = scope_pairs(examples, seed=arguments.seed, **arguments.pair_options())
+    pairs = pairs.shuffle(seed=arguments.seed)[: arguments.batch_size]
     config = ScopeClassifierConfig(edit_input=arguments.edit_input, mask_subject=arguments.mask_subject)
     views = pairs["edit_query"] if arguments.edit_input == "query" else pairs["edit_text"]
     rows = [
@@ -269,13 +270,11 @@ def _scope_step_seconds(
     ).to(model.device)
     labels = torch.tensor(pairs["label"], dtype=torch.float, device=model.device)
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         logits = model(**features).logits.view(-1)
-        torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
-    return _timed_steps(step, probe_steps)
+    return _timed_steps(model, loss, arguments.learning_rate, probe_steps)
 
 
 def _counterfactual_step_seconds(
@@ -288,29 +287,16 @@ def _counterfactual_step_seconds(
     arguments = recipe.counterfactual_arguments(show_progress=False)
     counterfactual = CounterfactualModel.from_pretrained(start)
     model = counterfactual.model
-    model.train()
+    model.requires_grad_(True)  # as training does; then only the top blocks if the recipe says so
     if arguments.trainable_blocks is not None:
         freeze_below_top_blocks(model, arguments.trainable_blocks)
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=arguments.learning_rate)
-    pairs = counterfactual_pairs(
-        examples,
-        seed=arguments.seed,
-        kinds=arguments.kinds,
-        statement_fraction=arguments.statement_fraction,
-        include_portability=arguments.include_portability,
-        answer_style=arguments.answer_style,
-    ).shuffle(seed=arguments.seed)[: arguments.batch_size]
+    pairs = counterfactual_pairs(examples, seed=arguments.seed, **arguments.pair_options())
+    pairs = pairs.shuffle(seed=arguments.seed)[: arguments.batch_size]
     features = counterfactual.training_features(
         edits_from_column(pairs["edit"]), pairs["query"], pairs.get("response", pairs["answer"])
     )
 
-    def step() -> None:
-        model(**features).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    return _timed_steps(step, probe_steps)
+    return _timed_steps(model, lambda: model(**features).loss, arguments.learning_rate, probe_steps)
 
 
 def _minutes(seconds: float) -> str:

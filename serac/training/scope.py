@@ -260,14 +260,7 @@ def train_scope_classifier(
         }
         train_examples = mine_hard_negatives(train_examples, embedder, **mining)
         held_out = mine_hard_negatives(held_out, embedder, **mining)
-    pair_options = {
-        "negatives_per_positive": arguments.negatives_per_positive,
-        "hard_negative_fraction": arguments.hard_negative_fraction,
-        "max_positives_per_edit": arguments.max_positives_per_edit,
-        "statement_fraction": arguments.statement_fraction,
-        "subject_match": arguments.subject_match,
-        "context_fraction": arguments.context_fraction,
-    }
+    pair_options = arguments.pair_options()
     train_pairs = scope_pairs(train_examples, seed=arguments.seed, **pair_options)
     eval_pairs = scope_pairs(held_out, seed=arguments.seed + 1, **pair_options)
     if arguments.subject_match:
