@@ -90,8 +90,7 @@ def embedder():
     return load_embedder()
 
 
-@pytest.fixture(scope="session")
-def tiny_cross_encoder_dir(tmp_path_factory):
+def save_tiny_cross_encoder(directory) -> str:
     """A two-layer BERT cross-encoder with the packaged MiniLM tokenizer, saved like a hub checkpoint."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -108,10 +107,14 @@ def tiny_cross_encoder_dir(tmp_path_factory):
         max_position_embeddings=128,
         num_labels=1,
     )
-    directory = tmp_path_factory.mktemp("tiny_cross_encoder")
     BertForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory):
+    return save_tiny_cross_encoder(tmp_path_factory.mktemp("tiny_cross_encoder"))
 
 
 @pytest.fixture(scope="session")

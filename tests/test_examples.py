@@ -22,7 +22,7 @@ import torch
 from serac import CounterfactualModel, Edit, EditableModel, EditStore
 from serac.scope import EmbeddingScopeClassifier, ScopeClassifierConfig
 
-from .conftest import make_char_tokenizer, make_tiny_llama
+from .conftest import make_char_tokenizer, make_tiny_llama, save_tiny_cross_encoder
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CHAT_TEMPLATE = (
@@ -68,9 +68,6 @@ class TinyParts:
 def parts(tmp_path_factory, embedder) -> TinyParts:
     """A tiny Llama with a character tokenizer (and a chat template), a SERAC folder for it with the MiniLM
     embedding scope classifier and a tiny counterfactual model, and a tiny cross-encoder to train from."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from serac.offline import resolve_embedder
 
     root = tmp_path_factory.mktemp("example_parts")
     tokenizer = make_char_tokenizer()
@@ -89,19 +86,7 @@ def parts(tmp_path_factory, embedder) -> TinyParts:
     )
     editor.save_pretrained(root / "editor")
 
-    cross_encoder_tokenizer = AutoTokenizer.from_pretrained(resolve_embedder())
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=cross_encoder_tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
-    BertForSequenceClassification(config).save_pretrained(root / "cross_encoder")
-    cross_encoder_tokenizer.save_pretrained(root / "cross_encoder")
+    save_tiny_cross_encoder(root / "cross_encoder")
     return TinyParts(
         base_dir=root / "base",
         editor_dir=root / "editor",
