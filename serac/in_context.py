@@ -59,6 +59,8 @@ __all__ = [
     "InContextCounterfactual",
     "bind_base_model",
     "counterfactual_kind",
+    "decision_edits",
+    "linked_edits",
     "load_counterfactual_model",
     "messages_with_edit",
     "prompt_with_edit",
@@ -104,6 +106,10 @@ class InContextConfig(JsonConfigMixin):
             the words of the last user message.
         max_new_tokens: the answer length of :meth:`InContextCounterfactual.generate` when the caller gives
             none (``EditableModel.generate()`` always uses the caller's budget).
+        linked_edits: how many more stored edits the model reads after the routed one, found hop by hop: the
+            edits whose subject the routed edit's new answer names, then those whose subject their new answers
+            name (:func:`linked_edits`). A question that goes through an edited fact to another ("the head of
+            state of the country Ellie Kemper is a citizen of") needs both; 0 reads the routed edit alone.
     """
 
     kind: str = field(default=IN_CONTEXT, metadata={"help": "what the folder holds: no weights"})
@@ -111,6 +117,9 @@ class InContextConfig(JsonConfigMixin):
     system_template: str = field(default="Fact: {edit}", metadata={"help": "a chat's system message"})
     chat_placement: str = field(default="system", metadata={"help": "'system' or 'user'"})
     max_new_tokens: int = field(default=32, metadata={"help": "default answer length"})
+    linked_edits: int = field(
+        default=0, metadata={"help": "stored edits about an edit's new answer read with it, hop by hop"}
+    )
 
     def __post_init__(self) -> None:
         if self.kind != IN_CONTEXT:
@@ -125,17 +134,34 @@ class InContextConfig(JsonConfigMixin):
             raise TypeError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if isinstance(self.linked_edits, bool) or not isinstance(self.linked_edits, int):
+            raise TypeError(f"linked_edits must be an integer, got {self.linked_edits!r}")
+        if self.linked_edits < 0:
+            raise ValueError(f"linked_edits must be >= 0, got {self.linked_edits}")
 
 
 # ---------------------------------------------------------------------------------------------- prompts
-def prompt_with_edit(prompt: str, edit: Edit, config: InContextConfig | None = None) -> str:
-    """A raw prompt with the edit before it: ``"Fact: <edit text>\\n" + prompt``."""
+def _as_edits(edits: Edit | Sequence[Edit]) -> list[Edit]:
+    edits = [edits] if isinstance(edits, Edit) else list(edits)
+    if not edits or not all(isinstance(edit, Edit) for edit in edits):
+        raise TypeError("expected an Edit or a non-empty sequence of Edit objects")
+    return edits
+
+
+def _filled(template: str, edits: Edit | Sequence[Edit]) -> str:
+    """``template`` once per edit, in order; a template that ends a line keeps one fact per line."""
+    filled = [template.format(edit=edit.text) for edit in _as_edits(edits)]
+    return "".join(filled) if template.endswith("\n") else "\n".join(filled)
+
+
+def prompt_with_edit(prompt: str, edit: Edit | Sequence[Edit], config: InContextConfig | None = None) -> str:
+    """A raw prompt with the edit (or each of several edits) before it: ``"Fact: <edit text>\\n" + prompt``."""
     config = config or InContextConfig()
-    return config.prefix_template.format(edit=edit.text) + prompt
+    return _filled(config.prefix_template, edit) + prompt
 
 
 def messages_with_edit(
-    messages: Sequence[dict[str, Any]], edit: Edit, config: InContextConfig | None = None
+    messages: Sequence[dict[str, Any]], edit: Edit | Sequence[Edit], config: InContextConfig | None = None
 ) -> list[dict[str, Any]]:
     """A conversation with the edit in it, the messages given left unchanged.
 
@@ -151,9 +177,9 @@ def messages_with_edit(
         if not users:
             raise ValueError("the conversation holds no user message to put the edit in")
         message = result[users[-1]]
-        message["content"] = _prepend(config.prefix_template.format(edit=edit.text), message.get("content"))
+        message["content"] = _prepend(_filled(config.prefix_template, edit), message.get("content"))
         return result
-    fact = config.system_template.format(edit=edit.text)
+    fact = _filled(config.system_template, edit)
     if result and result[0].get("role") in ("system", "developer"):
         result[0]["content"] = _prepend(fact + "\n\n", result[0].get("content"))
         return result
@@ -239,7 +265,7 @@ class InContextCounterfactual(torch.nn.Module):
         """The bound model's forward pass."""
         return self._require_model()(*args, **kwargs)
 
-    def format_input(self, edit: Edit, query: str) -> str:
+    def format_input(self, edit: Edit | Sequence[Edit], query: str) -> str:
         """The prompt the model reads for one (edit, query) pair: the chat template around the conversation
         with the edit (:func:`messages_with_edit`) when the tokenizer has one, else the raw prefixed query."""
         self._require_model()
@@ -324,7 +350,7 @@ class InContextCounterfactual(torch.nn.Module):
         prompts = []
         for row in rows:
             ids = input_ids[row] if attention_mask is None else input_ids[row][attention_mask[row].bool()]
-            prompts.append(self.with_edit(ids.tolist(), decisions[row].edit)[0])
+            prompts.append(self.with_edit(ids.tolist(), decision_edits(decisions[row]))[0])
         batch = self._batch(prompts)
         device = self.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -387,11 +413,11 @@ class InContextCounterfactual(torch.nn.Module):
             decoder_ids = kwargs.get("decoder_input_ids")
             if decoder_ids is None:
                 raise ValueError("forward() on a seq2seq base model needs decoder_input_ids or labels")
-            encoder = torch.tensor([self.with_edit(ids, decision.edit)[0]], device=self.device)
+            encoder = torch.tensor([self.with_edit(ids, decision_edits(decision))[0]], device=self.device)
             edited = model(input_ids=encoder, decoder_input_ids=decoder_ids[row : row + 1]).logits[0]
             logits[row, : edited.shape[0]] = edited.to(logits.dtype)
             return
-        prompt, _ = self.with_edit(ids[:split], decision.edit)
+        prompt, _ = self.with_edit(ids[:split], decision_edits(decision))
         edited = model(input_ids=torch.tensor([prompt + ids[split:]], device=self.device)).logits[0]
         # Caller position j (from the query's last token on) is position j + (the prefix's length) here; with
         # an empty query the first token has no position before it, as in the caller's row.
@@ -399,11 +425,12 @@ class InContextCounterfactual(torch.nn.Module):
         logits[row, columns[first:].to(logits.device)] = edited[first + offset :].to(logits.dtype)
 
     # ------------------------------------------------------------------ where the edit goes
-    def with_edit(self, row: Sequence[int], edit: Edit) -> tuple[list[int], int]:
-        """``row`` (token ids) with the edit's prefix inserted where its query starts, and that position."""
+    def with_edit(self, row: Sequence[int], edit: Edit | Sequence[Edit]) -> tuple[list[int], int]:
+        """``row`` (token ids) with the edit's prefix (one per edit) inserted where its query starts, and that
+        position."""
         self._require_model()
         row = list(row)
-        prefix = self.tokenizer(self.config.prefix_template.format(edit=edit.text), add_special_tokens=False)
+        prefix = self.tokenizer(_filled(self.config.prefix_template, edit), add_special_tokens=False)
         start = self.query_start(row)
         return row[:start] + list(prefix["input_ids"]) + row[start:], start
 
@@ -483,6 +510,44 @@ class InContextCounterfactual(torch.nn.Module):
             input_ids[index, columns] = torch.tensor(list(row), dtype=torch.long)
             attention_mask[index, columns] = 1
         return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
+
+
+# ---------------------------------------------------------------------------------------------- linked edits
+def linked_edits(edit: Edit, store: Any, limit: int) -> tuple[Edit, ...]:
+    """Up to ``limit`` stored edits that follow from ``edit``, hop by hop: those whose subject its new answer
+    names (:meth:`~serac.store.EditStore.ids_named_in`), then those whose subject their new answers name.
+
+    Nearest hops first, newest first within a hop; ``edit`` itself and repeats are left out. A multi-hop
+    question routed to its first edited fact then reads the facts it leads to, as a person reading the edits
+    would follow them (MQuAKE's chains: a country's new head of state after a person's new citizenship).
+    """
+    if limit <= 0:
+        return ()
+    seen, found, frontier = {edit.key}, [], [edit]
+    while frontier and len(found) < limit:
+        next_frontier = []
+        for source in frontier:
+            if not source.target:
+                continue
+            for edit_id in store.ids_named_in(source.target):
+                try:
+                    linked = store.get(edit_id)
+                except KeyError:  # removed meanwhile
+                    continue
+                if linked.key in seen:
+                    continue
+                seen.add(linked.key)
+                found.append(linked)
+                next_frontier.append(linked)
+                if len(found) == limit:
+                    return tuple(found)
+        frontier = next_frontier
+    return tuple(found)
+
+
+def decision_edits(decision: Any) -> list[Edit]:
+    """The edits an in-scope decision's row is answered with: its edit, then its linked edits."""
+    return [decision.edit, *getattr(decision, "linked", ())]
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -38,7 +38,13 @@ from serac.folder import (
     SeracConfig,
     read_folder,
 )
-from serac.in_context import InContextCounterfactual, counterfactual_kind, load_counterfactual_model
+from serac.in_context import (
+    InContextCounterfactual,
+    counterfactual_kind,
+    decision_edits,
+    linked_edits,
+    load_counterfactual_model,
+)
 from serac.scope import ScopeClassifier, ScopeDecision, load_scope_classifier
 from serac.store import STORE_FILE_NAME, EditResult, EditStore, EditStoreError
 
@@ -156,7 +162,9 @@ class EditMemory:
         :class:`~serac.conversation.Turn` objects), routed by its last user turn completed from the turns
         before it (:func:`~serac.conversation.routing_query`); its decision records the text routed and the
         turn it came from. A text of several sentences whose last one leans on the ones before it is read
-        the same way, sentence by sentence (:func:`~serac.conversation.routing_query_of_text`).
+        the same way, sentence by sentence (:func:`~serac.conversation.routing_query_of_text`). With an
+        in-context counterfactual model whose config asks for ``linked_edits``, an in-scope decision also
+        carries the stored edits its edit leads to (:func:`~serac.in_context.linked_edits`).
         """
         texts, sources = [], []
         for query in queries:
@@ -171,10 +179,19 @@ class EditMemory:
             decisions = [ScopeDecision(in_scope=False) for _ in texts]
         else:
             decisions = self.scope_classifier.classify(texts, self.store)
-        return [
+        decisions = [
             decision if source is None else dataclasses.replace(decision, query=source.text, turn=source.turn)
             for decision, source in zip(decisions, sources, strict=True)
         ]
+        linked = getattr(self.counterfactual_model.config, "linked_edits", 0)
+        if isinstance(self.counterfactual_model, InContextCounterfactual) and linked:
+            decisions = [
+                dataclasses.replace(decision, linked=linked_edits(decision.edit, self.store, linked))
+                if decision.in_scope and decision.edit is not None
+                else decision
+                for decision in decisions
+            ]
+        return decisions
 
     def answer(
         self, decisions: Sequence[ScopeDecision], queries: Sequence[str], **generation_kwargs: Any
@@ -188,9 +205,8 @@ class EditMemory:
             raise ValueError(f"{len(decisions)} decisions for {len(queries)} queries")
         if any(not decision.in_scope or decision.edit is None for decision in decisions):
             raise ValueError("answer() needs in-scope decisions (route the queries first)")
-        return self.counterfactual_model.generate(
-            [decision.edit for decision in decisions], list(queries), **generation_kwargs
-        )
+        edits = [decision_edits(decision) if decision.linked else decision.edit for decision in decisions]
+        return self.counterfactual_model.generate(edits, list(queries), **generation_kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(

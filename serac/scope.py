@@ -156,7 +156,9 @@ class ScopeDecision:
     what the counterfactual model is given. ``score`` is the best candidate's score, in scope or not
     (``None`` when no candidate was scored). For a conversation, ``query`` is the text that was routed
     (the question, completed from earlier turns: :mod:`serac.conversation`) and ``turn`` the index of the
-    message whose question it is; both are ``None`` for a single query, which is routed as it is.
+    message whose question it is; both are ``None`` for a single query, which is routed as it is. ``linked``
+    holds the stored edits that follow from ``edit`` which an in-context counterfactual model reads with it
+    (:attr:`serac.in_context.InContextConfig.linked_edits`; empty otherwise).
     """
 
     in_scope: bool
@@ -165,6 +167,7 @@ class ScopeDecision:
     edit: Edit | None = None
     query: str | None = None
     turn: int | None = None
+    linked: tuple[Edit, ...] = ()
 
 
 class ScopeClassifier(ABC):

@@ -439,6 +439,7 @@ def no_model_load(monkeypatch):
         (["--background", "synthetic:many"], "synthetic takes a number of edits"),
         (["--background", "zsre:/nonexistent/zsre.json"], "data file not found"),
         (["--held-out-subjects", "1.5"], "--held-out-subjects must be in (0, 1]"),
+        (["--generation-batch-size", "0"], "--generation-batch-size must be >= 1"),
     ],
 )
 def test_bad_settings_fail_before_any_model_loads(argv, message, no_model_load, registry, capsys):
@@ -640,3 +641,33 @@ def test_the_in_context_kind_reaches_the_loaded_model(
         bench_config.validate_config(
             bench_config.BenchmarkConfig(methods=("serac",), counterfactual="learned")
         )
+
+
+def test_batched_generation_answers_and_routes_as_one_query_at_a_time(
+    tmp_path, tiny_model_dir, tiny_serac_factory, registry
+):
+    def run(batch_size):
+        config = bench_config.BenchmarkConfig(dataset="mquake", data_path=str(MQUAKE), methods=("base", "serac"),
+                                       num_edits=(None,), limit_queries=5, model=str(tiny_model_dir),
+                                       max_new_tokens=6, progress=False, save_generations=True,
+                                       generation_batch_size=batch_size)  # fmt: skip
+        result = bench_runner.run_benchmark(
+            config, model_loader=_tiny_loader(tiny_model_dir), editable_factory=tiny_serac_factory
+        )
+        return {run["method"]: run for run in result["runs"]}
+
+    one, batched = run(1), run(4)
+    for method in ("base", "serac"):
+        # Queries of different lengths share a batch: left padding must not change a greedy answer here.
+        assert [row["generation"] for row in batched[method]["generations"]] == [
+            row["generation"] for row in one[method]["generations"]
+        ]
+        for name in ("efficacy", "paraphrase", "locality", "portability"):
+            assert batched[method]["metrics"][name] == one[method]["metrics"][name]
+    serac_one, serac_batched = one["serac"]["metrics"], batched["serac"]["metrics"]
+    # Each row of a batch is routed on its own and counted once.
+    assert serac_batched["scope_recall"] == serac_one["scope_recall"] > 0
+    assert serac_batched["scope_false_positive_rate"] == serac_one["scope_false_positive_rate"]
+    assert serac_one["latency_pairs"] > 0 and serac_batched["latency_pairs"] == 0
+    assert len({len(row["query"]) for row in one["base"]["generations"]}) > 1
+

@@ -370,3 +370,52 @@ def test_gemma3_loads_by_name_and_answers_in_scope_rows_for_itself(embedder):
     width = inputs["input_ids"].shape[1]
     assert trimmed(output[0, width:], pad) == trimmed(torch.tensor(expected), pad)
     assert "Croatia" in tokenizer.decode(expected, skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------------------------- linked edits
+CHAIN = [
+    Edit(prompt="{} is a citizen of", subject="Ellie Kemper", target="Croatia"),
+    Edit(prompt="The head of state of {} is", subject="Croatia", target="Zoran Milanovic"),
+    Edit(prompt="{} was born in", subject="Zoran Milanovic", target="Zagreb"),
+    # Back to the first edit's subject: followed once, never round again.
+    Edit(prompt="The most famous person from {} is", subject="Zagreb", target="Ellie Kemper"),
+]
+UNRELATED = Edit(prompt="{} plays the sport of", subject="LeBron James", target="football")
+
+
+def test_linked_edits_follow_new_answers_hop_by_hop_and_reach_the_prompt(llama, tokenizer, embedder):
+    config = InContextConfig(linked_edits=2)
+    model = EditableModel(llama, tokenizer, scope_classifier=scope_classifier(),
+                          counterfactual_model=InContextCounterfactual(config=config),
+                          store=EditStore(embedder))  # fmt: skip
+    model.edit([*CHAIN, UNRELATED])
+    first, second, third, back = CHAIN
+    query = first.query
+    [decision] = model.route([query])
+    assert decision.in_scope and decision.edit == first
+    # The new answer "Croatia" names the second edit's subject, whose new answer names the third's.
+    assert decision.linked == (second, third)
+    model.memory.counterfactual_model.config = InContextConfig(linked_edits=10)
+    assert model.route([query])[0].linked == (second, third, back)
+    model.memory.counterfactual_model.config = InContextConfig(linked_edits=0)
+    assert model.route([query])[0].linked == ()
+
+    # The edited row reads every fact, one per line, before its words.
+    model.memory.counterfactual_model.config = config
+    args = {"max_new_tokens": 8, "do_sample": False}
+    inputs = encode(tokenizer, [query, "Why is the sky blue?"])
+    output = model.generate(**inputs, **args)
+    prefix = "".join(f"Fact: {edit.text}\n" for edit in (first, second, third))
+    prompt = tokenizer(query)["input_ids"]
+    expected = base_answer(llama, tokenizer, tokenizer(prefix)["input_ids"] + prompt, **args)
+    pad = tokenizer.pad_token_id
+    assert trimmed(output[0], pad) == inputs["input_ids"][0].tolist() + expected
+    alone = base_answer(llama, tokenizer, tokenizer(f"Fact: {first.text}\n")["input_ids"] + prompt, **args)
+    assert expected != alone
+    # A conversation given as messages gets them as one system message.
+    assert messages_with_edit([{"role": "user", "content": query}], [first, second]) == [
+        {"role": "system", "content": f"Fact: {first.text}\nFact: {second.text}"},
+        {"role": "user", "content": query},
+    ]
+    with pytest.raises(ValueError, match="linked_edits"):
+        InContextConfig(linked_edits=-1)

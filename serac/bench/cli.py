@@ -212,6 +212,11 @@ class EvaluationArguments:
     latency_pairs: int = _option(
         "queries per run on which a wrapping method (serac, cache) is timed right after the base model", 10
     )
+    generation_batch_size: int = _option(
+        "queries answered per generate() call; above 1, whole datasets run several times faster, no query "
+        "is timed on its own (no latency pairs) and latency is per batch row",
+        1,
+    )
     prompt_format: str = _option(
         "raw text, the tokenizer's chat template around each query, or auto: the chat template for "
         "questions (ending in '?') and raw text for cloze prompts",
@@ -272,6 +277,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         device=args.device,
         threads=args.threads,
         latency_pairs=args.latency_pairs,
+        generation_batch_size=args.generation_batch_size,
         save_generations=args.save_generations,
         plots=not args.no_plots,
         progress=not args.no_progress,

@@ -92,6 +92,7 @@ class BenchmarkConfig:
     device: str | None = None
     threads: int | None = None
     latency_pairs: int = 10
+    generation_batch_size: int = 1
     save_generations: bool = False
     plots: bool = True
     progress: bool = True
@@ -167,6 +168,8 @@ def validate_config(config: BenchmarkConfig, known_methods: Sequence[str] | None
         raise BenchmarkError(f"--limit-queries must be >= 1 (or 0 for no limit), got {config.limit_queries}")
     if config.synthetic_size is not None and config.synthetic_size < 1:
         raise BenchmarkError(f"--synthetic-size must be >= 1, got {config.synthetic_size}")
+    if config.generation_batch_size < 1:
+        raise BenchmarkError(f"--generation-batch-size must be >= 1, got {config.generation_batch_size}")
     if config.latency_pairs < 0:
         raise BenchmarkError(f"--latency-pairs must be >= 0, got {config.latency_pairs}")
     for spec in config.background:

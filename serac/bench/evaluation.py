@@ -10,7 +10,7 @@ import torch
 
 from serac.bench.config import BenchmarkConfig, progress
 from serac.bench.data import Setting, evenly_spaced
-from serac.bench.generation import QueryFormatter, generate_answer
+from serac.bench.generation import QueryFormatter, generate_answer, generate_answers
 from serac.bench.latency import paired_ratio
 from serac.bench.methods import Method, SeracEditor
 from serac.metrics import answer_matches, answers_agree, latency_summary, rate, top1_correct, top1_hits
@@ -53,7 +53,9 @@ def evaluate(
     reference, device, encoder_decoder = harness.reference, harness.device, harness.encoder_decoder
     # A method that wraps the base model (SERAC, the cache) is timed against the base model on the same
     # query right before it: both measurements see the same machine load, so their ratio is its overhead.
-    pairs = config.latency_pairs if generator is not base_model else 0
+    batch_size = config.generation_batch_size
+    # Several queries per generate() call time the batch, not a query: no paired timing then.
+    pairs = config.latency_pairs if generator is not base_model and batch_size == 1 else 0
     paired: list[tuple[str, float, float]] = []
     outcomes: dict[str, list[bool]] = {
         name: [] for name in ("efficacy", "paraphrase", "locality", "portability")
@@ -70,36 +72,57 @@ def evaluate(
     # all edit prompts, where a wrapper's overhead looks nothing like its overhead elsewhere).
     paired_indices = set(evenly_spaced(range(len(queries)), pairs)) if pairs else set()
     label = f"{method.name} n={setting.num_edits}"
-    for index, (metric, query) in enumerate(progress(queries, config.progress, label)):
-        inputs = formatter(query.text, device)
-        if index in paired_indices:
-            _, base_elapsed = generate_answer(
-                base_model, tokenizer, inputs, config.max_new_tokens, encoder_decoder=encoder_decoder
+    batches = [
+        range(start, min(start + batch_size, len(queries))) for start in range(0, len(queries), batch_size)
+    ]
+    bar = progress(None, config.progress, label, total=len(queries)) if config.progress else None
+    for batch in batches:
+        encoded = [formatter(queries[index][1].text, device) for index in batch]
+        if batch_size == 1:
+            index, inputs = batch[0], encoded[0]
+            if index in paired_indices:
+                _, base_elapsed = generate_answer(
+                    base_model, tokenizer, inputs, config.max_new_tokens, encoder_decoder=encoder_decoder
+                )
+            answer, elapsed = generate_answer(
+                generator, tokenizer, inputs, config.max_new_tokens, encoder_decoder=encoder_decoder
             )
-        answer, elapsed = generate_answer(
-            generator, tokenizer, inputs, config.max_new_tokens, encoder_decoder=encoder_decoder
-        )
-        seconds.append(elapsed)
-        if index in paired_indices:
-            paired.append((metric, elapsed, base_elapsed))
-        if metric == "locality":
-            ok = answers_agree(answer, reference[query.text], window=window)
-            if query.hard:
-                hard_outcomes.append(ok)
-            if query.kind is not None:
-                locality_by_kind.setdefault(query.kind, []).append(ok)
-            if query.answers:
-                known_answer_outcomes.append(answer_matches(answer, query.answers, window=window))
+            answers, per_row = [answer], [elapsed]
+            if index in paired_indices:
+                paired.append((queries[index][0], elapsed, base_elapsed))
         else:
-            ok = answer_matches(answer, query.answers, window=window)
-        outcomes[metric].append(ok)
-        if metric == "portability" and query.group is not None:
-            case_outcomes[query.group] = case_outcomes.get(query.group, False) or ok
-        diagnostics = method.diagnostics(generator)
-        if diagnostics is not None and "in_scope" in diagnostics and metric != "portability":
-            in_scope_routing["out" if metric == "locality" else "in"].append(diagnostics["in_scope"])
-        if config.save_generations:
-            generations.append({"metric": metric, "query": query.text, "generation": answer, "correct": ok})
+            answers, elapsed = generate_answers(
+                generator, tokenizer, encoded, config.max_new_tokens, encoder_decoder=encoder_decoder
+            )
+            per_row = [elapsed / len(batch)] * len(batch)
+        routed = method.routed_rows(generator)
+        for row, index in enumerate(batch):
+            metric, query = queries[index]
+            answer = answers[row]
+            seconds.append(per_row[row])
+            if metric == "locality":
+                ok = answers_agree(answer, reference[query.text], window=window)
+                if query.hard:
+                    hard_outcomes.append(ok)
+                if query.kind is not None:
+                    locality_by_kind.setdefault(query.kind, []).append(ok)
+                if query.answers:
+                    known_answer_outcomes.append(answer_matches(answer, query.answers, window=window))
+            else:
+                ok = answer_matches(answer, query.answers, window=window)
+            outcomes[metric].append(ok)
+            if metric == "portability" and query.group is not None:
+                case_outcomes[query.group] = case_outcomes.get(query.group, False) or ok
+            if routed is not None and metric != "portability":
+                in_scope_routing["out" if metric == "locality" else "in"].append(routed[row])
+            if config.save_generations:
+                generations.append(
+                    {"metric": metric, "query": query.text, "generation": answer, "correct": ok}
+                )
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
 
     metrics: dict[str, Any] = {}
     for name, values in outcomes.items():

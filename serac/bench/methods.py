@@ -206,11 +206,10 @@ class Method:
             return lambda prompt, target: target_logprob(generator, self.tokenizer, prompt, target)
         return None
 
-    def diagnostics(self, generator: Any) -> dict[str, Any] | None:
-        """Per-query facts worth recording after each ``generate()`` (SERAC: the routing)."""
+    def routed_rows(self, generator: Any) -> list[bool] | None:
+        """After a ``generate()`` call, whether each row was routed to an edit (SERAC); ``None`` for others."""
         if isinstance(self.editor, SeracEditor):
-            routing = self.editor.editable.last_routing
-            return {"in_scope": bool(routing and routing[0].in_scope)}
+            return [decision.in_scope for decision in self.editor.editable.last_routing]
         return None
 
     def skip_reason(self, num_edits: int, mode: str) -> str | None:

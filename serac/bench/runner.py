@@ -30,7 +30,7 @@ from serac.bench.data import (
     order_examples,
 )
 from serac.bench.evaluation import Harness, evaluate, reference_top1
-from serac.bench.generation import QueryFormatter, generate_answer
+from serac.bench.generation import QueryFormatter, generate_answers
 from serac.bench.latency import add_latency_ratios
 from serac.bench.methods import Method, build_method, load_editable_model, sum_stats
 from serac.data.schema import EditExample
@@ -158,10 +158,14 @@ def run_benchmark(
     # Locality compares with what the unedited model answers: computed once, before any edit.
     reference_texts = sorted({query.text for setting in settings.values() for query in setting.locality})
     reference: dict[str, str] = {}
-    for text in progress(reference_texts, config.progress, "unedited answers (locality reference)"):
-        reference[text], _ = generate_answer(
-            model, tokenizer, formatter(text, device), config.max_new_tokens, encoder_decoder=encoder_decoder
-        )
+    size = config.generation_batch_size
+    chunks = [reference_texts[start : start + size] for start in range(0, len(reference_texts), size)]
+    for chunk in progress(chunks, config.progress, "unedited answers (locality reference)"):
+        answers, _ = generate_answers(
+            model, tokenizer, [formatter(text, device) for text in chunk], config.max_new_tokens,
+            encoder_decoder=encoder_decoder,
+        )  # fmt: skip
+        reference.update(zip(chunk, answers, strict=True))
     # Drawdown compares with the unedited model's teacher-forced accuracy on the same queries.
     locality_queries = {query.text: query for setting in settings.values() for query in setting.locality}
     top1 = reference_top1(model, tokenizer, list(locality_queries.values()))

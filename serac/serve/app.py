@@ -42,6 +42,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serac.in_context import decision_edits
 from serac.serve.batching import BaseJob, EditJob, GenerationBatcher
 from serac.serve.engine import BaseModelGenerator, EditRouter, GenerationResult
 from serac.serve.in_context import in_context_config, request_with_edit
@@ -363,7 +364,7 @@ class _Server:
                 # The in-context kind: the base model answers for itself with the edit in the request, on the
                 # base route's path (this process's model in local mode, the upstream in proxy mode).
                 parsed, raw = await self.run(
-                    self.parsing_pool, request_with_edit, parsed, raw, decision.edit, in_context
+                    self.parsing_pool, request_with_edit, parsed, raw, decision_edits(decision), in_context
                 )
                 if self.generator is not None:
                     prompt_ids = await self.run(self.parsing_pool, self.generator.prompt_ids, parsed)

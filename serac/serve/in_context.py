@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from serac.edits import Edit
@@ -28,9 +29,9 @@ def in_context_config(router: Any) -> InContextConfig | None:
 
 
 def request_with_edit(
-    parsed: GenerationRequest, raw: bytes, edit: Edit, config: InContextConfig
+    parsed: GenerationRequest, raw: bytes, edit: Edit | Sequence[Edit], config: InContextConfig
 ) -> tuple[GenerationRequest, bytes]:
-    """The request with the edit in it: as parsed (what local mode generates from) and as the body a proxy sends.
+    """The request with the edit (with its linked edits, when given several) in it: as parsed (what local mode generates from) and as the body a proxy sends.
 
     Only the messages (or the prompt) change; every other field of the body goes to the upstream as the
     client wrote it. The query the request was routed by is unchanged.
