@@ -1,6 +1,6 @@
 """A new user's first run: how long training the default parts takes, for the shipped recipe and the one before.
 
-Run: ``python benchmarks/first_run.py [--recipes 5,4] [--output first_run.json]``
+Run: ``python benchmarks/first_run.py [--recipes 6,5] [--output first_run.json]``
 
 Each recipe runs as ``default_parts_dir()`` does on a first run, in a fresh process with an empty
 ``$SERAC_CACHE`` (so the GGUF conversion of the base model is included), one after the other: run it on an
@@ -22,18 +22,27 @@ import tempfile
 import time
 from pathlib import Path
 
-#: The recipe before version 5, as it was (see ``serac.training.recipe.DefaultRecipe``).
-PREVIOUS_RECIPE = {
-    "version": 4,
-    "scope_steps": 800,
-    "scope_learning_rate": 3e-5,
-    "scope_beta": 0.5,
-    "scope_eval_steps": 200,
-    "counterfactual_steps": 120,
-    "counterfactual_learning_rate": 1e-4,
-    "counterfactual_blocks": None,
-    "counterfactual_eval_generations": 200,
-    "counterfactual_eval_steps": 200,
+#: Earlier recipes, as they were, by version (see ``serac.training.recipe.DefaultRecipe``).
+_VERSION_5_COUNTERFACTUAL_DATA = {
+    "counterfactual_answer_style": "voice",
+    "counterfactual_unusual_target_fraction": 0.0,
+    "counterfactual_question_fraction": 0.0,
+}
+EARLIER_RECIPES = {
+    "5": {"version": 5, **_VERSION_5_COUNTERFACTUAL_DATA},
+    "4": {
+        "version": 4,
+        "scope_steps": 800,
+        "scope_learning_rate": 3e-5,
+        "scope_beta": 0.5,
+        "scope_eval_steps": 200,
+        "counterfactual_steps": 120,
+        "counterfactual_learning_rate": 1e-4,
+        "counterfactual_blocks": None,
+        "counterfactual_eval_generations": 200,
+        "counterfactual_eval_steps": 200,
+        **_VERSION_5_COUNTERFACTUAL_DATA,
+    },
 }
 
 RUN = """
@@ -92,19 +101,19 @@ def run_recipe(fields: dict, keep: Path | None) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--recipes", default="5,4", help="recipe versions, in order (5: shipped, 4: previous)"
+        "--recipes", default="6,5", help="recipe versions, in order (6: shipped; 5 and 4: earlier)"
     )
     parser.add_argument("--keep", type=Path, default=None, help="copy each trained folder here")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     results = []
     for version in args.recipes.split(","):
-        fields = PREVIOUS_RECIPE if version.strip() == "4" else {}
+        fields = EARLIER_RECIPES.get(version.strip(), {})
         result = run_recipe(fields, args.keep)
         results.append(result)
         held_out = result["counterfactual_held_out"]
         print(
-            f"recipe v{fields.get('version', 5)}: {result['seconds'] / 60:.1f} min "
+            f"recipe v{fields.get('version', 6)}: {result['seconds'] / 60:.1f} min "
             f"(announced: {result['estimate_seconds']} s); stdout {len(result['stdout'])} chars; "
             f"scope held-out recall {result['scope_held_out']['recall']:.3f}, "
             f"false positives {result['scope_held_out']['false_positive_rate']:.3f} "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from serac.edits import Edit
 from serac.files import JsonConfigMixin
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 COUNTERFACTUAL_CONFIG_NAME = "counterfactual_config.json"
 MODEL_FOLDER = "model"
 
-__all__ = ["CounterfactualConfig", "CounterfactualModel"]
+__all__ = ["AnswerCopy", "CounterfactualConfig", "CounterfactualModel"]
 
 
 @dataclass
@@ -38,6 +39,8 @@ class CounterfactualConfig(JsonConfigMixin):
         max_input_length: token limit of the formatted input (longer inputs are truncated on the left,
             keeping the query).
         max_new_tokens: default answer length when the caller gives none.
+        copy_answer_after: once an answer has written this many tokens of its edit's new answer, the rest of
+            that answer is written as the edit writes it (:class:`AnswerCopy`); ``0`` leaves decoding alone.
         model_name_or_path: where the underlying model came from, for reference.
     """
 
@@ -48,6 +51,9 @@ class CounterfactualConfig(JsonConfigMixin):
     # A sentence that states the answer ("Yes. The industry of Stozand Motors is food processing.") needs
     # more room than the bare answer span did.
     max_new_tokens: int = field(default=32, metadata={"help": "default answer length"})
+    copy_answer_after: int = field(
+        default=2, metadata={"help": "tokens of the edit's answer written before the rest is copied; 0: off"}
+    )
     model_name_or_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -58,6 +64,46 @@ class CounterfactualConfig(JsonConfigMixin):
             raise ValueError(f"max_input_length must be >= 8, got {self.max_input_length}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.copy_answer_after < 0:
+            raise ValueError(f"copy_answer_after must be >= 0, got {self.copy_answer_after}")
+
+
+class AnswerCopy:
+    """A logits processor: a row that has begun to write its edit's new answer finishes it as the edit writes it.
+
+    A small model that knows "19 July 1979" or "United States Railroad Administration" drifts back to them in
+    the middle of an edit's "19 July 1809" or "United States States Railroad Administration"; once a row's
+    newest tokens are the first ``after`` tokens of its answer (or more), the next token is the answer's next.
+    Rows whose answer is unknown (``None``), or shorter than ``after`` + 1 tokens, are left alone, as is every
+    other stretch of text, so a sentence around the answer, or an answer that is not the edit's (a multi-hop
+    question's), is the model's own.
+
+    Args:
+        answers: per row, the token ids of the edit's answer as the model writes it (after a space), or ``None``.
+        start: the column where the generated tokens begin.
+        after: how many of the answer's tokens must be written before the rest is copied (>= 1).
+    """
+
+    def __init__(self, answers: Sequence[Sequence[int] | None], start: int, after: int) -> None:
+        if after < 1:
+            raise ValueError(f"after must be >= 1, got {after}")
+        self.answers = [list(answer) if answer else None for answer in answers]
+        self.start, self.after = start, after
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows_per_answer = max(len(input_ids) // max(len(self.answers), 1), 1)  # num_return_sequences / beams
+        for row in range(len(input_ids)):
+            answer = self.answers[min(row // rows_per_answer, len(self.answers) - 1)]
+            if answer is None or len(answer) <= self.after:
+                continue
+            written = input_ids[row, self.start :].tolist()
+            for length in range(min(len(answer) - 1, len(written)), self.after - 1, -1):
+                if written[-length:] == answer[:length]:
+                    token = answer[length]
+                    scores[row] = torch.finfo(scores.dtype).min
+                    scores[row, token] = 0.0
+                    break
+        return scores
 
 
 class CounterfactualModel(torch.nn.Module):
@@ -125,6 +171,16 @@ class CounterfactualModel(torch.nn.Module):
             # Greedy decoding: drop sampling settings a checkpoint's generation_config may carry.
             for key in ("temperature", "top_p", "top_k"):
                 generation_kwargs.setdefault(key, None)
+        if self.config.copy_answer_after:
+            start = 1 if self.is_encoder_decoder else batch["input_ids"].shape[1]
+            copy = AnswerCopy(
+                [self._answer_ids(" " + edit.target.strip()) if edit.target else None for edit in edits],
+                start,
+                self.config.copy_answer_after,
+            )
+            processors = LogitsProcessorList(generation_kwargs.get("logits_processor") or [])
+            processors.append(copy)
+            generation_kwargs["logits_processor"] = processors
         was_training = self.model.training
         self.model.eval()
         try:

@@ -17,10 +17,12 @@ import logging
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 from datasets import Dataset, Features, List, Value
 
 from serac.data.schema import IN_SCOPE_KINDS, EditExample
+from serac.data.targets import with_unusual_targets
 from serac.edits import Edit, mentions_subject, normalize_text
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ __all__ = [
     "edits_from_column",
     "examples_to_dataset",
     "is_question",
+    "response_answer_first",
     "response_in_voice",
     "scope_pairs",
 ]
@@ -40,8 +43,10 @@ __all__ = [
 COUNTERFACTUAL_KINDS: tuple[str, ...] = ("edit", "question", "cloze", "paraphrase", "yes_no")
 
 #: How the counterfactual model's training responses are written: ``"voice"`` (a sentence for a question, a
-#: continuation for a cloze prompt, as the base model would answer) or ``"bare"`` (the answer span alone).
-ANSWER_STYLES: tuple[str, ...] = ("voice", "bare")
+#: continuation for a cloze prompt, as the base model would answer), ``"answer_first"`` (a question's answer as
+#: the edit writes it, then that sentence: see :func:`response_answer_first`) or ``"bare"`` (the answer span
+#: alone).
+ANSWER_STYLES: tuple[str, ...] = ("voice", "answer_first", "bare")
 
 _EDIT_FEATURES = {name: Value("string") for name in ("prompt", "target", "subject", "statement")}
 _QUERY_FEATURES = {"text": Value("string"), "answer": Value("string"), "aliases": List(Value("string"))}
@@ -90,6 +95,22 @@ def _maybe_statement(example: EditExample, rng: random.Random, statement_fractio
     if can_switch and rng.random() < statement_fraction:
         return example.as_statement_edit()
     return example
+
+
+def _maybe_question(example: EditExample, rng: random.Random, question_fraction: float) -> EditExample:
+    """The example with its edit written as one of its own questions with the answer, for a share of examples
+    (a correction as people often write it: "What is the industry of Tiamuk Media? video games")."""
+    if question_fraction <= 0 or example.edit.is_statement or not example.answer:
+        return example
+    questions = [
+        query.text
+        for query in example.in_scope
+        if query.kind == "question" and query.answer == example.answer
+    ]
+    if not questions or rng.random() >= question_fraction:
+        return example
+    edit = Edit(prompt=rng.choice(questions), target=example.answer, subject=example.edit.subject)
+    return replace(example, edit=edit)
 
 
 def scope_pairs(
@@ -277,6 +298,26 @@ def response_in_voice(query: str, answer: str, kind: str, sentence: str | None) 
     return _sentence(answer)
 
 
+def response_answer_first(query: str, answer: str, kind: str, sentence: str | None) -> str:
+    """:func:`response_in_voice`'s response, with a question's answer first, as the edit writes it.
+
+    A model that writes its sentence straight away tends to write the answer it expects there (the year it
+    knows, the spelling it knows) instead of the edit's; copying the answer first and then saying it in a
+    sentence keeps the edit's words. Cloze prompts and yes/no questions are answered as in voice.
+
+    Example:
+        >>> response_answer_first("What sport does LeBron James play?", "football", "question",
+        ...                       "LeBron James plays the sport of football.")
+        'Football. LeBron James plays the sport of football.'
+    """
+    voiced = response_in_voice(query, answer, kind, sentence)
+    answer = answer.strip()
+    if kind == "yes_no" or not is_question(query):
+        return voiced
+    first = _sentence(answer[:1].upper() + answer[1:])
+    return voiced if voiced == first or voiced == _sentence(answer) else f"{first} {voiced}"
+
+
 def counterfactual_pairs(
     examples: Sequence[EditExample],
     *,
@@ -284,6 +325,8 @@ def counterfactual_pairs(
     statement_fraction: float = 0.25,
     include_portability: bool = True,
     answer_style: str = "voice",
+    unusual_target_fraction: float = 0.0,
+    question_fraction: float = 0.0,
     seed: int = 0,
 ) -> Dataset:
     """(edit, query, answer, response) rows for teacher-forced training of the counterfactual model.
@@ -296,8 +339,14 @@ def counterfactual_pairs(
         include_portability: add the multi-hop questions of examples without companion edits (the
             counterfactual model sees one edit, so questions that need several are left out).
         answer_style: one of :data:`ANSWER_STYLES`: ``"voice"`` trains responses in the base model's voice
-            (:func:`response_in_voice`), ``"bare"`` the answer span alone.
-        seed: seeds the statement choice.
+            (:func:`response_in_voice`), ``"answer_first"`` the answer then that response
+            (:func:`response_answer_first`), ``"bare"`` the answer span alone.
+        unusual_target_fraction: share of examples whose new answer is replaced by an unusual one (a full
+            date, a typo, a long or numbered name: :func:`serac.data.targets.with_unusual_targets`), so the model
+            learns to copy an edit's answer as written.
+        question_fraction: share of the other examples whose edit is written as one of its own questions
+            followed by the answer, as zsRE's edits and many people's corrections are.
+        seed: seeds the statement, question and unusual-answer choices.
 
     Returns:
         A ``Dataset`` with columns ``edit`` (the edit as JSON, see :func:`edits_from_column`), ``edit_text``,
@@ -312,11 +361,19 @@ def counterfactual_pairs(
         raise ValueError(f"statement_fraction must be in [0, 1], got {statement_fraction}")
     if answer_style not in ANSWER_STYLES:
         raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {answer_style!r}")
+    if not 0.0 <= question_fraction <= 1.0:
+        raise ValueError(f"question_fraction must be in [0, 1], got {question_fraction}")
+    examples = with_unusual_targets(examples, unusual_target_fraction, seed)
+    respond = {"voice": response_in_voice, "answer_first": response_answer_first}.get(answer_style)
     rng = random.Random(f"counterfactual-pairs:{seed}")
+    # A separate stream, so turning question edits on does not change the statement choices.
+    question_rng = random.Random(f"counterfactual-pairs-questions:{seed}")
     columns = ("edit", "edit_text", "query", "answer", "response", "kind")
     rows: dict[str, list] = {name: [] for name in columns}
     for original in examples:
         example = _maybe_statement(original, rng, statement_fraction)
+        if example is original:
+            example = _maybe_question(original, question_rng, question_fraction)
         sentence = _answer_sentence(original)
         edit_json = json.dumps(example.edit.to_dict(), sort_keys=True)
         items = [(query.text, query.answer, query.kind) for query in example.in_scope if query.kind in kinds]
@@ -327,8 +384,7 @@ def counterfactual_pairs(
             rows["edit_text"].append(example.edit.text)
             rows["query"].append(query)
             rows["answer"].append(answer)
-            voiced = answer_style == "voice"
-            rows["response"].append(response_in_voice(query, answer, kind, sentence) if voiced else answer)
+            rows["response"].append(respond(query, answer, kind, sentence) if respond else answer)
             rows["kind"].append(kind)
     logger.info("Counterfactual pairs: %d rows from %d examples", len(rows["query"]), len(examples))
     return Dataset.from_dict(rows, features=Features({name: Value("string") for name in rows}))

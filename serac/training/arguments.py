@@ -243,8 +243,16 @@ class CounterfactualTrainingArguments(LoopArguments):
     statement_fraction: float = field(default=0.25, metadata=_help("share of edits shown in statement form"))
     answer_style: str = field(
         default="voice",
-        metadata=_help("'voice': a sentence for a question, a continuation for a cloze; 'bare': the answer "
-                       "span alone"),
+        metadata=_help("'voice': a sentence for a question, a continuation for a cloze; 'answer_first': a "
+                       "question's answer as the edit writes it, then that sentence; 'bare': the answer span alone"),
+    )  # fmt: skip
+    question_fraction: float = field(
+        default=0.0, metadata=_help("share of edits written as one of their own questions with the answer")
+    )
+    unusual_target_fraction: float = field(
+        default=0.0,
+        metadata=_help("share of training edits given an unusual new answer (a full date, a typo, a long name), "
+                       "so the model copies an edit's answer as written"),
     )  # fmt: skip
     include_portability: bool = field(
         default=True, metadata=_help("train on single-edit multi-hop questions")
@@ -272,6 +280,8 @@ class CounterfactualTrainingArguments(LoopArguments):
             "statement_fraction": self.statement_fraction,
             "include_portability": self.include_portability,
             "answer_style": self.answer_style,
+            "unusual_target_fraction": self.unusual_target_fraction,
+            "question_fraction": self.question_fraction,
         }
 
     def __post_init__(self) -> None:
@@ -284,6 +294,10 @@ class CounterfactualTrainingArguments(LoopArguments):
             raise ValueError(f"kinds must be some of {IN_SCOPE_KINDS}, got {self.kinds}")
         if not 0.0 <= self.statement_fraction <= 1.0:
             raise ValueError(f"statement_fraction must be in [0, 1], got {self.statement_fraction}")
+        if not 0.0 <= self.question_fraction <= 1.0:
+            raise ValueError(f"question_fraction must be in [0, 1], got {self.question_fraction}")
+        if not 0.0 <= self.unusual_target_fraction <= 1.0:
+            raise ValueError(f"unusual_target_fraction must be in [0, 1], got {self.unusual_target_fraction}")
         if self.input_template is not None:
             CounterfactualConfig(input_template=self.input_template)  # validates the placeholders
         if self.max_input_length is not None and self.max_input_length < 8:

@@ -49,14 +49,17 @@ DEFAULT_TRAINING_SEED = 0
 class DefaultRecipe:
     """How the default parts are trained; ``version`` names the cache folder, so a changed recipe retrains.
 
-    The defaults are the shipped recipe (version 5). Version 4, the recipe before it, was
+    The defaults are the shipped recipe (version 6). Version 5 trained the same scope classifier and a
+    counterfactual model with ``counterfactual_answer_style="voice"``, ``counterfactual_question_fraction=0.0``
+    and ``counterfactual_unusual_target_fraction=0.0``: its answers held the edit's answer for fewer real edit
+    prompts (benchmarks/README.md, "The default parts"). Version 4, the recipe before it, was
     ``DefaultRecipe(version=4, scope_steps=800, scope_learning_rate=3e-5, scope_beta=0.5, scope_eval_steps=200,
     counterfactual_steps=120, counterfactual_learning_rate=1e-4, counterfactual_blocks=None,
-    counterfactual_eval_generations=200, counterfactual_eval_steps=200)``: 25.5 min on an idle 2-core CPU,
-    against 7.8 min for version 5 (benchmarks/first_run.py).
+    counterfactual_eval_generations=200, counterfactual_eval_steps=200)`` with version 5's counterfactual data:
+    25.5 min on an idle 2-core CPU, against 7.8 min for version 5 (benchmarks/first_run.py).
     """
 
-    version: int = 5
+    version: int = 6
     num_edits: int = 3000
     #: 250 steps of 32 pairs at a high learning rate (800 at 3e-5 before) route MQuAKE-CF and zsRE as well as
     #: the old recipe or better, CounterFact's paraphrase prompts and dense synthetic sets less well
@@ -75,6 +78,13 @@ class DefaultRecipe:
     counterfactual_eval_generations: int = 50
     #: 0: no held-out loss pass (2,639 rows) at the end of training; the generations above measure the model.
     counterfactual_eval_steps: int = 0
+    #: A question is answered with the edit's answer as written, then a sentence stating it: a small model
+    #: writing the sentence straight away drifts to the answer it knows ("19 July 1979" for "19 July 1809").
+    counterfactual_answer_style: str = "answer_first"
+    #: Half the training edits get an unusual answer to copy (a full date, a typo, a long or numbered name), and
+    #: 3 in 10 of the rest are written as one of their own questions with the answer, as zsRE's edits are.
+    counterfactual_unusual_target_fraction: float = 0.5
+    counterfactual_question_fraction: float = 0.3
     seed: int = DEFAULT_TRAINING_SEED
 
     def scope_arguments(self, **overrides) -> ScopeTrainingArguments:
@@ -98,9 +108,9 @@ class DefaultRecipe:
             eval_generations=self.counterfactual_eval_generations,
             eval_steps=self.counterfactual_eval_steps,
             seed=self.seed,
-            # Answers in the base model's voice: a question gets a sentence that ends with the new answer,
-            # so readers of a generation need room for the sentence (the benchmark generates 32 tokens).
-            answer_style="voice",
+            answer_style=self.counterfactual_answer_style,
+            unusual_target_fraction=self.counterfactual_unusual_target_fraction,
+            question_fraction=self.counterfactual_question_fraction,
             **overrides,
         )
 
