@@ -81,10 +81,12 @@ class DefaultRecipe:
     #: A question is answered with the edit's answer as written, then a sentence stating it: a small model
     #: writing the sentence straight away drifts to the answer it knows ("19 July 1979" for "19 July 1809").
     counterfactual_answer_style: str = "answer_first"
-    #: Half the training edits get an unusual answer to copy (a full date, a typo, a long or numbered name), and
-    #: 3 in 10 of the rest are written as one of their own questions with the answer, as zsRE's edits are.
-    counterfactual_unusual_target_fraction: float = 0.5
-    counterfactual_question_fraction: float = 0.3
+    #: About a third of the training edits get an unusual answer to copy (a full date, a typo, a long or
+    #: numbered name). Half of them, with 3 in 10 edits written as their own questions (as zsRE's are), was
+    #: tried and left out: that model answered more CounterFact cloze prompts with "Yes." (5 of 150 edit
+    #: prompts missed, against 1).
+    counterfactual_unusual_target_fraction: float = 0.35
+    counterfactual_question_fraction: float = 0.0
     seed: int = DEFAULT_TRAINING_SEED
 
     def scope_arguments(self, **overrides) -> ScopeTrainingArguments:
