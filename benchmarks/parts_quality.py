@@ -9,7 +9,8 @@ without a subject)
   out-of-scope query (other facts of the same subject, the same relation with another subject, other hops,
   unrelated questions) a false positive is a routing to any edit that does not list the query as in scope;
 * counterfactual model: given the right edit, does its answer to each in-scope query match the new target
-  (or an alias)? Matching is :func:`serac.metrics.answer_matches`, as in the benchmark runner.
+  (or an alias)? Matching is :func:`serac.metrics.answer_matches`, as in the benchmark runner. Also given
+  on the in-scope queries the scope classifier routed to their own edit (what a user gets).
 
 The whole (efficacy, paraphrase, locality against the base model) is measured by ``serac bench``.
 """
@@ -63,10 +64,12 @@ def scope_quality(examples, scope, store: EditStore) -> dict:
     for begin in range(0, len(queries), 64):
         decisions += scope.classify(queries[begin : begin + 64], store)
     seconds = time.perf_counter() - start
+    routed_home: list[bool] = []  # per in-scope query, in example order: routed to its own edit
     for query, key, (side, kind), decision in zip(queries, expected, kinds, decisions, strict=True):
         routed_key = decision.edit.key if decision.in_scope else None
         if side == "in":
             hits[kind].append(routed_key == key)
+            routed_home.append(routed_key == key)
         else:
             false_positives[kind].append(routed_key is not None and query not in in_scope_texts[routed_key])
     all_hits = [value for values in hits.values() for value in values]
@@ -78,6 +81,7 @@ def scope_quality(examples, scope, store: EditStore) -> dict:
         "recall": rate(all_hits),
         "recall_by_kind": {kind: rate(values) for kind, values in sorted(hits.items())},
         "false_positive_rate": rate(all_false),
+        "_routed_home": routed_home,
         "false_positive_rate_by_kind": {
             kind: rate(values) for kind, values in sorted(false_positives.items())
         },
@@ -85,15 +89,23 @@ def scope_quality(examples, scope, store: EditStore) -> dict:
     }
 
 
-def counterfactual_quality(examples, counterfactual: CounterfactualModel, batch_size: int = 16) -> dict:
+def counterfactual_quality(
+    examples, counterfactual: CounterfactualModel, routed_home: list[bool] | None = None, batch_size: int = 16
+) -> dict:
     rows = [(ex.edit, q) for ex in examples for q in ex.in_scope]
     matches: dict[str, list[bool]] = defaultdict(list)
+    # What a user gets: the answers to the in-scope queries the scope classifier routed to their own edit.
+    routed_matches: dict[str, list[bool]] = defaultdict(list)
+    flat: list[bool] = []
     samples = []
     for begin in range(0, len(rows), batch_size):
         chunk = rows[begin : begin + batch_size]
         answers = counterfactual.generate([edit for edit, _ in chunk], [q.text for _, q in chunk])
         for (edit, query), answer in zip(chunk, answers, strict=True):
             matches[query.kind].append(answer_matches(answer, [query.answer, *query.aliases]))
+            flat.append(matches[query.kind][-1])
+            if routed_home is not None and routed_home[len(flat) - 1]:
+                routed_matches[query.kind].append(matches[query.kind][-1])
             if len(samples) < 8:
                 samples.append(
                     {"edit": edit.text, "query": query.text, "answer": answer, "target": query.answer}
@@ -102,6 +114,7 @@ def counterfactual_quality(examples, counterfactual: CounterfactualModel, batch_
     return {
         "accuracy": rate(all_matches),
         "accuracy_by_kind": {k: rate(v) for k, v in sorted(matches.items())},
+        "accuracy_routed_to_their_edit_by_kind": {k: rate(v) for k, v in sorted(routed_matches.items())},
         "samples": samples,
     }
 
@@ -148,10 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
     scope = load_scope_classifier(parts / config.scope_classifier_path)
     results = {"parts": str(parts), "dataset": args.dataset, "edits": len(examples)}
     results["scope_classifier"] = scope_quality(examples, scope, EditStore())
+    routed_home = results["scope_classifier"].pop("_routed_home")
     print(json.dumps(results["scope_classifier"], indent=2))
     if not args.skip_counterfactual:
         counterfactual = CounterfactualModel.from_pretrained(parts / config.counterfactual_model_path)
-        results["counterfactual_model"] = counterfactual_quality(examples, counterfactual)
+        results["counterfactual_model"] = counterfactual_quality(examples, counterfactual, routed_home)
         print(json.dumps(results["counterfactual_model"], indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))

@@ -74,36 +74,52 @@ class AnswerCopy:
     A small model that knows "19 July 1979" or "United States Railroad Administration" drifts back to them in
     the middle of an edit's "19 July 1809" or "United States States Railroad Administration"; once a row's
     newest tokens are the first ``after`` tokens of its answer (or more), the next token is the answer's next.
-    Rows whose answer is unknown (``None``), or shorter than ``after`` + 1 tokens, are left alone, as is every
-    other stretch of text, so a sentence around the answer, or an answer that is not the edit's (a multi-hop
-    question's), is the model's own.
+    A row's answer can be given in several writings (as it starts a sentence, capitalized, and inside one);
+    the longest begun one is followed. Rows whose answer is unknown (``None``), or shorter than ``after`` + 1
+    tokens, are left alone, as is every other stretch of text, so a sentence around the answer, or an answer
+    that is not the edit's (a multi-hop question's), is the model's own.
 
     Args:
-        answers: per row, the token ids of the edit's answer as the model writes it (after a space), or ``None``.
+        answers: per row, the token ids of the edit's answer as the model writes it (after a space), or a list
+            of such writings, or ``None``.
         start: the column where the generated tokens begin.
         after: how many of the answer's tokens must be written before the rest is copied (>= 1).
     """
 
-    def __init__(self, answers: Sequence[Sequence[int] | None], start: int, after: int) -> None:
+    def __init__(
+        self, answers: Sequence[Sequence[int] | Sequence[Sequence[int]] | None], start: int, after: int
+    ) -> None:
         if after < 1:
             raise ValueError(f"after must be >= 1, got {after}")
-        self.answers = [list(answer) if answer else None for answer in answers]
+        self.answers = [_writings(answer) for answer in answers]
         self.start, self.after = start, after
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows_per_answer = max(len(input_ids) // max(len(self.answers), 1), 1)  # num_return_sequences / beams
         for row in range(len(input_ids)):
-            answer = self.answers[min(row // rows_per_answer, len(self.answers) - 1)]
-            if answer is None or len(answer) <= self.after:
+            writings = self.answers[min(row // rows_per_answer, len(self.answers) - 1)]
+            if not writings:
                 continue
             written = input_ids[row, self.start :].tolist()
-            for length in range(min(len(answer) - 1, len(written)), self.after - 1, -1):
-                if written[-length:] == answer[:length]:
-                    token = answer[length]
-                    scores[row] = torch.finfo(scores.dtype).min
-                    scores[row, token] = 0.0
-                    break
+            begun = [
+                (length, answer[length])
+                for answer in writings
+                for length in range(min(len(answer) - 1, len(written)), self.after - 1, -1)
+                if written[-length:] == answer[:length]
+            ]
+            if begun:
+                token = max(begun)[1]
+                scores[row] = torch.finfo(scores.dtype).min
+                scores[row, token] = 0.0
         return scores
+
+
+def _writings(answer: Any) -> list[list[int]]:
+    if not answer:
+        return []
+    if isinstance(answer[0], int):
+        return [list(answer)]
+    return [list(writing) for writing in answer if writing]
 
 
 class CounterfactualModel(torch.nn.Module):
@@ -174,9 +190,7 @@ class CounterfactualModel(torch.nn.Module):
         if self.config.copy_answer_after:
             start = 1 if self.is_encoder_decoder else batch["input_ids"].shape[1]
             copy = AnswerCopy(
-                [self._answer_ids(" " + edit.target.strip()) if edit.target else None for edit in edits],
-                start,
-                self.config.copy_answer_after,
+                [self._answer_writings(edit.target) for edit in edits], start, self.config.copy_answer_after
             )
             processors = LogitsProcessorList(generation_kwargs.get("logits_processor") or [])
             processors.append(copy)
@@ -341,6 +355,14 @@ class CounterfactualModel(torch.nn.Module):
     def _prompt_ids(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
         return ids[-self.config.max_input_length :]
+
+    def _answer_writings(self, answer: str | None) -> list[list[int]] | None:
+        """An edit's answer as the model may write it: after a space, and capitalized (an answer first)."""
+        if not answer or not answer.strip():
+            return None
+        answer = answer.strip()
+        forms = dict.fromkeys([answer, answer[:1].upper() + answer[1:]])
+        return [self._answer_ids(" " + form) for form in forms]
 
     def _answer_ids(self, answer: str) -> list[int]:
         return self.tokenizer(answer, add_special_tokens=False)["input_ids"]

@@ -82,3 +82,18 @@ def test_generate_finishes_an_answer_the_model_began_as_the_edit_writes_it(char_
 
     assert answer(2).startswith("Zagreb Republic")
     assert not answer(0).startswith("Zagreb")  # the tiny random model does not write it by itself
+
+
+def test_an_answer_written_either_way_is_followed_from_the_writing_begun():
+    capitalized = [9, 6, 7, 8]
+    assert scores_after([9, 6], answers=([ANSWER, capitalized],))[0].argmax().item() == 7
+    assert scores_after([5, 6, 7], answers=([ANSWER, capitalized],))[0].argmax().item() == 8
+    assert torch.equal(scores_after([9, 5], answers=([ANSWER, capitalized],)), torch.zeros(1, 12))
+
+
+def test_the_model_lists_its_answers_writings(char_tokenizer):
+    model = CounterfactualModel(make_tiny_llama(char_tokenizer, seed=1), char_tokenizer)
+    ids = lambda text: char_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert model._answer_writings(" mezzo-soprano ") == [ids(" mezzo-soprano"), ids(" Mezzo-soprano")]
+    assert model._answer_writings("Croatia") == [ids(" Croatia")]
+    assert model._answer_writings("  ") is None and model._answer_writings(None) is None
