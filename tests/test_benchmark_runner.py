@@ -670,4 +670,3 @@ def test_batched_generation_answers_and_routes_as_one_query_at_a_time(
     assert serac_batched["scope_false_positive_rate"] == serac_one["scope_false_positive_rate"]
     assert serac_one["latency_pairs"] > 0 and serac_batched["latency_pairs"] == 0
     assert len({len(row["query"]) for row in one["base"]["generations"]}) > 1
-

@@ -132,7 +132,9 @@ def test_question_edits_are_written_as_their_own_question_with_the_answer():
         question, answer = row["edit_text"].split("? ", 1)
         assert answer == row["answer"] or row["kind"] in ("yes_no", "portability")
         # The question is one of the example's own, and statement edits stay statements.
-        assert any(query.text == f"{question}?" for example in questions.values() for query in example.in_scope)
+        assert any(
+            query.text == f"{question}?" for example in questions.values() for query in example.in_scope
+        )
         assert not before["edit_text"].endswith("?")
     assert changed > 20
     with pytest.raises(ValueError, match="question_fraction"):
