@@ -759,6 +759,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="serac serve --max-batch-size for both serac runs (default: its own)",
     )
     parser.add_argument(
+        "--batching",
+        choices=["continuous", "dynamic"],
+        help="serac serve --batching for both serac runs (default: its own)",
+    )
+    parser.add_argument(
         "--transformers-serve",
         choices=["cb", "plain"],
         help="also run `transformers serve` on the same model in each round, as an anchor: with "
@@ -798,6 +803,8 @@ def main(argv: list[str] | None = None) -> dict:
     served = ["--model", model_path, "--editor", editor]
     if args.max_batch_size is not None:
         served += ["--max-batch-size", str(args.max_batch_size)]
+    if args.batching is not None:
+        served += ["--batching", args.batching]
     plan = Plan.make(args.requests, args.in_scope_share, args.stream_share, args.seed)
     runs_of_a_round: list[tuple[str, list[str], bool]] = [
         ("base", ["--no-edits"], False),

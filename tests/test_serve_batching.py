@@ -182,7 +182,7 @@ def test_a_cancelled_row_stops_alone(generator):
 
 def test_the_batcher_groups_waiting_jobs_by_sampling_settings(generator, base_model):
     gate = GatedGenerate(base_model)
-    batcher = GenerationBatcher(make_router_stub(), generator, max_batch_size=3)
+    batcher = GenerationBatcher(make_router_stub(), generator, max_batch_size=3, continuous=False)
     gate.waiting, gate.expected = lambda: batcher.waiting, 7
     base_model.generate = gate
     try:
@@ -214,7 +214,7 @@ def test_a_batch_about_to_start_waits_for_a_request_on_its_way(generator, base_m
             time.sleep(2.0)  # a pass of 2 s: the next batch may wait up to a quarter of it
         return generate(**kwargs)
 
-    batcher = GenerationBatcher(make_router_stub(), generator, max_gather_s=1.0)
+    batcher = GenerationBatcher(make_router_stub(), generator, max_gather_s=1.0, continuous=False)
     base_model.generate = slow_first_call
     try:
         requests = [completion_request(prompt) for prompt in PROMPTS[:3]]
@@ -252,7 +252,7 @@ def batching_server(chat_tokenizer, embedder):  # noqa: F811
     counterfactual.calls = []
     gate = GatedGenerate(model)
     router = make_router(embedder, counterfactual, chat_tokenizer)
-    app = local_app(model, chat_tokenizer, router, admin_token=ADMIN, api_keys=(KEY,))
+    app = local_app(model, chat_tokenizer, router, admin_token=ADMIN, api_keys=(KEY,), batching="dynamic")
     gate.waiting = lambda: app.state.serac.batcher.waiting
     with serving(app) as url:
         ids = post_edits(url, [CITIZEN, SPORT]).json()["ids"]

@@ -168,6 +168,7 @@ class _Server:
             generator,
             max_batch_size=settings.max_batch_size,
             on_batch=lambda route, size: self.metrics.batch_size.labels(route).observe(size),
+            continuous=settings.batching == "continuous",
         )
         # Parsing a body of megabytes is not model work, but it must not hold the event loop either.
         self.parsing_pool = ThreadPoolExecutor(2, thread_name_prefix="serac-parsing")

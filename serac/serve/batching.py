@@ -1,4 +1,9 @@
-"""Dynamic batching: the server's generation thread answers the requests waiting for it together.
+"""The server's generation thread: continuous batching, and dynamic batching where it does not apply.
+
+With ``continuous=True`` (the server's default) a base-model batch is decoded step by step by a
+:class:`~serac.serve.continuous.ContinuousBatch`: between two steps, waiting requests with the same sampling
+settings join it, waiting edit-route requests are answered, and each row's answer goes back when it ends.
+Models and settings a continuous batch does not cover are batched per ``generate()`` call, as follows.
 
 Requests that arrive while a batch runs wait for the next pass of the generation thread, which takes the
 oldest waiting request and every other waiting one that can share its ``generate()`` call: base-model
@@ -26,6 +31,7 @@ from typing import Any
 import torch
 
 from serac.scope import ScopeDecision
+from serac.serve.continuous import ContinuousBatch
 from serac.serve.engine import (
     BaseModelGenerator,
     EditRouter,
@@ -120,6 +126,7 @@ class GenerationBatcher:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_gather_s: float = DEFAULT_MAX_GATHER_S,
         on_batch: Callable[[str, int], None] | None = None,
+        continuous: bool = True,
     ) -> None:
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
@@ -130,6 +137,7 @@ class GenerationBatcher:
         self.max_batch_size = max_batch_size
         self.max_gather_s = max_gather_s
         self.on_batch = on_batch
+        self.continuous = continuous
         self.batches = 0
         self.largest_batch = 0
         self._waiting: list[_Waiting] = []
@@ -202,8 +210,91 @@ class GenerationBatcher:
             batch = [item for item in batch if self._start(item)]
             if batch:
                 started = time.perf_counter()
-                self._answer(batch)
+                session = self._continuous_batch(batch)
+                if session is not None:
+                    self._decode_continuously(session, batch)
+                else:
+                    self._answer(batch)
                 self._last_pass_s = time.perf_counter() - started
+
+    # ------------------------------------------------------------------ continuous batching
+    def _continuous_batch(self, batch: list[_Waiting]) -> ContinuousBatch | None:
+        """A continuous batch for a base-model batch, when the model and its sampling settings allow one."""
+        if not self.continuous or self.generator is None or _batch_key(batch[0].job)[0] != "base":
+            return None
+        return ContinuousBatch.for_request(self.generator, batch[0].job.request)
+
+    def _decode_continuously(self, session: ContinuousBatch, batch: list[_Waiting]) -> None:
+        """Decode ``batch`` step by step; between steps, waiting requests with the same settings join it and
+        waiting edit-route requests are answered, and every row's answer goes back as soon as it ends."""
+        key = _batch_key(batch[0].job)
+        self._admit(session, batch)
+        while len(session):
+            with self._condition:
+                joining = self._take(key, self.max_batch_size - len(session))
+                edits = self._take_edits()
+            edits = [item for item in edits if self._start(item)]
+            if edits:
+                self._answer(edits)
+            joining = [item for item in joining if self._start(item)]
+            if joining:
+                self._admit(session, joining)
+            if len(session):
+                self._settle(session, session.step)
+
+    def _admit(self, session: ContinuousBatch, items: list[_Waiting]) -> None:
+        self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch("base_model", len(items))
+        jobs = [
+            GenerationJob(
+                item.job.prompt_ids, item.job.request, item.job.max_new_tokens, item.on_text, item.cancelled
+            )
+            for item in items
+        ]
+        self._settle(session, lambda: session.admit(jobs, items), items)
+        self.largest_batch = max(self.largest_batch, len(session))
+
+    @staticmethod
+    def _settle(session: ContinuousBatch, run: Callable[[], list], joining: Sequence[_Waiting] = ()) -> None:
+        """Run an admission or a step; answer the rows that ended, or fail every row on an error."""
+        try:
+            finished = run()
+        except Exception as error:  # every request in the batch gets the failure, not a hang
+            for item in [*session.fail(), *joining]:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        for item, result in finished:
+            item.future.set_result(result)
+
+    def _take(self, key: tuple, room: int) -> list[_Waiting]:
+        """Waiting base-model jobs that can join a running batch with ``key`` (the lock is held). None while an
+        older job needs other settings: the batch then runs out, and that job goes next."""
+        taken: list[_Waiting] = []
+        for item in self._waiting:
+            if isinstance(item.job, EditJob):
+                continue
+            if _batch_key(item.job) != key:
+                break
+            if len(taken) >= room:
+                break
+            taken.append(item)
+        if taken:
+            chosen = {id(item) for item in taken}
+            self._waiting = [item for item in self._waiting if id(item) not in chosen]
+        return taken
+
+    def _take_edits(self) -> list[_Waiting]:
+        """The oldest waiting edit-route job and those that can share its call (the lock is held)."""
+        first = next((item for item in self._waiting if isinstance(item.job, EditJob)), None)
+        if first is None:
+            return []
+        key = _batch_key(first.job)
+        taken = [item for item in self._waiting if _batch_key(item.job) == key][: self.max_batch_size]
+        chosen = {id(item) for item in taken}
+        self._waiting = [item for item in self._waiting if id(item) not in chosen]
+        return taken
 
     def _gather(self) -> None:
         """Wait (the lock is held) for requests on their way, while the batch has room: clients answered

@@ -86,7 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch-size",
         type=int,
         default=DEFAULT_MAX_BATCH_SIZE,
-        help="most concurrent requests answered by one generate() call (default: 32; 1: one at a time)",
+        help="most concurrent requests decoded together (default: 32; 1: one at a time)",
+    )
+    parser.add_argument(
+        "--batching",
+        choices=["continuous", "dynamic"],
+        default="continuous",
+        help="local mode: 'continuous' (requests join and leave the running batch between decoding steps; "
+        "models and settings it does not cover fall back to 'dynamic') or 'dynamic' (the requests waiting "
+        "for a pass share one generate() call) (default: continuous)",
     )
     parser.add_argument(
         "--no-edits",
@@ -143,6 +151,7 @@ def build_app(args: argparse.Namespace) -> Any:
         upstream_api_key=args.upstream_api_key or None,
         max_request_bytes=args.max_request_bytes,
         max_batch_size=args.max_batch_size,
+        batching=args.batching,
     )
     return create_app(router, generator=generator, upstream=upstream, settings=settings)
 

@@ -14,6 +14,7 @@ Everything here is synchronous and runs on the server's worker threads, never on
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import threading
@@ -129,6 +130,23 @@ class _Row:
     def cancelled(self) -> bool:
         return self.job.cancelled is not None and self.job.cancelled.is_set()
 
+    def add_token(self, token: int, eos_ids: set[int]) -> None:
+        """The row's next token: it ends at an end of sequence, a stop string or its budget, or when its
+        client went away."""
+        if self.done:
+            return
+        if token in eos_ids:
+            self.ended_by_eos = self.done = True
+            return
+        self.generated.append(token)
+        self.accumulator.add([token])
+        self.done = self.accumulator.stopped or len(self.generated) >= self.budget or self.cancelled()
+
+    def result(self) -> GenerationResult:
+        text = self.accumulator.finish()
+        finish = "stop" if (self.accumulator.stopped or self.ended_by_eos) else "length"
+        return GenerationResult(text, finish, len(self.job.prompt_ids), len(self.generated))
+
 
 class _RowsStop:
     """The stopping criterion of a batch, called by ``generate()`` after every step with the ids so far.
@@ -144,14 +162,7 @@ class _RowsStop:
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
-            if row.done:
-                continue
-            if token in self.eos_ids:
-                row.ended_by_eos = row.done = True
-                continue
-            row.generated.append(token)
-            row.accumulator.add([token])
-            row.done = row.accumulator.stopped or len(row.generated) >= row.budget
+            row.add_token(token, self.eos_ids)
         for row in self.rows:
             row.done = row.done or row.cancelled()
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
@@ -285,12 +296,7 @@ class BaseModelGenerator:
             kwargs[self._cache_argument] = cache
         with torch.no_grad():
             self.model.generate(**kwargs)
-        results = []
-        for row in rows:
-            text = row.accumulator.finish()
-            finish = "stop" if (row.accumulator.stopped or row.ended_by_eos) else "length"
-            results.append(GenerationResult(text, finish, len(row.job.prompt_ids), len(row.generated)))
-        return results
+        return [row.result() for row in rows]
 
     def _shared_prefix_length(self, jobs: Sequence[GenerationJob]) -> int:
         """How many first tokens every prompt shares (each keeps at least one of its own); 0 when too few
@@ -329,7 +335,7 @@ class BaseModelGenerator:
             return None
         return cache
 
-    @property
+    @functools.cached_property
     def _cache_argument(self) -> str:
         # Newer transformers name the key-value cache ``cache``; earlier ones ``past_key_values``.
         parameters = inspect.signature(self.model.forward).parameters

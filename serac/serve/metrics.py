@@ -7,8 +7,9 @@
 * ``serac_time_to_first_token_seconds{endpoint, route}``: streams only.
 * ``serac_routing_duration_seconds``: the scope classifier's decision, queueing included.
 * ``serac_edits_stored``: edits in the store; ``serac_edit_writes_total{operation, status}``.
-* ``serac_generation_batch_size{route}``: requests answered by one ``generate()`` call of the base model
-  (``base_model``) or the counterfactual model (``edit``).
+* ``serac_generation_batch_size{route}``: requests that started decoding together: one admission into a
+  continuous batch or one ``generate()`` call of the base model (``base_model``), one call of the
+  counterfactual model (``edit``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ __all__ = ["DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_REQUEST_BYTES", "ServeSettings
 
 #: The largest request body a server reads by default: far above any chat a context window holds.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
-#: The most requests one ``generate()`` call answers by default.
+#: The most requests decoded together by default.
 DEFAULT_MAX_BATCH_SIZE = 32
 
 
@@ -26,8 +26,11 @@ class ServeSettings:
             ``Authorization`` header. A client's own header is never passed on: it may hold the admin token.
         upstream_timeout: seconds to wait for the upstream.
         max_request_bytes: the largest request body read; a larger one gets a 413 before it is parsed.
-        max_batch_size: the most requests one ``generate()`` call answers (local mode's base model, and the
+        max_batch_size: the most requests decoded together (local mode's base model, and one call of the
             counterfactual model); 1 answers them one at a time.
+        batching: local mode's base model: ``"continuous"`` (requests join and leave the running batch
+            between decoding steps, see :mod:`serac.serve.continuous`; what it does not cover falls back to
+            dynamic batching) or ``"dynamic"`` (the requests waiting for a pass share one ``generate()`` call).
     """
 
     model_name: str = "serac"
@@ -39,6 +42,7 @@ class ServeSettings:
     upstream_timeout: float = 600.0
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batching: str = "continuous"
 
     def __post_init__(self) -> None:
         if self.admin_token is not None and not self.admin_token:
@@ -55,10 +59,13 @@ class ServeSettings:
             isinstance(self.max_batch_size, int) and self.max_batch_size >= 1
         ):
             raise ValueError(f"max_batch_size must be a positive integer, got {self.max_batch_size!r}")
+        if self.batching not in ("continuous", "dynamic"):
+            raise ValueError(f"batching must be 'continuous' or 'dynamic', got {self.batching!r}")
 
     def __repr__(self) -> str:  # keep tokens out of logs and tracebacks
         return (
             f"ServeSettings(model_name={self.model_name!r}, admin_token={'set' if self.admin_token else None}, "
             f"api_keys={len(self.api_keys)}, max_tokens={self.max_tokens}, "
-            f"max_request_bytes={self.max_request_bytes}, max_batch_size={self.max_batch_size})"
+            f"max_request_bytes={self.max_request_bytes}, max_batch_size={self.max_batch_size}, "
+            f"batching={self.batching!r})"
         )
