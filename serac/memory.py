@@ -111,11 +111,16 @@ class EditMemory:
             return result
         with self.store.lock:
             live = sorted({edit_id for edit_id in result if edit_id in self.store})
+        # Outside the store's lock (same_fact takes it only to read): its embeddings and classifier passes
+        # must not hold routing back. Edits removed meanwhile are left out below.
+        same = self.scope_classifier.same_fact(live, self.store)
+        with self.store.lock:
             retiring: dict[int, int] = {}
-            for newer, older_ids in sorted(self.scope_classifier.same_fact(live, self.store).items()):
+            for newer, older_ids in sorted(same.items()):
                 for older in older_ids:
-                    # The newest edit of the fact stands for it.
-                    retiring[older] = max(newer, retiring.get(older, newer))
+                    if newer in self.store and older in self.store:
+                        # The newest edit of the fact stands for it.
+                        retiring[older] = max(newer, retiring.get(older, newer))
             retired = self.store.retire(retiring) if retiring else []
         if retired:
             logger.warning(
