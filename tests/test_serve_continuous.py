@@ -11,7 +11,7 @@ pytest.importorskip("fastapi")
 
 from serac.serve import BaseModelGenerator  # noqa: E402
 from serac.serve.batching import BaseJob, GenerationBatcher  # noqa: E402
-from serac.serve.continuous import ContinuousBatch, continuous_decoding  # noqa: E402
+from serac.serve.continuous import ContinuousBatch, SharedPrefix, continuous_decoding  # noqa: E402
 from serac.serve.engine import GenerationJob  # noqa: E402
 from serac.serve.protocol import parse_completion_request  # noqa: E402
 
@@ -81,6 +81,43 @@ def test_rows_joining_between_steps_get_the_answers_they_get_alone(generator):
     assert "".join(pieces) == expected[1].text  # streamed as it was decoded
     # Rows leave as they end: the shortest budgets first, not all together at the end.
     assert order.index(2) < order.index(3)
+
+
+def test_prompts_read_the_beginning_they_share_once_across_admissions(generator):
+    system = "System: answer in one short line.\nUser: "
+    jobs = [
+        job(generator, system + question, 7)
+        for question in ["Hi", "Why is the sky blue?", "?", "Name a bee."]
+    ]
+    expected = [alone(generator, item) for item in jobs]
+    prefix = SharedPrefix(minimum=8)
+    computed = []
+
+    def counting(batch):
+        states = batch._prefix_states
+
+        def compute(tokens):
+            computed.append(len(tokens))
+            return states(tokens)
+
+        batch._prefix_states = compute
+        return batch
+
+    batch = counting(ContinuousBatch.for_request(generator, jobs[0].request, prefix))
+    finished = dict(batch.admit(jobs[:1], [0]))  # alone, with nothing before it: nothing shared yet
+    finished.update(batch.step())
+    finished.update(batch.admit(jobs[1:3], [1, 2]))  # shares the system line with each other and the first
+    finished.update(batch.step())
+    while len(batch):
+        finished.update(batch.step())
+    # A later batch reuses the kept beginning.
+    batch = counting(ContinuousBatch.for_request(generator, jobs[0].request, prefix))
+    finished.update(batch.admit(jobs[3:], [3]))
+    while len(batch):
+        finished.update(batch.step())
+    assert [finished[index] for index in range(len(jobs))] == expected
+    assert computed == [len(generator.prompt_ids(jobs[0].request)) - 2]  # once: the system line, "User: "
+    assert prefix.tokens == jobs[1].prompt_ids[: computed[0]]
 
 
 def test_a_cancelled_row_leaves_and_the_others_go_on(generator):

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 
 from serac.scope import ScopeDecision
-from serac.serve.continuous import ContinuousBatch
+from serac.serve.continuous import ContinuousBatch, SharedPrefix
 from serac.serve.engine import (
+    MIN_SHARED_PREFIX,
     BaseModelGenerator,
     EditRouter,
     GenerationJob,
@@ -138,6 +139,7 @@ class GenerationBatcher:
         self.max_gather_s = max_gather_s
         self.on_batch = on_batch
         self.continuous = continuous
+        self._prefix = SharedPrefix(MIN_SHARED_PREFIX)
         self.batches = 0
         self.largest_batch = 0
         self._waiting: list[_Waiting] = []
@@ -222,7 +224,7 @@ class GenerationBatcher:
         """A continuous batch for a base-model batch, when the model and its sampling settings allow one."""
         if not self.continuous or self.generator is None or _batch_key(batch[0].job)[0] != "base":
             return None
-        return ContinuousBatch.for_request(self.generator, batch[0].job.request)
+        return ContinuousBatch.for_request(self.generator, batch[0].job.request, self._prefix)
 
     def _decode_continuously(self, session: ContinuousBatch, batch: list[_Waiting]) -> None:
         """Decode ``batch`` step by step; between steps, waiting requests with the same settings join it and

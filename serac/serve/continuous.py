@@ -30,7 +30,7 @@ from serac.serve.protocol import GenerationRequest
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContinuousBatch", "Decoding", "continuous_decoding"]
+__all__ = ["ContinuousBatch", "Decoding", "SharedPrefix", "continuous_decoding"]
 
 #: Logits processors that read only the scores (not the tokens so far): a batch whose rows have different
 #: lengths can apply them as ``generate()`` does.
@@ -85,6 +85,43 @@ def continuous_decoding(model: Any, sampling: dict[str, Any]) -> Decoding | None
     return Decoding(processors, bool(generation_config.do_sample))
 
 
+class SharedPrefix:
+    """The keys and values of the beginning that recent prompts share (a chat template's system prompt),
+    kept from batch to batch: a prompt that starts with it reads only the rest of itself.
+
+    The beginning is the longest one the prompts being admitted share with each other and with the prompt
+    admitted before them, when it is at least ``minimum`` tokens; its keys and values are computed once
+    (one row, no padding) and reused, cut to a shorter shared beginning where needed.
+    """
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+        self.tokens: list[int] = []
+        self.states: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._last: list[int] | None = None
+
+    def lookup(
+        self, prompts: Sequence[list[int]], compute: Any
+    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """``(length, states)`` of the beginning ``prompts`` share (each keeps one token of its own), or
+        ``(0, [])``; ``compute(tokens)`` gives the states of a beginning not kept yet."""
+        others = list(prompts) + ([self._last] if self._last is not None else [])
+        self._last = list(prompts[-1])
+        if len(others) < 2:
+            return 0, []
+        first, limit = prompts[0], min(len(prompt) for prompt in prompts) - 1
+        length = 0
+        while length < limit and all(
+            length < len(other) and other[length] == first[length] for other in others
+        ):
+            length += 1
+        if length < self.minimum:
+            return 0, []
+        if len(self.tokens) < length or self.tokens[:length] != first[:length]:
+            self.tokens, self.states = list(first[:length]), compute(first[:length])
+        return length, [(keys[:, :, :length], values[:, :, :length]) for keys, values in self.states]
+
+
 class ContinuousBatch:
     """Rows decoded together, step by step; prompts join between steps and ended rows leave at once.
 
@@ -96,8 +133,9 @@ class ContinuousBatch:
     job was admitted with.
     """
 
-    def __init__(self, generator: Any, decoding: Decoding) -> None:
+    def __init__(self, generator: Any, decoding: Decoding, prefix: SharedPrefix | None = None) -> None:
         self.generator = generator
+        self.prefix = prefix
         self.model = generator.model
         self.decoding = decoding
         self.device = next(self.model.parameters()).device
@@ -111,15 +149,17 @@ class ContinuousBatch:
         return len(self._rows)
 
     @classmethod
-    def for_request(cls, generator: Any, request: GenerationRequest) -> ContinuousBatch | None:
+    def for_request(
+        cls, generator: Any, request: GenerationRequest, prefix: SharedPrefix | None = None
+    ) -> ContinuousBatch | None:
         """A batch for requests with ``request``'s sampling settings, or ``None`` when ``generate()`` must
-        answer them."""
+        answer them; ``prefix`` keeps the prompts' shared beginning from batch to batch."""
         from serac.serve.engine import _sampling_kwargs
 
         if generator.is_encoder_decoder:
             return None
         decoding = continuous_decoding(generator.model, _sampling_kwargs(request))
-        return None if decoding is None else cls(generator, decoding)
+        return None if decoding is None else cls(generator, decoding, prefix)
 
     def admit(self, jobs: Sequence[Any], tags: Sequence[Any]) -> list[tuple[Any, Any]]:
         """Read the prompts of ``jobs`` (:class:`~serac.serve.engine.GenerationJob`) and choose their first
@@ -135,13 +175,22 @@ class ContinuousBatch:
             _Row(job, generator.tokenizer, generator.budget(len(job.prompt_ids), job.max_new_tokens))
             for job in jobs
         ]
-        width = max(len(job.prompt_ids) for job in jobs)
-        ids = [[generator.pad_id] * (width - len(job.prompt_ids)) + job.prompt_ids for job in jobs]
-        mask = [[0] * (width - len(job.prompt_ids)) + [1] * len(job.prompt_ids) for job in jobs]
+        prompts = [job.prompt_ids for job in jobs]
+        shared, states = (0, []) if self.prefix is None else self.prefix.lookup(prompts, self._prefix_states)
+        # The shared beginning, then each row's padding, then the rest of its prompt: position ids follow
+        # the mask, so each row reads its prompt at the positions it has alone.
+        rests = [prompt[shared:] for prompt in prompts]
+        width = max(len(rest) for rest in rests)
+        ids = [[generator.pad_id] * (width - len(rest)) + rest for rest in rests]
+        mask = [[1] * shared + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=self.device)
-        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)
-        cache = DynamicCache(config=self.model.config)
+        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)[:, shared:]
+        rows_states = [
+            (keys.expand(len(jobs), -1, -1, -1), values.expand(len(jobs), -1, -1, -1))
+            for keys, values in states
+        ]
+        cache = DynamicCache(rows_states or None, config=self.model.config)
         logits = self._forward(input_ids, attention_mask, position_ids, cache)
         tokens = self.decoding.choose(logits)
         if self._cache is None:
@@ -172,7 +221,11 @@ class ContinuousBatch:
 
     # ------------------------------------------------------------------------------------------ internals
     def _forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache: Any
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        cache: Any,
     ) -> torch.Tensor:
         with torch.no_grad():
             output = self.model(
@@ -183,6 +236,14 @@ class ContinuousBatch:
                 **{self.generator._cache_argument: cache},
             )
         return output.logits[:, -1, :].to(dtype=torch.float32)
+
+    def _prefix_states(self, tokens: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        input_ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        self._forward(input_ids, torch.ones_like(input_ids), None, cache)
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _join(self, cache: Any, mask: torch.Tensor, tokens: torch.Tensor) -> None:
         """Append new rows' cache, padding the shorter side on the left to a common length."""
