@@ -106,14 +106,27 @@ class EditMemory:
         to the store's history (:meth:`retired`), where :meth:`restore` finds it. Every returned id is live:
         an edit superseded by another edit of the same call gets the id of the one that stands for it.
         """
-        result = self.store.add([edits] if isinstance(edits, Edit) else edits)
+        edits = [edits] if isinstance(edits, Edit) else list(edits)
+        query_vectors = None
+        if (
+            supersede
+            and edits
+            and all(isinstance(edit, Edit) for edit in edits)
+            and (2 * len(edits) <= self.store.config.encode_batch_size)
+        ):
+            # A few edits (a server's write): their texts and their queries in one pass of the embedder.
+            vectors = self.store.encode([edit.text for edit in edits] + [edit.query for edit in edits])
+            result = self.store.add(edits, embeddings=vectors[: len(edits)])
+            query_vectors = {edit_id: vectors[len(edits) + i] for i, edit_id in enumerate(result)}
+        else:
+            result = self.store.add(edits)
         if not supersede or not result:
             return result
         with self.store.lock:
             live = sorted({edit_id for edit_id in result if edit_id in self.store})
         # Outside the store's lock (same_fact takes it only to read): its embeddings and classifier passes
         # must not hold routing back. Edits removed meanwhile are left out below.
-        same = self.scope_classifier.same_fact(live, self.store)
+        same = self.scope_classifier.same_fact(live, self.store, query_vectors=query_vectors)
         with self.store.lock:
             retiring: dict[int, int] = {}
             for newer, older_ids in sorted(same.items()):

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -238,7 +238,13 @@ class ScopeClassifier(ABC):
                 decisions.append(ScopeDecision(in_scope=False, edit_id=None, score=score))
         return decisions
 
-    def same_fact(self, edit_ids: Sequence[int], store: EditStore) -> dict[int, list[int]]:
+    def same_fact(
+        self,
+        edit_ids: Sequence[int],
+        store: EditStore,
+        *,
+        query_vectors: Mapping[int, np.ndarray] | None = None,
+    ) -> dict[int, list[int]]:
         """For each stored edit in ``edit_ids``, the older stored edits that state the same fact.
 
         Two edits state the same fact when they are about the same entity (the same subject, or for edits
@@ -247,6 +253,8 @@ class ScopeClassifier(ABC):
         designed X?" and "Which architect built X?"). A correction of a fact, whatever its wording, then
         replaces the earlier correction instead of competing with it; edits about other entities, or other
         relations of the same entity, are never taken for one fact. An older edit is one with a smaller id.
+        ``query_vectors`` (edit id -> the embedding of its query) spares embedding queries the caller has
+        embedded already.
 
         Example:
             >>> ids = store.add([Edit(prompt="Who designed {}?", subject="X", target="A"),
@@ -260,7 +268,10 @@ class ScopeClassifier(ABC):
             return {}
         newer_ids = list(edits)
         queries = [edits[edit_id].query for edit_id in newer_ids]
-        vectors = store.encode(queries)
+        if query_vectors is not None and all(edit_id in query_vectors for edit_id in newer_ids):
+            vectors = np.stack([query_vectors[edit_id] for edit_id in newer_ids])  # embedded by the caller
+        else:
+            vectors = store.encode(queries)
         pairs: list[tuple[int, int, Edit, Edit, str]] = []
         with store.lock:
             hits = store.search(vectors, k=self.config.top_k)

@@ -225,6 +225,30 @@ def test_an_id_outside_the_id_range_is_an_unknown_id(counterfactual, embedder, t
     assert [edit_id for edit_id, _ in memory.edits] == ids
 
 
+def test_a_write_of_one_edit_embeds_once_and_still_finds_the_fact_it_supersedes(counterfactual, embedder):
+    memory = make_memory(counterfactual, embedder)
+    (older,) = memory.edit(MAYOR)
+    calls = []
+    encode = embedder.encode
+
+    def counting_encode(texts, *args, **kwargs):
+        calls.append(list(texts))
+        return encode(texts, *args, **kwargs)
+
+    embedder.encode = counting_encode
+    try:
+        result = memory.edit(MAYOR_AGAIN)
+    finally:
+        del embedder.encode
+    # One pass of the embedder for the stored text and the query looked up for the same fact (the
+    # classifier's own passes over candidates come after it).
+    assert calls[0] == [MAYOR_AGAIN.text, MAYOR_AGAIN.query]
+    assert sum(MAYOR_AGAIN.query in texts or MAYOR_AGAIN.text in texts for texts in calls) == 1
+    assert result.retired == [older] and memory.edits == [(result[0], MAYOR_AGAIN)]
+    (hit,) = memory.store.search(memory.store.encode([MAYOR_AGAIN.text]), k=1)
+    assert hit[0][0] == result[0] and hit[0][1] > 0.999  # stored under its text's own embedding
+
+
 def test_removing_a_retired_id_says_it_was_retired(counterfactual, embedder):
     memory = make_memory(counterfactual, embedder)
     (older,) = memory.edit(MAYOR)

@@ -360,27 +360,24 @@ def test_routing_goes_on_while_an_edit_write_is_slow(batching_server, embedder, 
     assert (text, routing["edit_id"]) == ("Jane Austen"[:8], new_id)  # 8 tokens: the budget
 
 
-def test_routing_goes_on_while_a_write_looks_for_the_fact_it_supersedes(
-    batching_server, embedder, monkeypatch
-):
-    # After storing an edit, a write embeds its query to find older edits of the same fact: that embedding
-    # (and the scope classifier's passes after it) must not hold the store's lock, which routing reads under.
+def test_routing_goes_on_while_a_write_looks_for_the_fact_it_supersedes(batching_server, monkeypatch):
+    # After storing an edit, a write looks for older edits of the same fact (the scope classifier's passes
+    # over candidates): that must not hold the store's lock, which routing reads under.
     url, app, model, gate, counterfactual, (citizen_id, _) = batching_server
-    slow_text = "Who wrote the novel Moby-Dick?"
-    calls, in_lookup, release = [], threading.Event(), threading.Event()
-    encode = embedder.encode
+    classifier = app.state.serac.router.memory.scope_classifier
+    in_lookup, release = threading.Event(), threading.Event()
+    same_fact = classifier.same_fact
 
-    def slow_second_encode(texts, *args, **kwargs):
-        if any(slow_text in text for text in ([texts] if isinstance(texts, str) else texts)):
-            calls.append(texts)
-            if len(calls) == 2:  # the first stores the edit; the second looks for the same fact
-                in_lookup.set()
-                release.wait(timeout=20)
-        return encode(texts, *args, **kwargs)
+    def slow_same_fact(*args, **kwargs):
+        in_lookup.set()
+        release.wait(timeout=20)
+        return same_fact(*args, **kwargs)
 
-    monkeypatch.setattr(embedder, "encode", slow_second_encode)
+    monkeypatch.setattr(classifier, "same_fact", slow_same_fact)
     with ThreadPoolExecutor(1) as pool:
-        write = pool.submit(post_edits, url, [{"prompt": slow_text, "target": "Jane Austen"}])
+        write = pool.submit(
+            post_edits, url, [{"prompt": "Who wrote the novel Moby-Dick?", "target": "Jane Austen"}]
+        )
         assert in_lookup.wait(timeout=60)
         started = time.monotonic()
         text, routing = ask_all(url, [CITIZEN["prompt"]])[0]
