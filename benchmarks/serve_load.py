@@ -657,7 +657,8 @@ def measure_proxy(args: argparse.Namespace, workdir: Path, model_path: str, edit
     try:
         upstream.wait_ready(900)
         proxy = ServerProcess(
-            ["--upstream", upstream.url + "/v1", "--editor", editor, "--store", f"sqlite:///{path}"],
+            ["--upstream", upstream.url + "/v1", "--editor", editor, "--store", f"sqlite:///{path}"]
+            + (["--speculative-upstream"] if args.speculative_upstream else []),
             workdir / "proxy.log",
         )
         proxy.wait_ready(900)
@@ -679,6 +680,7 @@ def measure_proxy(args: argparse.Namespace, workdir: Path, model_path: str, edit
     return {
         **figures,
         "max_tokens": args.proxy_max_tokens,
+        "speculative_upstream": args.speculative_upstream,
         "routing_mean_ms": round((routing_after[0] - routing_before[0]) / decisions * 1000, 1)
         if decisions
         else None,
@@ -782,6 +784,11 @@ def main(argv: list[str] | None = None) -> dict:
         type=int,
         default=1,
         help="new tokens per request of the proxy measurement (few: the upstream's own spread stays small)",
+    )
+    parser.add_argument(
+        "--speculative-upstream",
+        action="store_true",
+        help="the proxy measurement's serac serve sends each request upstream while it is routed",
     )
     parser.add_argument("--skip-load", action="store_true", help="only the proxy measurement")
     parser.add_argument("--output", help="write the figures as JSON here")

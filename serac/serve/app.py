@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import threading
 import time
@@ -36,7 +35,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -49,8 +47,6 @@ from serac.serve.in_context import in_context_config, request_with_edit
 from serac.serve.metrics import ServerMetrics
 from serac.serve.persistence import describe, description
 from serac.serve.protocol import (
-    ROUTING_FIELD,
-    ROUTING_HEADER,
     APIError,
     GenerationRequest,
     Routing,
@@ -64,17 +60,16 @@ from serac.serve.protocol import (
     parse_completion_request,
     parse_edits,
     parse_json_body,
+    routing_header,
+    sse,
 )
 from serac.serve.settings import DEFAULT_MAX_REQUEST_BYTES, ServeSettings
+from serac.serve.upstream import Upstream
 from serac.store import UnknownEditError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MAX_REQUEST_BYTES", "ServeSettings", "create_app"]
-
-#: The upstream's response headers passed back to the client: the ones OpenAI clients act on (backing off).
-UPSTREAM_HEADERS_FOR_CLIENTS = ("retry-after", "retry-after-ms", "x-should-retry")
-UPSTREAM_HEADER_PREFIXES_FOR_CLIENTS = ("x-ratelimit-",)
 
 
 def _token_matches(given: str | None, expected: str) -> bool:
@@ -85,19 +80,6 @@ def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-def _routing_header(routing: Routing) -> dict[str, str]:
-    return {ROUTING_HEADER: json.dumps(routing.to_json(), separators=(",", ":"))}
-
-
-def _headers_for_clients(upstream: httpx.Response) -> dict[str, str]:
-    """The upstream's rate-limit and retry headers, which a client needs to back off; nothing else."""
-    return {
-        name: value
-        for name, value in upstream.headers.items()
-        if name in UPSTREAM_HEADERS_FOR_CLIENTS or name.startswith(UPSTREAM_HEADER_PREFIXES_FOR_CLIENTS)
-    }
 
 
 def _longest_token_chars(tokenizer: Any) -> int:
@@ -114,25 +96,6 @@ def _longest_token_chars(tokenizer: Any) -> int:
     except (AttributeError, NotImplementedError):
         return 0
     return max((len(token) for token in vocabulary), default=0)
-
-
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-def _with_routing(line: str, routing: Routing) -> str:
-    """An upstream SSE line with the routing field added to its JSON payload; other lines unchanged."""
-    if not line.startswith("data:"):
-        return line
-    payload = line[5:].strip()
-    if not payload.startswith("{"):
-        return line  # "[DONE]" and anything that is not a JSON object pass through as they are
-    try:
-        data = json.loads(payload)
-    except json.JSONDecodeError:
-        return line
-    data[ROUTING_FIELD] = routing.to_json()
-    return "data: " + json.dumps(data, ensure_ascii=False)
 
 
 class _Server:
@@ -152,8 +115,8 @@ class _Server:
         self.router = router
         self.settings = settings
         self.generator = generator
-        self.upstream = upstream.rstrip("/") if upstream else None
         self.metrics = ServerMetrics()
+        self.upstream = Upstream(upstream, settings, self.metrics, self._record) if upstream else None
         self.metrics.edits_stored.set(len(router.store))
         self.routing_pool = ThreadPoolExecutor(1, thread_name_prefix="serac-routing")
         # Edit writes (an embedding and a database transaction) have a worker of their own, so a slow write
@@ -176,7 +139,6 @@ class _Server:
         if generator is not None and generator.max_length is not None:
             longest = _longest_token_chars(generator.tokenizer)
             self.max_prompt_chars = generator.max_length * longest if longest else None
-        self.http: httpx.AsyncClient | None = None
         self.pending_routes: list[tuple[str, asyncio.Future]] = []
         self.routing_task: asyncio.Task | None = None
         self.max_route_batch = 64
@@ -340,6 +302,7 @@ class _Server:
         route, status, streaming = "none", 500, False
         # Until its job is submitted, a batch about to start may wait a little for this request.
         arrival = self.batcher.arrival()
+        sent: asyncio.Task | None = None  # a speculative request upstream, started before routing
         try:
             self.check_inference(request)
             # Only a server that answers every request itself refuses fields it does not know; a proxy
@@ -353,6 +316,8 @@ class _Server:
                 self.check_prompt_length(parsed)
                 # Off the generation thread, which may be running a batch meanwhile.
                 prompt_ids = await self.run(self.parsing_pool, self.generator.prompt_ids, parsed)
+            if self.upstream is not None and self.settings.speculative_upstream and self.router.enabled:
+                sent = self.upstream.speculate(request, endpoint, raw)
             routing_started = time.perf_counter()
             # A chat is routed by its conversation: the last user turn read with the turns before it.
             routing, decision = await self.route(
@@ -375,7 +340,14 @@ class _Server:
             elif prompt_ids is not None:
                 job = self._base_job(prompt_ids, parsed, max_new_tokens)
             else:
-                response = await self.forward(request, endpoint, raw, parsed.stream, routing, started)
+                assert self.upstream is not None  # proxy mode: no prompt ids
+                if sent is not None and in_context is None:
+                    upstream_response, sent = await sent, None  # the request as sent, routed out of scope
+                else:
+                    upstream_response = await self.upstream.send(request, endpoint, raw)
+                response = await self.upstream.respond(
+                    upstream_response, endpoint, parsed.stream, routing, started
+                )
                 status, streaming = response.status_code, isinstance(response, StreamingResponse)
                 return response
             if parsed.stream:
@@ -383,18 +355,20 @@ class _Server:
                 return StreamingResponse(
                     self._stream(self._submit_streamed(job), parsed, endpoint, routing, started),
                     media_type="text/event-stream",
-                    headers=_routing_header(routing),
+                    headers=routing_header(routing),
                 )
             result: GenerationResult = await asyncio.wrap_future(self.batcher.submit(job))
             status = 200
             return JSONResponse(
-                self._body(parsed, endpoint, routing, result), headers=_routing_header(routing)
+                self._body(parsed, endpoint, routing, result), headers=routing_header(routing)
             )
         except APIError as error:
             status = error.status_code
             raise
         finally:
             arrival.done()
+            if sent is not None:  # answered here, or with the edit in it, or refused: not the speculative one
+                Upstream.drop(sent)
             if not streaming:  # a stream records itself when it ends
                 self._record(endpoint, route, status, started)
 
@@ -481,7 +455,7 @@ class _Server:
 
         try:
             if endpoint == "chat":
-                yield _sse(chunk(delta={"role": "assistant", "content": ""}))
+                yield sse(chunk(delta={"role": "assistant", "content": ""}))
             while True:
                 kind, value = await queue.get()
                 if kind == "done":
@@ -491,23 +465,21 @@ class _Server:
                         time.perf_counter() - started
                     )
                     first = False
-                yield _sse(chunk(delta={"content": value}) if endpoint == "chat" else chunk(text=value))
+                yield sse(chunk(delta={"content": value}) if endpoint == "chat" else chunk(text=value))
             try:
                 result: GenerationResult = future.result()
             except Exception as error:  # the status line is sent already: report the failure in the stream
                 logger.exception("generation failed during a stream")
                 status = 500
-                yield _sse(
-                    error_body(f"generation failed: {type(error).__name__}", error_type="server_error")
-                )
+                yield sse(error_body(f"generation failed: {type(error).__name__}", error_type="server_error"))
                 return
-            yield _sse(
+            yield sse(
                 chunk(delta={}, finish_reason=result.finish_reason)
                 if endpoint == "chat"
                 else chunk(finish_reason=result.finish_reason)
             )
             if parsed.include_usage:
-                yield _sse(chunk(usage=(result.prompt_tokens, result.completion_tokens)))
+                yield sse(chunk(usage=(result.prompt_tokens, result.completion_tokens)))
             yield "data: [DONE]\n\n"
         finally:
             # A client that went away stops the generation at its next token.
@@ -515,77 +487,6 @@ class _Server:
             self._record(endpoint, routing.route, status, started)
 
     # ------------------------------------------------------------------ proxy
-    def upstream_headers(self, request: Request) -> dict[str, str]:
-        """The headers of a request to the upstream: the upstream's own key, never the client's header
-        (it may be the admin token, which must not leave this server)."""
-        headers = {"content-type": "application/json", "accept": request.headers.get("accept", "*/*")}
-        if self.settings.upstream_api_key:
-            headers["authorization"] = f"Bearer {self.settings.upstream_api_key}"
-        return headers
-
-    async def forward(
-        self, request: Request, endpoint: str, raw: bytes, stream: bool, routing: Routing, started: float
-    ) -> Response:
-        """Send the request body, unchanged, to the upstream; pass its answer (or error) back."""
-        assert self.http is not None and self.upstream is not None  # set up by the app's lifespan
-        path = "/chat/completions" if endpoint == "chat" else "/completions"
-        upstream_request = self.http.build_request(
-            "POST", self.upstream + path, content=raw, headers=self.upstream_headers(request)
-        )
-        try:
-            response = await self.http.send(upstream_request, stream=True)
-        except httpx.HTTPError as error:
-            raise APIError(
-                502,
-                f"the upstream did not answer: {type(error).__name__}",
-                error_type="upstream_error",
-                code="upstream_unreachable",
-            ) from None
-        content_type = response.headers.get("content-type", "")
-        headers = {**_headers_for_clients(response), **_routing_header(routing)}
-        if stream and response.status_code == 200 and content_type.startswith("text/event-stream"):
-            return StreamingResponse(
-                self._relay(response, endpoint, routing, started),
-                status_code=200,
-                media_type="text/event-stream",
-                headers=headers,
-            )
-        try:
-            content = await response.aread()
-        finally:
-            await response.aclose()
-        if response.status_code == 200 and content_type.startswith("application/json"):
-            with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
-                data = json.loads(content)
-                if isinstance(data, dict):
-                    data[ROUTING_FIELD] = routing.to_json()
-                    return JSONResponse(data, headers=headers)
-        # Errors (and anything unexpected) go back as the upstream sent them.
-        return Response(
-            content, status_code=response.status_code, media_type=content_type or None, headers=headers
-        )
-
-    async def _relay(
-        self, response: httpx.Response, endpoint: str, routing: Routing, started: float
-    ) -> AsyncIterator[str]:
-        status, first = 200, True
-        try:
-            async for line in response.aiter_lines():
-                if first:
-                    self.metrics.first_token.labels(endpoint, routing.route).observe(
-                        time.perf_counter() - started
-                    )
-                    first = False
-                yield _with_routing(line, routing) + "\n"
-        except httpx.HTTPError as error:
-            status = 502
-            yield _sse(
-                error_body(f"the upstream stream broke: {type(error).__name__}", error_type="upstream_error")
-            )
-        finally:
-            await response.aclose()
-            self._record(endpoint, routing.route, status, started)
-
     # ------------------------------------------------------------------ edits
     def add_edits(self, edits: list[Any]) -> list[int]:
         ids = self.router.add_edits(edits)
@@ -643,7 +544,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if server.upstream is not None:
-            server.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.upstream_timeout, connect=10.0))
+            server.upstream.open()
         logger.info(
             "Serving %s in %s mode; edits: %s",
             settings.model_name,
@@ -653,8 +554,8 @@ def create_app(
         try:
             yield
         finally:
-            if server.http is not None:
-                await server.http.aclose()
+            if server.upstream is not None:
+                await server.upstream.close()
             server.routing_pool.shutdown(wait=False, cancel_futures=True)
             server.writes_pool.shutdown(wait=False, cancel_futures=True)
             server.batcher.close()
@@ -694,21 +595,7 @@ def create_app(
     async def models(request: Request) -> Response:
         server.check_inference(request)
         if server.upstream is not None:
-            assert server.http is not None
-            try:
-                response = await server.http.get(
-                    server.upstream + "/models", headers=server.upstream_headers(request)
-                )
-            except httpx.HTTPError as error:
-                raise APIError(
-                    502, f"the upstream did not answer: {type(error).__name__}", error_type="upstream_error"
-                ) from None
-            return Response(
-                response.content,
-                status_code=response.status_code,
-                media_type=response.headers.get("content-type"),
-                headers=_headers_for_clients(response),
-            )
+            return await server.upstream.models(request)
         return JSONResponse(
             {
                 "object": "list",

@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         "for a pass share one generate() call) (default: continuous)",
     )
     parser.add_argument(
+        "--speculative-upstream",
+        action="store_true",
+        help="proxy mode: send each request upstream while it is routed (out-of-scope requests wait for no "
+        "routing); an in-scope one is dropped there once routed, after the upstream may have read it",
+    )
+    parser.add_argument(
         "--no-edits",
         action="store_true",
         help="serve the base model only: no routing, edits API read-only (a baseline for measurements)",
@@ -152,6 +158,7 @@ def build_app(args: argparse.Namespace) -> Any:
         max_request_bytes=args.max_request_bytes,
         max_batch_size=args.max_batch_size,
         batching=args.batching,
+        speculative_upstream=args.speculative_upstream,
     )
     return create_app(router, generator=generator, upstream=upstream, settings=settings)
 

@@ -30,6 +30,8 @@ __all__ = [
     "error_body",
     "parse_chat_request",
     "parse_json_body",
+    "routing_header",
+    "sse",
     "parse_completion_request",
     "parse_edits",
 ]
@@ -116,6 +118,17 @@ class APIError(Exception):
         return error_body(
             self.message, error_type=self.error_type, param=self.param, code=self.code, details=self.details
         )
+
+
+def routing_header(routing: Routing) -> dict[str, str]:
+    """The routing of an answer as a response header (:data:`ROUTING_HEADER`), for clients that read
+    headers before the body."""
+    return {ROUTING_HEADER: json.dumps(routing.to_json(), separators=(",", ":"))}
+
+
+def sse(payload: dict[str, Any]) -> str:
+    """One server-sent event carrying ``payload``."""
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 def error_body(

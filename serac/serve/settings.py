@@ -31,6 +31,9 @@ class ServeSettings:
         batching: local mode's base model: ``"continuous"`` (requests join and leave the running batch
             between decoding steps, see :mod:`serac.serve.continuous`; what it does not cover falls back to
             dynamic batching) or ``"dynamic"`` (the requests waiting for a pass share one ``generate()`` call).
+        speculative_upstream: proxy mode: send each request upstream while it is routed, and drop it there
+            when it is in scope (see :mod:`serac.serve.upstream`): out-of-scope requests then wait for no
+            routing, and the upstream reads the prompts of in-scope ones too.
     """
 
     model_name: str = "serac"
@@ -43,6 +46,7 @@ class ServeSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     batching: str = "continuous"
+    speculative_upstream: bool = False
 
     def __post_init__(self) -> None:
         if self.admin_token is not None and not self.admin_token:
