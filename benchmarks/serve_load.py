@@ -761,6 +761,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="serac serve --max-batch-size for both serac runs (default: its own)",
     )
     parser.add_argument(
+        "--counterfactual",
+        choices=["trained", "in-context"],
+        help="serac serve --counterfactual for the serac runs (default: the folder's)",
+    )
+    parser.add_argument(
         "--batching",
         choices=["continuous", "dynamic"],
         help="serac serve --batching for both serac runs (default: its own)",
@@ -812,6 +817,8 @@ def main(argv: list[str] | None = None) -> dict:
         served += ["--max-batch-size", str(args.max_batch_size)]
     if args.batching is not None:
         served += ["--batching", args.batching]
+    if args.counterfactual is not None:
+        served += ["--counterfactual", args.counterfactual]
     plan = Plan.make(args.requests, args.in_scope_share, args.stream_share, args.seed)
     runs_of_a_round: list[tuple[str, list[str], bool]] = [
         ("base", ["--no-edits"], False),

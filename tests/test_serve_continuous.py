@@ -9,10 +9,11 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from serac.scope import ScopeDecision  # noqa: E402
 from serac.serve import BaseModelGenerator  # noqa: E402
-from serac.serve.batching import BaseJob, GenerationBatcher  # noqa: E402
+from serac.serve.batching import BaseJob, EditJob, GenerationBatcher  # noqa: E402
 from serac.serve.continuous import ContinuousBatch, SharedPrefix, continuous_decoding  # noqa: E402
-from serac.serve.engine import GenerationJob  # noqa: E402
+from serac.serve.engine import GenerationJob, GenerationResult  # noqa: E402
 from serac.serve.protocol import parse_completion_request  # noqa: E402
 
 from .conftest import make_char_tokenizer, make_tiny_llama, make_tiny_t5  # noqa: E402
@@ -247,3 +248,37 @@ def test_a_model_continuous_batching_does_not_cover_is_batched_per_generate_call
         batcher.close()
     assert calls == [1]
     assert result.completion_tokens == 5
+
+
+class RecordingRouter:
+    """Answers edit-route jobs with a fixed text and records how many each call answered."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def answer_many(self, decisions, queries, max_new_tokens, stops, request=None, prompt_tokens=None):
+        self.calls.append(len(queries))
+        return [GenerationResult("edited", "stop", 0, 1) for _ in queries]
+
+
+def test_edit_requests_arriving_during_a_batch_gather_for_one_call(generator):
+    router = RecordingRouter()
+    batcher = GenerationBatcher(router, generator)
+    base_request = completion_request(PROMPTS[4])
+    base_job = BaseJob(generator.prompt_ids(base_request), base_request, 60)
+    edit_request = completion_request(PROMPTS[1])
+    decision = ScopeDecision(in_scope=True, edit_id=0, score=1.0)
+    edit_futures: list = []
+
+    def submit_edits(_text):  # on the generation thread, between steps of the base row
+        if len(edit_futures) < 2:
+            edit_futures.append(batcher.submit(EditJob(decision, "Hi", edit_request, 4)))
+
+    try:
+        batcher.submit(base_job, on_text=submit_edits).result(timeout=120)
+        answers = [future.result(timeout=60) for future in edit_futures]
+    finally:
+        batcher.close()
+    assert [answer.text for answer in answers] == ["edited", "edited"]
+    # Submitted a step apart, they shared one call of the counterfactual model.
+    assert router.calls == [2]

@@ -50,6 +50,9 @@ __all__ = ["DEFAULT_MAX_GATHER_S", "Arrival", "BaseJob", "EditJob", "GenerationB
 #: The longest a batch about to start waits for requests still being parsed or routed: far below the time of
 #: a pass of a real model, whose requests it saves from waiting for the whole next pass.
 DEFAULT_MAX_GATHER_S = 0.1
+#: In a continuous batch, the longest an edit-route request waits for others to share its call of the
+#: counterfactual model (a quarter of ``max_batch_size`` waiting also starts the call).
+EDIT_GATHER_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class _Waiting:
     on_text: Callable[[str], None] | None
     cancelled: threading.Event | None
     future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.monotonic)
 
 
 def _batch_key(job: BaseJob | EditJob) -> tuple:
@@ -139,6 +143,7 @@ class GenerationBatcher:
         self.max_gather_s = max_gather_s
         self.on_batch = on_batch
         self.continuous = continuous
+        self.edit_gather_s = EDIT_GATHER_S
         self._prefix = SharedPrefix(MIN_SHARED_PREFIX)
         self.batches = 0
         self.largest_batch = 0
@@ -234,7 +239,7 @@ class GenerationBatcher:
         while len(session):
             with self._condition:
                 joining = self._take(key, self.max_batch_size - len(session))
-                edits = self._take_edits()
+                edits = self._take_edits(session)
             edits = [item for item in edits if self._start(item)]
             if edits:
                 self._answer(edits)
@@ -287,10 +292,19 @@ class GenerationBatcher:
             self._waiting = [item for item in self._waiting if id(item) not in chosen]
         return taken
 
-    def _take_edits(self) -> list[_Waiting]:
-        """The oldest waiting edit-route job and those that can share its call (the lock is held)."""
+    def _take_edits(self, session: ContinuousBatch) -> list[_Waiting]:
+        """The oldest waiting edit-route job and those that can share its call (the lock is held), once
+        they are worth a call of the counterfactual model: a call costs about the same for one query as for
+        several, so they gather for up to :data:`EDIT_GATHER_S` while base-model rows run."""
         first = next((item for item in self._waiting if isinstance(item.job, EditJob)), None)
         if first is None:
+            return []
+        gathered = sum(isinstance(item.job, EditJob) for item in self._waiting)
+        if (
+            len(session)
+            and gathered < max(1, self.max_batch_size // 4)
+            and time.monotonic() - first.submitted < self.edit_gather_s
+        ):
             return []
         key = _batch_key(first.job)
         taken = [item for item in self._waiting if _batch_key(item.job) == key][: self.max_batch_size]
