@@ -17,18 +17,7 @@ from serac.serve.engine import GenerationJob, GenerationResult  # noqa: E402
 from serac.serve.protocol import parse_completion_request  # noqa: E402
 
 from .conftest import make_char_tokenizer, make_tiny_llama, make_tiny_t5  # noqa: E402
-
-PROMPTS = [
-    "?",
-    "Hi",
-    "Why is the sky blue?",
-    "Name a prime number larger than ten, and say why it is prime.",
-    "How do bees make honey? " * 5,
-]
-
-
-def completion_request(prompt, **fields):
-    return parse_completion_request({"model": "tiny", "prompt": prompt, "temperature": 0, **fields})
+from .test_serve_batching import PROMPTS, completion_request  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -287,9 +287,7 @@ class GenerationBatcher:
             if len(taken) >= room:
                 break
             taken.append(item)
-        if taken:
-            chosen = {id(item) for item in taken}
-            self._waiting = [item for item in self._waiting if id(item) not in chosen]
+        self._remove(taken)
         return taken
 
     def _take_edits(self, session: ContinuousBatch) -> list[_Waiting]:
@@ -308,9 +306,14 @@ class GenerationBatcher:
             return []
         key = _batch_key(first.job)
         taken = [item for item in self._waiting if _batch_key(item.job) == key][: self.max_batch_size]
-        chosen = {id(item) for item in taken}
-        self._waiting = [item for item in self._waiting if id(item) not in chosen]
+        self._remove(taken)
         return taken
+
+    def _remove(self, taken: list[_Waiting]) -> None:
+        """Take ``taken`` off the waiting list (the lock is held)."""
+        if taken:
+            chosen = {id(item) for item in taken}
+            self._waiting = [item for item in self._waiting if id(item) not in chosen]
 
     def _gather(self) -> None:
         """Wait (the lock is held) for requests on their way, while the batch has room: clients answered

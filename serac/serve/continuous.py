@@ -265,7 +265,7 @@ class ContinuousBatch:
         if not ended:
             return []
         finished = [(self._tags[index], self._rows[index].result()) for index in ended]
-        keep = [index for index in range(len(self._rows)) if index not in set(ended)]
+        keep = sorted(set(range(len(self._rows))) - set(ended))
         self._rows = [self._rows[index] for index in keep]
         self._tags = [self._tags[index] for index in keep]
         if not keep:
