@@ -344,6 +344,11 @@ async def run_load(
                 http = clients[index % len(clients)]
                 results.append(await one_request(http, index, slot, stream, max_tokens, model))
 
+        async def pause(seconds: float) -> None:
+            # Cut short when the clients are done: a long interval does not hold the run open.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), seconds)
+
         async def churn_slot(slot: int) -> None:
             rng = random.Random(seed * 100 + slot)
             http = clients[slot % len(clients)]
@@ -360,13 +365,13 @@ async def run_load(
                     continue
                 (edit_id,) = response.json()["ids"]
                 lifetime = lifetimes[edit_id] = Lifetime(slot, sent, acked)
-                await asyncio.sleep(rng.uniform(*edit_interval))
+                await pause(rng.uniform(*edit_interval))
                 lifetime.delete_sent = time.perf_counter()
                 response = await http.delete(f"/v1/edits/{edit_id}", headers=headers)
                 lifetime.delete_acked = time.perf_counter()
                 if response.status_code != 200:
                     write_errors.append(response.text[:200])
-                await asyncio.sleep(rng.uniform(*edit_interval))
+                await pause(rng.uniform(*edit_interval))
 
         started = time.perf_counter()
         churners = [asyncio.create_task(churn_slot(slot)) for slot in range(len(SLOTS))] if churn else []

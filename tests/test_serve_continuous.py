@@ -73,6 +73,18 @@ def test_rows_joining_between_steps_get_the_answers_they_get_alone(generator):
     assert order.index(2) < order.index(3)
 
 
+def reading(batch, widths):
+    """``batch`` with the number of tokens each of its forward passes reads per row recorded in ``widths``."""
+    forward = batch._forward
+
+    def recording(input_ids, *args):
+        widths.append(input_ids.shape[1])
+        return forward(input_ids, *args)
+
+    batch._forward = recording
+    return batch
+
+
 def test_prompts_read_the_beginning_they_share_once_across_admissions(generator):
     system = "System: answer in one short line.\nUser: "
     jobs = [
@@ -80,34 +92,72 @@ def test_prompts_read_the_beginning_they_share_once_across_admissions(generator)
         for question in ["Hi", "Why is the sky blue?", "?", "Name a bee."]
     ]
     expected = [alone(generator, item) for item in jobs]
+    shared = len(generator.prompt_ids(completion_request(system)))
     prefix = SharedPrefix(minimum=8)
-    computed = []
-
-    def counting(batch):
-        states = batch._prefix_states
-
-        def compute(tokens):
-            computed.append(len(tokens))
-            return states(tokens)
-
-        batch._prefix_states = compute
-        return batch
-
-    batch = counting(ContinuousBatch.for_request(generator, jobs[0].request, prefix))
+    widths: list[int] = []
+    batch = reading(ContinuousBatch.for_request(generator, jobs[0].request, prefix), widths)
     finished = dict(batch.admit(jobs[:1], [0]))  # alone, with nothing before it: nothing shared yet
     finished.update(batch.step())
     finished.update(batch.admit(jobs[1:3], [1, 2]))  # shares the system line with each other and the first
-    finished.update(batch.step())
+    assert widths == [len(jobs[0].prompt_ids), 1, len(jobs[1].prompt_ids)]  # read whole; no pass of its own
+    assert prefix.beginnings == [jobs[1].prompt_ids[:shared]]  # kept from that reading
     while len(batch):
         finished.update(batch.step())
-    # A later batch reuses the kept beginning.
-    batch = counting(ContinuousBatch.for_request(generator, jobs[0].request, prefix))
+    # A later batch reads only what follows the kept beginning.
+    widths.clear()
+    batch = reading(ContinuousBatch.for_request(generator, jobs[0].request, prefix), widths)
     finished.update(batch.admit(jobs[3:], [3]))
+    assert widths == [len(jobs[3].prompt_ids) - shared]
     while len(batch):
         finished.update(batch.step())
     assert [finished[index] for index in range(len(jobs))] == expected
-    assert computed == [len(generator.prompt_ids(jobs[0].request)) - 2]  # once: the system line, "User: "
-    assert prefix.tokens == jobs[1].prompt_ids[: computed[0]]
+    assert prefix.beginnings == [jobs[1].prompt_ids[:shared]]
+
+
+def test_prompts_of_two_shapes_that_alternate_each_keep_their_beginning(generator):
+    # As in a server answering in-context: prompts with an edit before the conversation and plain ones.
+    plain = "System: answer in one short line.\nUser: "
+    edited = "Fact: bees make honey in hives.\nUser: "
+    questions = ["Hi", "Why is the sky blue?", "?", "Name a bee.", "Ok", "Go"]  # no two share a letter
+    jobs = [
+        job(generator, beginning + question, 6) for question in questions for beginning in (plain, edited)
+    ]
+    expected = [alone(generator, item) for item in jobs]
+    lengths = [len(generator.prompt_ids(completion_request(beginning))) for beginning in (plain, edited)]
+    prefix = SharedPrefix(minimum=8)
+    finished, widths, admissions = {}, [], []
+    # Admissions of one shape, of the other, and of both together (rows of different beginnings).
+    for admitted in ([0, 2], [1, 3], [4], [5], [6, 7], [9, 8], [10, 11]):
+        batch = reading(ContinuousBatch.for_request(generator, jobs[0].request, prefix), widths)
+        finished.update(batch.admit([jobs[index] for index in admitted], admitted))
+        admissions.append(widths[-1])
+        while len(batch):
+            finished.update(batch.step())
+    assert [finished[index] for index in range(len(jobs))] == expected
+    # Each beginning kept once, and alternating shapes do not push each other out.
+    assert sorted(len(tokens) for tokens in prefix.beginnings) == sorted(lengths)
+    # From the third admission on, every prompt reads only its question.
+    assert admissions[2:] == [
+        max(len(jobs[index].prompt_ids) - lengths[index % 2] for index in admitted)
+        for admitted in ([4], [5], [6, 7], [9, 8], [10, 11])
+    ]
+
+
+def test_a_row_without_a_kept_beginning_joins_rows_with_one(generator):
+    system = "System: answer in one short line.\nUser: "
+    jobs = [
+        job(generator, system + question, 6) for question in ["Hi", "Name a bee.", "Why is the sky blue?"]
+    ] + [job(generator, "Why?", 6)]
+    expected = [alone(generator, item) for item in jobs]
+    prefix = SharedPrefix(minimum=8)
+    batch = ContinuousBatch.for_request(generator, jobs[0].request, prefix)
+    finished = dict(batch.admit(jobs[:2], [0, 1]))  # keeps the system line
+    finished.update(batch.step())
+    finished.update(batch.admit(jobs[2:], [2, 3]))  # one row reads it, one has nothing kept
+    while len(batch):
+        finished.update(batch.step())
+    assert [finished[index] for index in range(len(jobs))] == expected
+    assert len(prefix.beginnings) == 1
 
 
 def test_a_cancelled_row_leaves_and_the_others_go_on(generator):
@@ -183,6 +233,42 @@ def test_a_request_arriving_mid_batch_joins_it_and_is_answered_before_it_ends(ge
     assert long_result == generator.generate(long_job.prompt_ids, long_request, 60)
     assert short_result == generator.generate(short_job.prompt_ids, short_request, 3)
     assert batcher.largest_batch == 2
+
+
+def test_under_load_waiting_requests_join_together_and_none_waits_long(generator):
+    # 8 rows running: one new request waits a few steps for others; two (a quarter) join at once.
+    admissions: list[tuple[int, int]] = []  # (rows admitted, tokens the first row had then)
+    steps: list[str] = []
+    batcher = GenerationBatcher(
+        object(), generator, on_batch=lambda route, size: admissions.append((size, len(steps)))
+    )
+    running = [completion_request(PROMPTS[4]) for _ in range(8)]
+    late = [completion_request(PROMPTS[1]) for _ in range(3)]
+    late_futures: list = []
+
+    def submit_late(text):  # on the generation thread, between decoding steps of the first row
+        steps.append(text)
+        if len(steps) == 2:  # one request
+            late_futures.append(batcher.submit(BaseJob(generator.prompt_ids(late[0]), late[0], 2)))
+        if len(steps) == 12:  # two together
+            for request in late[1:]:
+                late_futures.append(batcher.submit(BaseJob(generator.prompt_ids(request), request, 2)))
+
+    jobs = [BaseJob(generator.prompt_ids(request), request, 30) for request in running]
+    with batcher._condition:  # all 8 start in one batch
+        futures = [batcher.submit(jobs[0], on_text=submit_late)] + [batcher.submit(item) for item in jobs[1:]]
+    try:
+        results = [future.result(timeout=120) for future in futures]
+        results += [future.result(timeout=120) for future in late_futures]
+    finally:
+        batcher.close()
+    assert all(
+        result.completion_tokens == 30 for result in results[:8]
+    )  # the tiny model does not end it sooner
+    assert results[8:] == [generator.generate(generator.prompt_ids(r), r, 2) for r in late]
+    assert admissions[0] == (8, 0)
+    # The lone request waited 3 steps for company (none came), then joined; the pair joined at the next step.
+    assert admissions[1:] == [(1, 2 + batcher.admit_after_steps), (2, 12)]
 
 
 def test_an_error_mid_batch_fails_its_requests_and_the_next_batch_runs(generator):

@@ -53,6 +53,12 @@ DEFAULT_MAX_GATHER_S = 0.1
 #: In a continuous batch, the longest an edit-route request waits for others to share its call of the
 #: counterfactual model (a quarter of ``max_batch_size`` waiting also starts the call).
 EDIT_GATHER_S = 0.5
+#: Waiting requests join a running continuous batch once they are at least this share of its rows, or once
+#: the oldest of them has waited :data:`ADMIT_AFTER_STEPS` decoding steps. Reading new prompts is a forward
+#: pass of its own, and a pass costs about as much for a few tokens as for many (the weights are read once
+#: per pass): new requests read together spare passes, at the price of a few steps' wait under load.
+ADMIT_SHARE = 0.25
+ADMIT_AFTER_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,8 @@ class GenerationBatcher:
         self.on_batch = on_batch
         self.continuous = continuous
         self.edit_gather_s = EDIT_GATHER_S
+        self.admit_share = ADMIT_SHARE
+        self.admit_after_steps = ADMIT_AFTER_STEPS
         self._prefix = SharedPrefix(MIN_SHARED_PREFIX)
         self.batches = 0
         self.largest_batch = 0
@@ -236,9 +244,20 @@ class GenerationBatcher:
         waiting edit-route requests are answered, and every row's answer goes back as soon as it ends."""
         key = _batch_key(batch[0].job)
         self._admit(session, batch)
+        held = 0  # steps since a request that could join started waiting
         while len(session):
             with self._condition:
-                joining = self._take(key, self.max_batch_size - len(session))
+                room = self.max_batch_size - len(session)
+                joinable = self._joinable(key, room)
+                if joinable and (
+                    len(joinable) >= self.admit_share * len(session)
+                    or held >= self.admit_after_steps
+                    or len(joinable) >= room
+                ):
+                    joining, held = joinable, 0
+                    self._remove(joining)
+                else:
+                    joining, held = [], held + 1 if joinable else 0
                 edits = self._take_edits(session)
             edits = [item for item in edits if self._start(item)]
             if edits:
@@ -275,7 +294,7 @@ class GenerationBatcher:
         for item, result in finished:
             item.future.set_result(result)
 
-    def _take(self, key: tuple, room: int) -> list[_Waiting]:
+    def _joinable(self, key: tuple, room: int) -> list[_Waiting]:
         """Waiting base-model jobs that can join a running batch with ``key`` (the lock is held). None while an
         older job needs other settings: the batch then runs out, and that job goes next."""
         taken: list[_Waiting] = []
@@ -287,7 +306,6 @@ class GenerationBatcher:
             if len(taken) >= room:
                 break
             taken.append(item)
-        self._remove(taken)
         return taken
 
     def _take_edits(self, session: ContinuousBatch) -> list[_Waiting]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,40 +87,79 @@ def continuous_decoding(model: Any, sampling: dict[str, Any]) -> Decoding | None
 
 
 class SharedPrefix:
-    """The keys and values of the beginning that recent prompts share (a chat template's system prompt),
-    kept from batch to batch: a prompt that starts with it reads only the rest of itself.
+    """The keys and values of beginnings that recent prompts share (a chat template's system prompt, or an
+    edit put before a conversation), kept from batch to batch: a prompt that starts with one of them reads
+    only the rest of itself.
 
-    The beginning is the longest one the prompts being admitted share with each other and with the prompt
-    admitted before them, when it is at least ``minimum`` tokens; its keys and values are computed once
-    (one row, no padding) and reused, cut to a shorter shared beginning where needed.
+    Up to ``capacity`` beginnings are kept, the least recently used dropped first, so prompts of several
+    shapes (with and without an edit in them) that alternate each keep theirs. A prompt reads the longest part
+    of a kept beginning it starts with, when that is at least ``minimum`` tokens (:meth:`lookup`). After the
+    prompts are read, the longest beginning one of them shares with another prompt of its admission or with one
+    of the ``recent`` prompts before it is kept, its keys and values taken from that prompt's reading
+    (:meth:`learn`): no pass of its own. Each prompt keeps one token of its own.
     """
 
-    def __init__(self, minimum: int) -> None:
+    def __init__(self, minimum: int, capacity: int = 32, recent: int = 16) -> None:
+        if capacity < 1 or recent < 1:
+            raise ValueError(f"capacity and recent must be >= 1, got {capacity!r} and {recent!r}")
         self.minimum = minimum
-        self.tokens: list[int] = []
-        self.states: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._last: list[int] | None = None
+        self.capacity = capacity
+        self._kept: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []  # oldest first
+        self._recent: deque[list[int]] = deque(maxlen=recent)
+
+    @property
+    def beginnings(self) -> list[list[int]]:
+        """The kept beginnings' tokens, the most recently used last."""
+        return [tokens for tokens, _ in self._kept]
 
     def lookup(
-        self, prompts: Sequence[list[int]], compute: Any
-    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """``(length, states)`` of the beginning ``prompts`` share (each keeps one token of its own), or
-        ``(0, [])``; ``compute(tokens)`` gives the states of a beginning not kept yet."""
-        others = list(prompts) + ([self._last] if self._last is not None else [])
-        self._last = list(prompts[-1])
-        if len(others) < 2:
-            return 0, []
-        first, limit = prompts[0], min(len(prompt) for prompt in prompts) - 1
-        length = 0
-        while length < limit and all(
-            length < len(other) and other[length] == first[length] for other in others
-        ):
-            length += 1
-        if length < self.minimum:
-            return 0, []
-        if len(self.tokens) < length or self.tokens[:length] != first[:length]:
-            self.tokens, self.states = list(first[:length]), compute(first[:length])
-        return length, [(keys[:, :, :length], values[:, :, :length]) for keys, values in self.states]
+        self, prompts: Sequence[list[int]]
+    ) -> list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]]:
+        """For each of ``prompts``, ``(length, states)`` of the kept beginning it reads, or ``(0, [])``."""
+        found = []
+        for prompt in prompts:
+            length, position = self._longest(prompt)
+            if length < self.minimum:
+                found.append((0, []))
+                continue
+            entry = self._kept.pop(position)
+            self._kept.append(entry)  # the most recently used
+            found.append(
+                (length, [(keys[:, :, :length], values[:, :, :length]) for keys, values in entry[1]])
+            )
+        return found
+
+    def learn(self, prompts: Sequence[list[int]], states: Any) -> None:
+        """Keep the beginnings ``prompts`` (just read) share with each other and with recent prompts, longer
+        than any kept one they start with; ``states(index, length)`` gives the keys and values of the first
+        ``length`` tokens of prompt ``index``."""
+        for index, prompt in enumerate(prompts):
+            limit = len(prompt) - 1
+            others = [*prompts[:index], *prompts[index + 1 :], *self._recent]
+            length = max((_common(other, prompt, limit) for other in others), default=0)
+            if length >= self.minimum and length > self._longest(prompt)[0]:
+                if len(self._kept) >= self.capacity:
+                    self._kept.pop(0)
+                self._kept.append((list(prompt[:length]), states(index, length)))
+        self._recent.extend(list(prompt) for prompt in prompts)
+
+    def _longest(self, prompt: list[int]) -> tuple[int, int]:
+        """The most tokens of ``prompt`` (all but its last) a kept beginning holds, and that beginning's place."""
+        limit = len(prompt) - 1
+        return max(
+            ((_common(tokens, prompt, limit), place) for place, (tokens, _) in enumerate(self._kept)),
+            default=(0, -1),
+        )
+
+
+def _common(first: Sequence[int], second: Sequence[int], limit: int) -> int:
+    """How many first tokens ``first`` and ``second`` share, at most ``limit``."""
+    length = 0
+    for a, b in zip(first, second, strict=False):
+        if length >= limit or a != b:
+            break
+        length += 1
+    return length
 
 
 class ContinuousBatch:
@@ -176,22 +216,37 @@ class ContinuousBatch:
             for job in jobs
         ]
         prompts = [job.prompt_ids for job in jobs]
-        shared, states = (0, []) if self.prefix is None else self.prefix.lookup(prompts, self._prefix_states)
-        # The shared beginning, then each row's padding, then the rest of its prompt: position ids follow
-        # the mask, so each row reads its prompt at the positions it has alone.
-        rests = [prompt[shared:] for prompt in prompts]
+        found = [(0, [])] * len(prompts) if self.prefix is None else self.prefix.lookup(prompts)
+        # Each row: padding, the kept beginning it starts with, padding, then the rest of its prompt. Position
+        # ids follow the mask, so each row reads its prompt at the positions it has alone.
+        widest = max(length for length, _ in found)
+        rests = [prompt[length:] for prompt, (length, _) in zip(prompts, found, strict=True)]
         width = max(len(rest) for rest in rests)
         ids = [[generator.pad_id] * (width - len(rest)) + rest for rest in rests]
-        mask = [[1] * shared + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
+        mask = [
+            [0] * (widest - length) + [1] * length + [0] * (width - len(rest)) + [1] * len(rest)
+            for rest, (length, _) in zip(rests, found, strict=True)
+        ]
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=self.device)
-        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)[:, shared:]
-        rows_states = [
-            (keys.expand(len(jobs), -1, -1, -1), values.expand(len(jobs), -1, -1, -1))
-            for keys, values in states
-        ]
-        cache = DynamicCache(rows_states or None, config=self.model.config)
+        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)[:, widest:]
+        cache = DynamicCache(_rows_states(found, widest) or None, config=self.model.config)
         logits = self._forward(input_ids, attention_mask, position_ids, cache)
+        if self.prefix is not None:
+
+            def read(index: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                # Row ``index``'s first ``length`` tokens: its kept beginning, then the start of its rest.
+                kept, start = found[index][0], widest + width - len(rests[index])
+                spans = (
+                    (widest - kept, widest - kept + min(length, kept)),
+                    (start, start + max(0, length - kept)),
+                )
+                return [
+                    (_gather(layer.keys, index, spans), _gather(layer.values, index, spans))
+                    for layer in cache.layers
+                ]
+
+            self.prefix.learn(prompts, read)
         tokens = self.decoding.choose(logits)
         if self._cache is None:
             self._cache, self._mask, self._pending = cache, attention_mask, tokens
@@ -237,14 +292,6 @@ class ContinuousBatch:
             )
         return output.logits[:, -1, :].to(dtype=torch.float32)
 
-    def _prefix_states(self, tokens: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        input_ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        self._forward(input_ids, torch.ones_like(input_ids), None, cache)
-        return [(layer.keys, layer.values) for layer in cache.layers]
-
     def _join(self, cache: Any, mask: torch.Tensor, tokens: torch.Tensor) -> None:
         """Append new rows' cache, padding the shorter side on the left to a common length."""
         assert self._mask is not None and self._pending is not None
@@ -282,6 +329,47 @@ class ContinuousBatch:
             layer.keys = layer.keys.index_select(0, selected)[:, :, lead:]
             layer.values = layer.values.index_select(0, selected)[:, :, lead:]
         return finished
+
+
+def _rows_states(
+    found: Sequence[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]], width: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the keys and values of each row's kept beginning, padded on the left to ``width``; rows of
+    one beginning share one padded copy. Empty when no row starts with a kept beginning."""
+    if width == 0:
+        return []
+    # Runs of neighbouring rows with the same beginning (same length, same tensors) expand one copy.
+    runs: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]], int]] = []
+    for length, states in found:
+        if runs and runs[-1][0] == length and _same(runs[-1][1], states):
+            runs[-1] = (length, states, runs[-1][2] + 1)
+        else:
+            runs.append((length, states, 1))
+    reference = next(states for _, states in found if states)
+    layers = []
+    for layer, (keys, values) in enumerate(reference):
+        parts_keys, parts_values = [], []
+        for _, states, count in runs:
+            if states:
+                layer_keys, layer_values = states[layer]
+            else:  # no kept beginning: masked padding only
+                layer_keys = keys.new_zeros((*keys.shape[:2], 0, keys.shape[-1]))
+                layer_values = values.new_zeros((*values.shape[:2], 0, values.shape[-1]))
+            parts_keys.append(_pad_left(layer_keys, width).expand(count, -1, -1, -1))
+            parts_values.append(_pad_left(layer_values, width).expand(count, -1, -1, -1))
+        layers.append((torch.cat(parts_keys), torch.cat(parts_values)))
+    return layers
+
+
+def _gather(states: torch.Tensor, row: int, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Row ``row`` of ``states`` ([rows, heads, positions, dim]) at the positions of ``spans``, in order."""
+    return torch.cat([states[row : row + 1, :, start:end] for start, end in spans], dim=2)
+
+
+def _same(
+    first: list[tuple[torch.Tensor, torch.Tensor]], second: list[tuple[torch.Tensor, torch.Tensor]]
+) -> bool:
+    return bool(first) == bool(second) and (not first or first[0][0].data_ptr() == second[0][0].data_ptr())
 
 
 def _pad_left(states: torch.Tensor, width: int) -> torch.Tensor:
