@@ -99,7 +99,10 @@ def test_prompts_read_the_beginning_they_share_once_across_admissions(generator)
     finished = dict(batch.admit(jobs[:1], [0]))  # alone, with nothing before it: nothing shared yet
     finished.update(batch.step())
     finished.update(batch.admit(jobs[1:3], [1, 2]))  # shares the system line with each other and the first
-    assert widths == [len(jobs[0].prompt_ids), 1, len(jobs[1].prompt_ids)]  # read whole; no pass of its own
+    # Read whole (each in a pass of its own length: they differ more than a pass costs); no pass for the
+    # beginning itself.
+    assert widths[:2] == [len(jobs[0].prompt_ids), 1]
+    assert sorted(widths[2:]) == sorted(len(item.prompt_ids) for item in jobs[1:3])
     assert prefix.beginnings == [jobs[1].prompt_ids[:shared]]  # kept from that reading
     while len(batch):
         finished.update(batch.step())
@@ -158,6 +161,23 @@ def test_a_row_without_a_kept_beginning_joins_rows_with_one(generator):
         finished.update(batch.step())
     assert [finished[index] for index in range(len(jobs))] == expected
     assert len(prefix.beginnings) == 1
+
+
+def test_a_prompt_with_nothing_kept_is_read_apart_from_prompts_that_read_a_token(generator):
+    system = "System: answer in one short line.\nUser: "
+    seen = [job(generator, system + "Name a bee.", 6) for _ in range(2)]  # its beginning gets kept
+    jobs = [*seen, job(generator, system + "Name a bee.", 6), job(generator, PROMPTS[4], 6)]
+    expected = [alone(generator, item) for item in jobs]
+    prefix, widths = SharedPrefix(minimum=8), []
+    batch = reading(ContinuousBatch.for_request(generator, jobs[0].request, prefix), widths)
+    finished = dict(batch.admit(jobs[:2], [0, 1]))
+    widths.clear()
+    finished.update(batch.admit(jobs[2:], [2, 3]))
+    # Two passes: one token for the prompt read before, the whole of the other; not both padded to the longer.
+    assert widths == [1, len(jobs[3].prompt_ids)]
+    while len(batch):
+        finished.update(batch.step())
+    assert [finished[index] for index in range(len(jobs))] == expected
 
 
 def test_a_cancelled_row_leaves_and_the_others_go_on(generator):

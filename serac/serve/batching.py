@@ -2,7 +2,8 @@
 
 With ``continuous=True`` (the server's default) a base-model batch is decoded step by step by a
 :class:`~serac.serve.continuous.ContinuousBatch`: between two steps, waiting requests with the same sampling
-settings join it, waiting edit-route requests are answered, and each row's answer goes back when it ends.
+settings join it (under load, several at once: :data:`ADMIT_SHARE`), waiting edit-route requests are
+answered, and each row's answer goes back when it ends.
 Models and settings a continuous batch does not cover are batched per ``generate()`` call, as follows.
 
 Requests that arrive while a batch runs wait for the next pass of the generation thread, which takes the
