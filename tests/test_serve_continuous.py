@@ -356,24 +356,47 @@ class RecordingRouter:
         return [GenerationResult("edited", "stop", 0, 1) for _ in queries]
 
 
-def test_edit_requests_arriving_during_a_batch_gather_for_one_call(generator):
-    router = RecordingRouter()
+class BlockingRouter(RecordingRouter):
+    """Its first call waits until ``release`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def answer_many(self, decisions, queries, max_new_tokens, stops, request=None, prompt_tokens=None):
+        if not self.calls:
+            self.started.set()
+            assert self.release.wait(60), "the base model's batch stopped while the counterfactual model ran"
+        return super().answer_many(decisions, queries, max_new_tokens, stops, request, prompt_tokens)
+
+
+def test_the_base_batch_goes_on_while_the_counterfactual_model_answers(generator):
+    router = BlockingRouter()
     batcher = GenerationBatcher(router, generator)
     base_request = completion_request(PROMPTS[4])
     base_job = BaseJob(generator.prompt_ids(base_request), base_request, 60)
     edit_request = completion_request(PROMPTS[1])
     decision = ScopeDecision(in_scope=True, edit_id=0, score=1.0)
     edit_futures: list = []
+    pieces: list[str] = []
 
-    def submit_edits(_text):  # on the generation thread, between steps of the base row
-        if len(edit_futures) < 2:
+    def between_steps(text):  # on the generation thread, between steps of the base row
+        pieces.append(text)
+        if len(pieces) == 2:  # its call blocks until the base row has decoded 10 more tokens
             edit_futures.append(batcher.submit(EditJob(decision, "Hi", edit_request, 4)))
+        if len(pieces) in (4, 5) and router.started.wait(10):  # these two wait for the blocked call
+            edit_futures.append(batcher.submit(EditJob(decision, "Hi", edit_request, 4)))
+        if len(pieces) == 12:
+            router.release.set()
 
     try:
-        batcher.submit(base_job, on_text=submit_edits).result(timeout=120)
+        base = batcher.submit(base_job, on_text=between_steps).result(timeout=120)
         answers = [future.result(timeout=60) for future in edit_futures]
     finally:
+        router.release.set()
         batcher.close()
-    assert [answer.text for answer in answers] == ["edited", "edited"]
-    # Submitted a step apart, they shared one call of the counterfactual model.
-    assert router.calls == [2]
+    assert base == generator.generate(base_job.prompt_ids, base_request, 60)
+    assert [answer.text for answer in answers] == ["edited"] * 3
+    # The two that arrived during the first call shared the next one.
+    assert router.calls == [1, 2]

@@ -1,22 +1,23 @@
-"""The server's generation thread: continuous batching, and dynamic batching where it does not apply.
+"""The server's generation threads: continuous batching, and dynamic batching where it does not apply.
 
 With ``continuous=True`` (the server's default) a base-model batch is decoded step by step by a
 :class:`~serac.serve.continuous.ContinuousBatch`: between two steps, waiting requests with the same sampling
-settings join it (under load, several at once: :data:`ADMIT_SHARE`), waiting edit-route requests are
-answered, and each row's answer goes back when it ends.
-Models and settings a continuous batch does not cover are batched per ``generate()`` call, as follows.
+settings join it (under load, several at once: :data:`ADMIT_SHARE`), and each row's answer goes back when it
+ends. Edit-route requests (a trained counterfactual model) are answered on a thread of their own meanwhile:
+the oldest waiting one and every waiting one with the same sampling settings in one call, those that arrive
+during a call in the next. The base model's batch never stops for them, and each model is called from one
+thread only (Hugging Face fast tokenizers are not safe to call from several threads at once; the two models
+have their own).
 
-Requests that arrive while a batch runs wait for the next pass of the generation thread, which takes the
-oldest waiting request and every other waiting one that can share its ``generate()`` call: base-model
-requests with the same sampling settings (one left-padded call of the base model, each row stopping on its
-own and streaming to its own client), or edit-route requests with the same sampling settings (one call of
-the counterfactual model). A seeded sampled request runs alone, on its own random state, so its answer does
-not depend on what it was batched with. A pass about to start waits a little for requests still on their way
-(:meth:`GenerationBatcher.arrival`), so that clients answered together, who ask again together, share the
-next pass instead of waiting for a pass that started without them.
-
-Everything model-related happens on this one thread: Hugging Face fast tokenizers are not safe to call from
-several threads at once, and the models run one ``generate()`` at a time.
+Models and settings a continuous batch does not cover are batched per ``generate()`` call: requests that
+arrive while a batch runs wait for the next pass of the generation thread, which takes the oldest waiting
+request and every other waiting one that can share its ``generate()`` call: base-model requests with the same
+sampling settings (one left-padded call of the base model, each row stopping on its own and streaming to its
+own client), or, with ``continuous=False``, edit-route requests with the same sampling settings (one call of
+the counterfactual model, on this thread). A seeded sampled request runs alone, on its own random state, so
+its answer does not depend on what it was batched with. A pass about to start waits a little for requests
+still on their way (:meth:`GenerationBatcher.arrival`), so that clients answered together, who ask again
+together, share the next pass instead of waiting for a pass that started without them.
 """
 
 from __future__ import annotations
@@ -51,9 +52,6 @@ __all__ = ["DEFAULT_MAX_GATHER_S", "Arrival", "BaseJob", "EditJob", "GenerationB
 #: The longest a batch about to start waits for requests still being parsed or routed: far below the time of
 #: a pass of a real model, whose requests it saves from waiting for the whole next pass.
 DEFAULT_MAX_GATHER_S = 0.1
-#: In a continuous batch, the longest an edit-route request waits for others to share its call of the
-#: counterfactual model (a quarter of ``max_batch_size`` waiting also starts the call).
-EDIT_GATHER_S = 0.5
 #: Waiting requests join a running continuous batch once they are at least this share of its rows, or once
 #: the oldest of them has waited :data:`ADMIT_AFTER_STEPS` decoding steps. Reading new prompts is a forward
 #: pass of its own, and a pass costs about as much for a few tokens as for many (the weights are read once
@@ -150,19 +148,28 @@ class GenerationBatcher:
         self.max_gather_s = max_gather_s
         self.on_batch = on_batch
         self.continuous = continuous
-        self.edit_gather_s = EDIT_GATHER_S
         self.admit_share = ADMIT_SHARE
         self.admit_after_steps = ADMIT_AFTER_STEPS
         self._prefix = SharedPrefix(MIN_SHARED_PREFIX)
         self.batches = 0
         self.largest_batch = 0
         self._waiting: list[_Waiting] = []
+        self._edits: list[_Waiting] = []  # edit-route jobs for the counterfactual thread (continuous mode)
+        self._counting = threading.Lock()
         self._arriving = 0
         self._last_pass_s = 0.0
         self._condition = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="serac-generation", daemon=True)
         self._thread.start()
+        # With continuous batching, a trained counterfactual model answers on a thread of its own, beside the
+        # base model's batch, which then never stops for it (its tokenizer is its own).
+        self._edit_thread: threading.Thread | None = None
+        if continuous:
+            self._edit_thread = threading.Thread(
+                target=self._run_edits, name="serac-counterfactual", daemon=True
+            )
+            self._edit_thread.start()
 
     def submit(
         self,
@@ -181,8 +188,11 @@ class GenerationBatcher:
         with self._condition:
             if self._closed:
                 raise RuntimeError("the generation batcher is closed")
-            self._waiting.append(waiting)
-            self._condition.notify()
+            if isinstance(job, EditJob) and self._edit_thread is not None:
+                self._edits.append(waiting)
+            else:
+                self._waiting.append(waiting)
+            self._condition.notify_all()
         return waiting.future
 
     def arrival(self) -> Arrival:
@@ -196,20 +206,20 @@ class GenerationBatcher:
     def _arrived(self) -> None:
         with self._condition:
             self._arriving -= 1
-            self._condition.notify()
+            self._condition.notify_all()
 
     @property
     def waiting(self) -> int:
         """Jobs submitted and not started yet."""
         with self._condition:
-            return len(self._waiting)
+            return len(self._waiting) + len(self._edits)
 
     def close(self) -> None:
         """Stop the thread after its current batch; jobs still waiting are cancelled."""
         with self._condition:
             self._closed = True
-            waiting, self._waiting = self._waiting, []
-            self._condition.notify()
+            waiting, self._waiting, self._edits = self._waiting + self._edits, [], []
+            self._condition.notify_all()
         for item in waiting:
             item.future.cancel()
 
@@ -233,6 +243,23 @@ class GenerationBatcher:
                     self._answer(batch)
                 self._last_pass_s = time.perf_counter() - started
 
+    def _run_edits(self) -> None:
+        """The counterfactual thread: the oldest waiting edit-route job and those that can share its call;
+        those that arrive during a call share the next one."""
+        while True:
+            with self._condition:
+                while not self._edits and not self._closed:
+                    self._condition.wait()
+                if self._closed:
+                    return
+                key = _batch_key(self._edits[0].job)
+                batch = [item for item in self._edits if _batch_key(item.job) == key][: self.max_batch_size]
+                chosen = {id(item) for item in batch}
+                self._edits = [item for item in self._edits if id(item) not in chosen]
+            batch = [item for item in batch if self._start(item)]
+            if batch:
+                self._answer(batch)
+
     # ------------------------------------------------------------------ continuous batching
     def _continuous_batch(self, batch: list[_Waiting]) -> ContinuousBatch | None:
         """A continuous batch for a base-model batch, when the model and its sampling settings allow one."""
@@ -241,8 +268,8 @@ class GenerationBatcher:
         return ContinuousBatch.for_request(self.generator, batch[0].job.request, self._prefix)
 
     def _decode_continuously(self, session: ContinuousBatch, batch: list[_Waiting]) -> None:
-        """Decode ``batch`` step by step; between steps, waiting requests with the same settings join it and
-        waiting edit-route requests are answered, and every row's answer goes back as soon as it ends."""
+        """Decode ``batch`` step by step; between steps, waiting requests with the same settings join it, and
+        every row's answer goes back as soon as it ends."""
         key = _batch_key(batch[0].job)
         self._admit(session, batch)
         held = 0  # steps since a request that could join started waiting
@@ -259,10 +286,6 @@ class GenerationBatcher:
                     self._remove(joining)
                 else:
                     joining, held = [], held + 1 if joinable else 0
-                edits = self._take_edits(session)
-            edits = [item for item in edits if self._start(item)]
-            if edits:
-                self._answer(edits)
             joining = [item for item in joining if self._start(item)]
             if joining:
                 self._admit(session, joining)
@@ -270,7 +293,7 @@ class GenerationBatcher:
                 self._settle(session, session.step)
 
     def _admit(self, session: ContinuousBatch, items: list[_Waiting]) -> None:
-        self.batches += 1
+        self._count(len(items))
         if self.on_batch is not None:
             self.on_batch("base_model", len(items))
         jobs = [
@@ -280,7 +303,7 @@ class GenerationBatcher:
             for item in items
         ]
         self._settle(session, lambda: session.admit(jobs, items), items)
-        self.largest_batch = max(self.largest_batch, len(session))
+        self._count(0, len(session))
 
     @staticmethod
     def _settle(session: ContinuousBatch, run: Callable[[], list], joining: Sequence[_Waiting] = ()) -> None:
@@ -307,25 +330,6 @@ class GenerationBatcher:
             if len(taken) >= room:
                 break
             taken.append(item)
-        return taken
-
-    def _take_edits(self, session: ContinuousBatch) -> list[_Waiting]:
-        """The oldest waiting edit-route job and those that can share its call (the lock is held), once
-        they are worth a call of the counterfactual model: a call costs about the same for one query as for
-        several, so they gather for up to :data:`EDIT_GATHER_S` while base-model rows run."""
-        first = next((item for item in self._waiting if isinstance(item.job, EditJob)), None)
-        if first is None:
-            return []
-        gathered = sum(isinstance(item.job, EditJob) for item in self._waiting)
-        if (
-            len(session)
-            and gathered < max(1, self.max_batch_size // 4)
-            and time.monotonic() - first.submitted < self.edit_gather_s
-        ):
-            return []
-        key = _batch_key(first.job)
-        taken = [item for item in self._waiting if _batch_key(item.job) == key][: self.max_batch_size]
-        self._remove(taken)
         return taken
 
     def _remove(self, taken: list[_Waiting]) -> None:
@@ -392,9 +396,15 @@ class GenerationBatcher:
         for item, result in zip(batch, results, strict=True):
             item.future.set_result(result)
 
+    def _count(self, started: int, running: int = 0) -> None:
+        """Count a pass that started ``started`` jobs (none: only the batch's size) in ``batches`` and
+        ``largest_batch``; both threads count."""
+        with self._counting:
+            self.batches += bool(started)
+            self.largest_batch = max(self.largest_batch, started, running)
+
     def _generate(self, batch: Sequence[_Waiting]) -> list[GenerationResult]:
-        self.batches += 1
-        self.largest_batch = max(self.largest_batch, len(batch))
+        self._count(len(batch))
         route = "edit" if isinstance(batch[0].job, EditJob) else "base_model"
         if self.on_batch is not None:
             self.on_batch(route, len(batch))
