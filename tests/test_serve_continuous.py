@@ -163,6 +163,33 @@ def test_a_row_without_a_kept_beginning_joins_rows_with_one(generator):
     assert len(prefix.beginnings) == 1
 
 
+def test_kept_beginnings_stay_within_their_memory_bound(generator):
+    beginnings = [f"Rule {letter}: {letter * 24}\nUser: " for letter in "ABC"]  # all of one length
+    jobs = [job(generator, beginning + question, 3) for beginning in beginnings for question in ("Hi", "Go")]
+    one = SharedPrefix(minimum=8)
+    batch = ContinuousBatch.for_request(generator, jobs[0].request, one)
+    batch.admit(jobs[:2], [0, 1])
+    size = one.bytes  # one beginning
+    assert size > 0
+    prefix = SharedPrefix(minimum=8, max_bytes=int(2.5 * size))
+    finished = {}
+    for first in range(0, len(jobs), 2):
+        batch = ContinuousBatch.for_request(generator, jobs[0].request, prefix)
+        finished.update(batch.admit(jobs[first : first + 2], [first, first + 1]))
+        while len(batch):
+            finished.update(batch.step())
+        assert prefix.bytes <= prefix.max_bytes
+    # The two most recent kept, the oldest dropped.
+    assert prefix.beginnings == [
+        generator.prompt_ids(completion_request(beginning)) for beginning in beginnings[1:]
+    ]
+    assert [finished[index] for index in range(len(jobs))] == [alone(generator, item) for item in jobs]
+    # A beginning larger than the bound on its own is not kept.
+    small = SharedPrefix(minimum=8, max_bytes=size // 2)
+    ContinuousBatch.for_request(generator, jobs[0].request, small).admit(jobs[:2], [0, 1])
+    assert small.beginnings == [] and small.bytes == 0
+
+
 def test_a_prompt_with_nothing_kept_is_read_apart_from_prompts_that_read_a_token(generator):
     system = "System: answer in one short line.\nUser: "
     seen = [job(generator, system + "Name a bee.", 6) for _ in range(2)]  # its beginning gets kept

@@ -89,6 +89,10 @@ def continuous_decoding(model: Any, sampling: dict[str, Any]) -> Decoding | None
 #: A forward pass costs about as much as reading this many more tokens in it (on a small model the weights,
 #: read once per pass, dominate: SmolLM2-135M on one CPU core, 62 ms for a pass of one token, 3.7 ms a token).
 PASS_TOKENS = 16
+#: The most memory the kept beginnings of a server's prompts take (their keys and values): SmolLM2-135M in
+#: float32 needs 45 KiB a token, so about 11,000 tokens; a 7B model with 8 key-value heads in half precision
+#: (128 KiB a token) about 4,000.
+DEFAULT_PREFIX_BYTES = 512 * 2**20
 
 
 class SharedPrefix:
@@ -96,19 +100,24 @@ class SharedPrefix:
     edit put before a conversation), kept from batch to batch: a prompt that starts with one of them reads
     only the rest of itself.
 
-    Up to ``capacity`` beginnings are kept, the least recently used dropped first, so prompts of several
-    shapes (with and without an edit in them) that alternate each keep theirs. A prompt reads the longest part
+    Up to ``capacity`` beginnings, taking at most ``max_bytes``, are kept, the least recently used dropped
+    first, so prompts of several shapes (with and without an edit in them) that alternate each keep theirs. A prompt reads the longest part
     of a kept beginning it starts with, when that is at least ``minimum`` tokens (:meth:`lookup`). After the
     prompts are read, the longest beginning one of them shares with another prompt of its admission or with one
     of the ``recent`` prompts before it is kept, its keys and values taken from that prompt's reading
     (:meth:`learn`): no pass of its own. Each prompt keeps one token of its own.
     """
 
-    def __init__(self, minimum: int, capacity: int = 32, recent: int = 16) -> None:
-        if capacity < 1 or recent < 1:
-            raise ValueError(f"capacity and recent must be >= 1, got {capacity!r} and {recent!r}")
+    def __init__(
+        self, minimum: int, capacity: int = 32, recent: int = 16, max_bytes: int = DEFAULT_PREFIX_BYTES
+    ) -> None:
+        if capacity < 1 or recent < 1 or max_bytes < 0:
+            raise ValueError(
+                f"capacity and recent must be >= 1 and max_bytes >= 0, got {capacity!r}, {recent!r}, {max_bytes!r}"
+            )
         self.minimum = minimum
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._kept: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []  # oldest first
         self._recent: deque[list[int]] = deque(maxlen=recent)
 
@@ -143,10 +152,21 @@ class SharedPrefix:
             others = [*prompts[:index], *prompts[index + 1 :], *self._recent]
             length = max((_common(other, prompt, limit) for other in others), default=0)
             if length >= self.minimum and length > self._longest(prompt)[0]:
-                if len(self._kept) >= self.capacity:
+                kept = states(index, length)
+                if _size(kept) > self.max_bytes:
+                    continue  # alone past the bound: read with its prompt each time
+                self._kept.append((list(prompt[:length]), kept))
+                while (
+                    len(self._kept) > self.capacity
+                    or sum(_size(item) for _, item in self._kept) > self.max_bytes
+                ):
                     self._kept.pop(0)
-                self._kept.append((list(prompt[:length]), states(index, length)))
         self._recent.extend(list(prompt) for prompt in prompts)
+
+    @property
+    def bytes(self) -> int:
+        """The memory the kept beginnings' keys and values take."""
+        return sum(_size(states) for _, states in self._kept)
 
     def _longest(self, prompt: list[int]) -> tuple[int, int]:
         """The most tokens of ``prompt`` (all but its last) a kept beginning holds, and that beginning's place."""
@@ -155,6 +175,12 @@ class SharedPrefix:
             ((_common(tokens, prompt, limit), place) for place, (tokens, _) in enumerate(self._kept)),
             default=(0, -1),
         )
+
+
+def _size(states: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(
+        keys.numel() * keys.element_size() + values.numel() * values.element_size() for keys, values in states
+    )
 
 
 def _common(first: Sequence[int], second: Sequence[int], limit: int) -> int:
