@@ -106,6 +106,12 @@ class _Waiting:
     submitted: float = field(default_factory=time.monotonic)
 
 
+def _without(items: list[_Waiting], taken: list[_Waiting]) -> list[_Waiting]:
+    """``items`` less those in ``taken``."""
+    chosen = {id(item) for item in taken}
+    return [item for item in items if id(item) not in chosen]
+
+
 def _batch_key(job: BaseJob | EditJob) -> tuple:
     """Requests with equal keys can share one ``generate()`` call."""
     sampling = tuple(sorted(_sampling_kwargs(job.request).items(), key=lambda item: item[0]))
@@ -215,7 +221,7 @@ class GenerationBatcher:
             return len(self._waiting) + len(self._edits)
 
     def close(self) -> None:
-        """Stop the thread after its current batch; jobs still waiting are cancelled."""
+        """Stop the threads after their current batches; jobs still waiting are cancelled."""
         with self._condition:
             self._closed = True
             waiting, self._waiting, self._edits = self._waiting + self._edits, [], []
@@ -254,8 +260,7 @@ class GenerationBatcher:
                     return
                 key = _batch_key(self._edits[0].job)
                 batch = [item for item in self._edits if _batch_key(item.job) == key][: self.max_batch_size]
-                chosen = {id(item) for item in batch}
-                self._edits = [item for item in self._edits if id(item) not in chosen]
+                self._edits = _without(self._edits, batch)
             batch = [item for item in batch if self._start(item)]
             if batch:
                 self._answer(batch)
@@ -283,7 +288,7 @@ class GenerationBatcher:
                     or len(joinable) >= room
                 ):
                     joining, held = joinable, 0
-                    self._remove(joining)
+                    self._waiting = _without(self._waiting, joining)
                 else:
                     joining, held = [], held + 1 if joinable else 0
             joining = [item for item in joining if self._start(item)]
@@ -331,12 +336,6 @@ class GenerationBatcher:
                 break
             taken.append(item)
         return taken
-
-    def _remove(self, taken: list[_Waiting]) -> None:
-        """Take ``taken`` off the waiting list (the lock is held)."""
-        if taken:
-            chosen = {id(item) for item in taken}
-            self._waiting = [item for item in self._waiting if id(item) not in chosen]
 
     def _gather(self) -> None:
         """Wait (the lock is held) for requests on their way, while the batch has room: clients answered

@@ -3,8 +3,9 @@
 :meth:`BaseModelGenerator.generate_many` answers a batch in one ``generate()`` call: a request that arrives
 while it runs waits for the whole call, and a row that has ended stays in the batch, padded, until the last
 one ends. A :class:`ContinuousBatch` decodes step by step with its own key-value cache instead: between two
-steps new prompts are read (prefilled together, then their keys and values join the running cache, padded
-on the left to a common length) and rows that ended leave at once, so their answers go back without
+steps new prompts are read (prefilled together, after the beginnings a :class:`SharedPrefix` keeps for them,
+then their keys and values join the running cache, padded on the left to a common length) and rows that
+ended leave at once, so their answers go back without
 waiting for the others. Position ids follow each row's own tokens, so padding never moves a row: under
 greedy decoding each answer is, token for token, the one the row gets alone (in float32; see
 docs/serving.md).
@@ -101,11 +102,11 @@ class SharedPrefix:
     only the rest of itself.
 
     Up to ``capacity`` beginnings, taking at most ``max_bytes``, are kept, the least recently used dropped
-    first, so prompts of several shapes (with and without an edit in them) that alternate each keep theirs. A prompt reads the longest part
-    of a kept beginning it starts with, when that is at least ``minimum`` tokens (:meth:`lookup`). After the
-    prompts are read, the longest beginning one of them shares with another prompt of its admission or with one
-    of the ``recent`` prompts before it is kept, its keys and values taken from that prompt's reading
-    (:meth:`learn`): no pass of its own. Each prompt keeps one token of its own.
+    first, so prompts of several shapes (with and without an edit in them) that alternate each keep theirs.
+    A prompt reads the longest part of a kept beginning it starts with, when that is at least ``minimum``
+    tokens (:meth:`lookup`). After the prompts are read, the longest beginning one of them shares with another
+    prompt of its admission or with one of the ``recent`` prompts before it is kept, its keys and values taken
+    from that prompt's reading (:meth:`learn`): no pass of its own. Each prompt keeps one token of its own.
     """
 
     def __init__(
