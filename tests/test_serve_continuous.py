@@ -190,6 +190,18 @@ def test_kept_beginnings_stay_within_their_memory_bound(generator):
     assert small.beginnings == [] and small.bytes == 0
 
 
+def test_a_beginning_is_learnt_from_a_prompt_seen_dozens_of_prompts_before(generator):
+    system = "System: answer in one short line.\nUser: "
+    prefix = SharedPrefix(minimum=8)
+    batch = ContinuousBatch.for_request(generator, completion_request("x"), prefix)
+    batch.admit([job(generator, system + "Hi", 1)], ["first"])
+    for index in range(40):  # prompts sharing no 8 first tokens with it, nor with each other
+        batch.admit([job(generator, f"{index:02d} " + "abcdefghij"[index % 10] * 12, 1)], [index])
+    assert prefix.beginnings == []
+    batch.admit([job(generator, system + "Go", 1)], ["again"])
+    assert prefix.beginnings == [generator.prompt_ids(completion_request(system))]
+
+
 def test_a_prompt_with_nothing_kept_is_read_apart_from_prompts_that_read_a_token(generator):
     system = "System: answer in one short line.\nUser: "
     seen = [job(generator, system + "Name a bee.", 6) for _ in range(2)]  # its beginning gets kept

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -110,7 +111,7 @@ class SharedPrefix:
     """
 
     def __init__(
-        self, minimum: int, capacity: int = 32, recent: int = 16, max_bytes: int = DEFAULT_PREFIX_BYTES
+        self, minimum: int, capacity: int = 32, recent: int = 64, max_bytes: int = DEFAULT_PREFIX_BYTES
     ) -> None:
         if capacity < 1 or recent < 1 or max_bytes < 0:
             raise ValueError(
@@ -151,7 +152,7 @@ class SharedPrefix:
         for index, prompt in enumerate(prompts):
             limit = len(prompt) - 1
             others = [*prompts[:index], *prompts[index + 1 :], *self._recent]
-            length = max((_common(other, prompt, limit) for other in others), default=0)
+            length = _longest_shared(prompt, others, limit)
             if length >= self.minimum and length > self._longest(prompt)[0]:
                 kept = states(index, length)
                 if _size(kept) > self.max_bytes:
@@ -182,6 +183,18 @@ def _size(states: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
     return sum(
         keys.numel() * keys.element_size() + values.numel() * values.element_size() for keys, values in states
     )
+
+
+def _longest_shared(prompt: Sequence[int], others: Sequence[Sequence[int]], limit: int) -> int:
+    """The most first tokens ``prompt`` shares with one of ``others``, at most ``limit`` (one array pass)."""
+    width = min(limit, max((len(other) for other in others), default=0))
+    if width <= 0:
+        return 0
+    matrix = np.full((len(others), width), -1, dtype=np.int64)
+    for row, other in enumerate(others):
+        matrix[row, : min(len(other), width)] = other[:width]
+    same = matrix == np.asarray(prompt[:width], dtype=np.int64)
+    return int(np.cumprod(same, axis=1).sum(axis=1).max())
 
 
 def _common(first: Sequence[int], second: Sequence[int], limit: int) -> int:
