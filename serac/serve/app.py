@@ -8,11 +8,11 @@ Two modes share this app:
 
 In both, in-scope requests are answered here by the counterfactual model. Model work runs on worker threads,
 never on the event loop: one for routing (the embedder and the edit store), one for edit writes, one for
-generation (base and counterfactual models; :mod:`serac.serve.batching`), which decodes the base model's
-requests in one continuous batch that requests join and leave between steps (:mod:`serac.serve.continuous`).
-The upstream of proxy mode is :mod:`serac.serve.upstream`. Routing and generation are single threads because Hugging
-Face fast tokenizers are not safe to call from several threads at once (prompts are tokenized with a copy of
-the tokenizer of their own). A request's routing is the scope decision computed for that request alone and
+generation (:mod:`serac.serve.batching`), which decodes the base model's requests in one continuous batch that
+requests join and leave between steps (:mod:`serac.serve.continuous`), and one for a trained counterfactual
+model's calls. The upstream of proxy mode is :mod:`serac.serve.upstream`. Each is a single thread because
+Hugging Face fast tokenizers are not safe to call from several threads at once (each model has its own;
+prompts are tokenized with a copy of the base model's tokenizer of their own). A request's routing is the scope decision computed for that request alone and
 travels with it, so concurrent requests never see each other's routing; a decision reads the edit store
 under its lock, so it sees an edit write's transaction whole or not at all, and a slow write (its embedding
 runs before the lock is taken) does not hold routing back.

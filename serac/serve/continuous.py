@@ -152,16 +152,13 @@ class SharedPrefix:
         for index, prompt in enumerate(prompts):
             limit = len(prompt) - 1
             others = [*prompts[:index], *prompts[index + 1 :], *self._recent]
-            length = _longest_shared(prompt, others, limit)
+            length = int(_shared_lengths(prompt, others, limit).max(initial=0))
             if length >= self.minimum and length > self._longest(prompt)[0]:
                 kept = states(index, length)
                 if _size(kept) > self.max_bytes:
                     continue  # alone past the bound: read with its prompt each time
                 self._kept.append((list(prompt[:length]), kept))
-                while (
-                    len(self._kept) > self.capacity
-                    or sum(_size(item) for _, item in self._kept) > self.max_bytes
-                ):
+                while len(self._kept) > self.capacity or self.bytes > self.max_bytes:
                     self._kept.pop(0)
         self._recent.extend(list(prompt) for prompt in prompts)
 
@@ -172,11 +169,11 @@ class SharedPrefix:
 
     def _longest(self, prompt: list[int]) -> tuple[int, int]:
         """The most tokens of ``prompt`` (all but its last) a kept beginning holds, and that beginning's place."""
-        limit = len(prompt) - 1
-        return max(
-            ((_common(tokens, prompt, limit), place) for place, (tokens, _) in enumerate(self._kept)),
-            default=(0, -1),
-        )
+        lengths = _shared_lengths(prompt, self.beginnings, len(prompt) - 1)
+        if not len(lengths):
+            return 0, -1
+        place = len(lengths) - 1 - int(lengths[::-1].argmax())  # of equals, the most recently used
+        return int(lengths[place]), place
 
 
 def _size(states: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
@@ -185,26 +182,15 @@ def _size(states: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
     )
 
 
-def _longest_shared(prompt: Sequence[int], others: Sequence[Sequence[int]], limit: int) -> int:
-    """The most first tokens ``prompt`` shares with one of ``others``, at most ``limit`` (one array pass)."""
-    width = min(limit, max((len(other) for other in others), default=0))
-    if width <= 0:
-        return 0
+def _shared_lengths(prompt: Sequence[int], others: Sequence[Sequence[int]], limit: int) -> np.ndarray:
+    """For each of ``others``, how many first tokens it shares with ``prompt``, at most ``limit`` (one array
+    pass)."""
+    width = max(0, min(limit, max((len(other) for other in others), default=0)))
     matrix = np.full((len(others), width), -1, dtype=np.int64)
     for row, other in enumerate(others):
         matrix[row, : min(len(other), width)] = other[:width]
     same = matrix == np.asarray(prompt[:width], dtype=np.int64)
-    return int(np.cumprod(same, axis=1).sum(axis=1).max())
-
-
-def _common(first: Sequence[int], second: Sequence[int], limit: int) -> int:
-    """How many first tokens ``first`` and ``second`` share, at most ``limit``."""
-    length = 0
-    for a, b in zip(first, second, strict=False):
-        if length >= limit or a != b:
-            break
-        length += 1
-    return length
+    return np.cumprod(same, axis=1).sum(axis=1)
 
 
 class ContinuousBatch:
@@ -422,42 +408,37 @@ def _reading_groups(lengths: Sequence[int], pass_tokens: int = PASS_TOKENS) -> l
 def _rows_states(
     found: Sequence[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]], width: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, the keys and values of each row's kept beginning, padded on the left to ``width``; rows of
-    one beginning share one padded copy. Empty when no row starts with a kept beginning."""
+    """Per layer, the keys and values of each row's kept beginning, padded on the left to ``width`` (rows
+    without one: padding only); each beginning is padded once for all its rows. Empty when no row starts with
+    a kept beginning."""
     if width == 0:
         return []
-    # Runs of neighbouring rows with the same beginning (same length, same tensors) expand one copy.
-    runs: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]], int]] = []
-    for length, states in found:
-        if runs and runs[-1][0] == length and _same(runs[-1][1], states):
-            runs[-1] = (length, states, runs[-1][2] + 1)
-        else:
-            runs.append((length, states, 1))
     reference = next(states for _, states in found if states)
-    layers = []
-    for layer, (keys, values) in enumerate(reference):
-        parts_keys, parts_values = [], []
-        for _, states, count in runs:
-            if states:
-                layer_keys, layer_values = states[layer]
-            else:  # no kept beginning: masked padding only
-                layer_keys = keys.new_zeros((*keys.shape[:2], 0, keys.shape[-1]))
-                layer_values = values.new_zeros((*values.shape[:2], 0, values.shape[-1]))
-            parts_keys.append(_pad_left(layer_keys, width).expand(count, -1, -1, -1))
-            parts_values.append(_pad_left(layer_values, width).expand(count, -1, -1, -1))
-        layers.append((torch.cat(parts_keys), torch.cat(parts_values)))
-    return layers
+    nothing = [
+        (
+            keys.new_zeros((*keys.shape[:2], 0, keys.shape[-1])),
+            values.new_zeros((*values.shape[:2], 0, values.shape[-1])),
+        )
+        for keys, values in reference
+    ]
+    padded: dict[tuple[int, int] | None, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    rows = []
+    for length, states in found:
+        key = (states[0][0].data_ptr(), length) if states else None  # the same kept tensors, cut alike
+        if key not in padded:
+            padded[key] = [
+                (_pad_left(keys, width), _pad_left(values, width)) for keys, values in states or nothing
+            ]
+        rows.append(padded[key])
+    return [
+        (torch.cat([row[layer][0] for row in rows]), torch.cat([row[layer][1] for row in rows]))
+        for layer in range(len(reference))
+    ]
 
 
 def _gather(states: torch.Tensor, row: int, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
     """Row ``row`` of ``states`` ([rows, heads, positions, dim]) at the positions of ``spans``, in order."""
     return torch.cat([states[row : row + 1, :, start:end] for start, end in spans], dim=2)
-
-
-def _same(
-    first: list[tuple[torch.Tensor, torch.Tensor]], second: list[tuple[torch.Tensor, torch.Tensor]]
-) -> bool:
-    return bool(first) == bool(second) and (not first or first[0][0].data_ptr() == second[0][0].data_ptr())
 
 
 def _pad_left(states: torch.Tensor, width: int) -> torch.Tensor:
