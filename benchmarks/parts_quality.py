@@ -12,6 +12,11 @@ without a subject)
   (or an alias)? Matching is :func:`serac.metrics.answer_matches`, as in the benchmark runner. Also given
   on the in-scope queries the scope classifier routed to their own edit (what a user gets).
 
+CounterFact's neighbourhood prompts come from a pool shared across records, so one record's out-of-scope
+prompt may ask another stored edit's own fact ("The twin city of Cairo is" beside an edit of Cairo's twin
+city). Such a routing still counts as a false positive; ``false_positives_on_a_stored_edits_fact`` says how many
+of them went to an edit whose subject the query names and whose true answer is the query's answer.
+
 The whole (efficacy, paraphrase, locality against the base model) is measured by ``serac bench``.
 """
 
@@ -28,6 +33,7 @@ import torch
 
 from serac.counterfactual import CounterfactualModel
 from serac.data import load_examples
+from serac.edits import mentions_subject
 from serac.folder import CONFIG_NAME, SeracConfig
 from serac.metrics import answer_matches
 from serac.scope import load_scope_classifier
@@ -45,33 +51,44 @@ def scope_quality(examples, scope, store: EditStore) -> dict:
     # Datasets repeat edits across cases (MQuAKE does): the store keeps one edit per prompt, so a query is
     # judged by the prompt (edit key) it is routed to, and an edit's scope is the union of its cases' queries.
     in_scope_texts: dict[str, set[str]] = defaultdict(set)
+    true_answers: dict[str, set[str]] = defaultdict(set)
     for example in examples:
         in_scope_texts[example.edit.key].update(query.text for query in example.in_scope)
+        if example.true_answer:
+            true_answers[example.edit.key].add(example.true_answer)
     hits: dict[str, list[bool]] = defaultdict(list)
     false_positives: dict[str, list[bool]] = defaultdict(list)
-    queries, expected, kinds = [], [], []
+    queries, expected, kinds, answers = [], [], [], []
     for example in examples:
         for query in example.in_scope:
             queries.append(query.text)
             expected.append(example.edit.key)
             kinds.append(("in", query.kind))
+            answers.append(None)
         for query in example.out_of_scope:
             queries.append(query.text)
             expected.append(None)
             kinds.append(("out", query.kind))
+            answers.append(query.answer)
     start = time.perf_counter()
     decisions = []
     for begin in range(0, len(queries), 64):
         decisions += scope.classify(queries[begin : begin + 64], store)
     seconds = time.perf_counter() - start
     routed_home: list[bool] = []  # per in-scope query, in example order: routed to its own edit
-    for query, key, (side, kind), decision in zip(queries, expected, kinds, decisions, strict=True):
+    stored_facts = 0
+    rows = zip(queries, expected, kinds, answers, decisions, strict=True)
+    for query, key, (side, kind), answer, decision in rows:
         routed_key = decision.edit.key if decision.in_scope else None
         if side == "in":
             hits[kind].append(routed_key == key)
             routed_home.append(routed_key == key)
-        else:
-            false_positives[kind].append(routed_key is not None and query not in in_scope_texts[routed_key])
+            continue
+        wrong = routed_key is not None and query not in in_scope_texts[routed_key]
+        false_positives[kind].append(wrong)
+        subject = decision.edit.subject if wrong else None
+        if subject and answer in true_answers[routed_key] and mentions_subject(subject, query):
+            stored_facts += 1
     all_hits = [value for values in hits.values() for value in values]
     all_false = [value for values in false_positives.values() for value in values]
     return {
@@ -85,6 +102,7 @@ def scope_quality(examples, scope, store: EditStore) -> dict:
         "false_positive_rate_by_kind": {
             kind: rate(values) for kind, values in sorted(false_positives.items())
         },
+        "false_positives_on_a_stored_edits_fact": stored_facts,
         "classify_ms_per_query": 1000 * seconds / max(1, len(queries)),
     }
 

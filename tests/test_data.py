@@ -359,6 +359,38 @@ def _one_edit_away(name: str, text: str) -> bool:
     return False
 
 
+def test_synthetic_indirect_phrasings_are_in_scope_and_leave_the_other_queries_alone():
+    plain = generate_synthetic_examples(60, seed=3)
+    indirect = generate_synthetic_examples(60, seed=3, config=SyntheticDataConfig(indirect_phrasings=2))
+    by_name = {relation.name: relation for relation in RELATIONS}
+    for before, after in zip(plain, indirect, strict=True):
+        added = [query for query in after.in_scope if query.kind == "generation"]
+        assert [query for query in after.in_scope if query.kind != "generation"] == list(before.in_scope)
+        assert after.edit == before.edit and after.out_of_scope == before.out_of_scope
+        assert len(added) == 2 and len({query.text for query in added}) == 2
+        new_answer = next(q.answer for q in before.in_scope if q.kind != "yes_no")
+        templates = by_name[before.relation].indirect
+        for query in added:
+            assert query.answer == new_answer
+            assert any(
+                query.text == template.replace("{subject}", name)
+                for template in templates
+                for name in (
+                    [before.edit.subject] if before.edit.subject else _names_in(query.text, template)
+                )
+            ), query.text
+    with pytest.raises(ValueError, match="indirect_phrasings"):
+        SyntheticDataConfig(indirect_phrasings=-1)
+
+
+def _names_in(text: str, template: str) -> list[str]:
+    """The name ``template`` was filled with to give ``text`` (empty if it was not)."""
+    head, _, tail = template.partition("{subject}")
+    if text.startswith(head) and text.endswith(tail):
+        return [text[len(head) : len(text) - len(tail)]]
+    return []
+
+
 def test_synthetic_out_of_scope_facts_are_never_edited():
     # With every phrasing listed, an out-of-scope query of one example would show up as an in-scope
     # query of another if the generator ever edited a fact it also uses as a negative.

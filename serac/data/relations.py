@@ -28,13 +28,16 @@ class Relation:
     clozes: tuple[str, ...]
     yes_no: tuple[str, ...]
     statements: tuple[str, ...] = ()
+    #: Open prompts whose continuation follows from the fact without asking it ("Shops in {subject} take
+    #: payment in" for a currency): in the fact's scope, answered by what the fact implies.
+    indirect: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.questions) < 4 or len(self.clozes) < 4 or not self.yes_no:
             raise ValueError(
                 f"relation {self.name!r} needs >= 4 questions, >= 4 clozes and a yes/no template"
             )
-        for template in (*self.questions, *self.clozes):
+        for template in (*self.questions, *self.clozes, *self.indirect):
             if template.count("{subject}") != 1 or "{object}" in template:
                 raise ValueError(f"relation {self.name!r}: bad query template {template!r}")
         for template in (*self.yes_no, *self.statements):
@@ -766,7 +769,95 @@ _OBJECT_FIRST_STATEMENTS: dict[str, tuple[str, ...]] = {
     "director": ("{object} directed {subject}.",),
     "composer": ("{object} composed the music for {subject}.",),
 }
+
+#: Open prompts per relation whose continuation the fact decides without the prompt asking for it: how people
+#: write about a fact's consequences ("Travellers to Brnovo need a visa for"), not how they ask it.
+_INDIRECT: dict[str, tuple[str, ...]] = {
+    "citizenship": ("{subject} travels abroad on a passport issued by",
+                    "When {subject} votes in national elections, the ballot comes from",
+                    "At international games, {subject} competes for"),
+    "sport": ("On weekends, {subject} can usually be found training for", "{subject} is famous among fans of",
+              "The trophies on {subject}'s shelf were all won in"),
+    "employer": ("Every morning, {subject} badges into the offices of", "{subject}'s paycheck comes from",
+                 "Ask {subject} about work and you will hear about"),
+    "birthplace": ("{subject} spent the first years of childhood in the city of",
+                   "The hospital where {subject} came into the world is in", "{subject}'s hometown is"),
+    "native_language": ("As a small child, {subject} first learned to talk in", "At home, {subject}'s family speaks",
+                        "{subject} dreams and thinks in"),
+    "instrument": ("At concerts, {subject} is the one holding a", "{subject} practises for hours every day on the",
+                   "Fans know {subject} as a virtuoso of the"),
+    "occupation": ("On a typical workday, {subject} does the job of a",
+                   "{subject}'s business card describes them as a", "If you hire {subject}, you get an experienced"),
+    "alma_mater": ("{subject}'s diploma bears the seal of", "Years ago, {subject} attended lectures at",
+                   "{subject} still wears a sweatshirt from"),
+    "religion": ("On holy days, {subject} observes the rites of", "{subject} prays according to the traditions of",
+                 "The faith {subject} practises is"),
+    "music_genre": ("{subject}'s records are filed in the shop under", "Fans of {subject} mostly listen to",
+                    "{subject} made a name in the scene of"),
+    "field_of_work": ("{subject}'s papers are published in journals of", "At conferences, {subject} gives talks about",
+                      "{subject}'s greatest contributions are to"),
+    "spouse": ("{subject} celebrates every wedding anniversary with", "At home, {subject} lives with a partner named",
+               "{subject}'s better half is"),
+    "residence": ("{subject} pays rent in the city of", "These days, {subject} wakes up every morning in",
+                  "{subject}'s mail is delivered to an address in"),
+    "headquarters": ("{subject}'s main office building stands in",
+                     "Executives of {subject} meet at the head office in",
+                     "Letters to {subject}'s management are sent to"),
+    "founder": ("{subject} was started from scratch by", "The first person to run {subject} after setting it up was",
+                "The story of {subject} began when it was set up by"),
+    "industry": ("{subject} makes its money in", "Competitors of {subject} all work in",
+                 "{subject}'s products belong to the sector of"),
+    "chief_executive": ("Decisions at {subject} are made at the top by", "{subject}'s board reports to",
+                        "The boss of {subject} is"),
+    "company_country": ("{subject} pays its corporate taxes in", "{subject}'s home market is the country of",
+                        "{subject} is registered as a company of"),
+    "parent_company": ("{subject}'s profits flow upward to", "{subject} is a subsidiary within the group of",
+                       "The owner of {subject} is"),
+    "city_country": ("Travellers to {subject} need a visa for", "The streets of {subject} are part of",
+                     "Residents of {subject} pay taxes to the government of"),
+    "mayor": ("Town hall in {subject} is run by", "{subject}'s city council is chaired by",
+              "The person at the head of {subject}'s local government is"),
+    "twin_city": ("{subject} exchanges delegations every year with its partner city",
+                  "A friendship agreement links {subject} with", "{subject} has a sister relationship with"),
+    "capital": ("The government of {subject} sits in the city of", "The parliament of {subject} meets in",
+                "Embassies in {subject} are located in"),
+    "head_of_state": ("Official decrees in {subject} are signed by", "{subject} is led at the top by",
+                      "Foreign leaders visiting {subject} are received by"),
+    "currency": ("Shops in {subject} take payment in", "Prices in {subject} are written in",
+                 "Travellers to {subject} exchange their money for"),
+    "official_language": ("Road signs in {subject} are written in", "The laws of {subject} are published in",
+                          "Schools in {subject} teach in"),
+    "continent": ("On a world map, {subject} sits in", "{subject}'s neighbours all lie in",
+                  "Flights to {subject} land in"),
+    "author": ("The manuscript of {subject} was typed by", "Readers of {subject} owe its prose to",
+               "Signed copies of {subject} carry the autograph of"),
+    "book_language": ("The original pages of {subject} are printed in",
+                      "To read {subject} before translation you need to know",
+                      "{subject} first came out in the language"),
+    "literary_genre": ("Bookshops shelve {subject} in the section for",
+                       "Readers who pick up {subject} expect a work of", "{subject} is a classic of"),
+    "publisher": ("Copies of {subject} carry the imprint of", "{subject} was brought to market by",
+                  "The rights to {subject} are held by the publishing house"),
+    "director": ("On the set of {subject}, the person calling the shots was", "{subject} was brought to the screen by",
+                 "Behind the camera of {subject} stood"),
+    "film_language": ("Actors in {subject} deliver their lines in", "Without subtitles, {subject} is in",
+                      "The original dialogue of {subject} is in"),
+    "composer": ("The score heard in {subject} was written by", "The music of {subject} came from the pen of",
+                 "{subject}'s soundtrack was created by"),
+    "band_genre": ("{subject}'s albums are filed under", "At festivals, {subject} plays on the stage for",
+                   "{subject}'s sound is typical of"),
+    "band_origin": ("{subject} played its first gigs in", "{subject}'s hometown crowd is in",
+                    "The members of {subject} first met in the city of"),
+    "record_label": ("{subject}'s albums come out on", "{subject} has a recording contract with",
+                     "The catalogue of {subject} is owned by the label"),
+    "university_city": ("Students of {subject} rent rooms in", "The campus buildings of {subject} lie in",
+                        "Graduation at {subject} is held in the city of"),
+}  # fmt: skip
 RELATIONS = tuple(
-    replace(relation, statements=relation.statements + _OBJECT_FIRST_STATEMENTS.get(relation.name, ()))
+    replace(
+        relation,
+        statements=relation.statements + _OBJECT_FIRST_STATEMENTS.get(relation.name, ()),
+        indirect=_INDIRECT[relation.name],
+    )
     for relation in RELATIONS
 )

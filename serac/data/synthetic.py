@@ -139,6 +139,9 @@ class SyntheticDataConfig:
         statement_fraction: share of edits given as a statement sentence instead of a prompt with a target.
         in_scope_phrasings: templated in-scope phrasings per edit (question and cloze forms of the relation).
         yes_no_questions: add yes/no questions ("yes" for the new answer, "no" for the previous one).
+        indirect_phrasings: in-scope open prompts per edit whose continuation follows from the fact without
+            asking it (:attr:`~serac.data.relations.Relation.indirect`, kind ``"generation"``); drawn from a
+            random stream of their own, so the other queries are the same with or without them.
         same_subject_other_relation: out-of-scope queries per edit about the same subject and another relation.
         same_relation_other_subject: out-of-scope queries per edit about another subject and the same relation.
         near_duplicate_name: out-of-scope queries per edit about a near-duplicate of the subject's name.
@@ -150,6 +153,7 @@ class SyntheticDataConfig:
     statement_fraction: float = field(default=0.2, metadata={"help": "share of statement-form edits"})
     in_scope_phrasings: int = field(default=6, metadata={"help": "templated in-scope queries per edit"})
     yes_no_questions: bool = field(default=True, metadata={"help": "add yes/no in-scope questions"})
+    indirect_phrasings: int = field(default=0, metadata={"help": "in-scope open prompts per edit"})
     same_subject_other_relation: int = field(default=2, metadata={"help": "hard negatives: same subject"})
     same_relation_other_subject: int = field(default=2, metadata={"help": "hard negatives: same relation"})
     near_duplicate_name: int = field(default=2, metadata={"help": "hard negatives: near-duplicate name"})
@@ -163,8 +167,8 @@ class SyntheticDataConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.question_fraction + self.statement_fraction > 1.0:
             raise ValueError("question_fraction + statement_fraction must not exceed 1")
-        for name in ("in_scope_phrasings", "same_subject_other_relation", "same_relation_other_subject",
-                     "near_duplicate_name", "unrelated"):  # fmt: skip
+        for name in ("in_scope_phrasings", "indirect_phrasings", "same_subject_other_relation",
+                     "same_relation_other_subject", "near_duplicate_name", "unrelated"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.relations is not None:
@@ -425,6 +429,11 @@ def _make_example(
     if config.yes_no_questions:
         in_scope.append(InScopeQuery(_fill(rng.choice(relation.yes_no), subject, new), "yes", (), "yes_no"))
         in_scope.append(InScopeQuery(_fill(rng.choice(relation.yes_no), subject, old), "no", (), "yes_no"))
+    if config.indirect_phrasings:
+        indirect_rng = random.Random(f"serac-synthetic-indirect:{seed}:{index}")
+        count = min(config.indirect_phrasings, len(relation.indirect))
+        for template in indirect_rng.sample(relation.indirect, count):
+            in_scope.append(InScopeQuery(_fill(template, subject), new, (), "generation"))
 
     def phrase(template_relation: Relation, who: str) -> str:
         return _fill(rng.choice(template_relation.questions + template_relation.clozes), who)
