@@ -1,6 +1,6 @@
 """A new user's first run: how long training the default parts takes, for the shipped recipe and the one before.
 
-Run: ``python benchmarks/first_run.py [--recipes 6,5] [--output first_run.json]``
+Run: ``python benchmarks/first_run.py [--recipes 7,6] [--output first_run.json]``
 
 Each recipe runs as ``default_parts_dir()`` does on a first run, in a fresh process with an empty
 ``$SERAC_CACHE`` (so the GGUF conversion of the base model is included), one after the other: run it on an
@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from serac.training.recipe import DEFAULT_PARTS_VERSION
+
 #: Earlier recipes, as they were, by version (see ``serac.training.recipe.DefaultRecipe``).
 _VERSION_5_COUNTERFACTUAL_DATA = {
     "counterfactual_answer_style": "voice",
@@ -29,7 +31,8 @@ _VERSION_5_COUNTERFACTUAL_DATA = {
     "counterfactual_question_fraction": 0.0,
 }
 EARLIER_RECIPES = {
-    "5": {"version": 5, **_VERSION_5_COUNTERFACTUAL_DATA},
+    "6": {"version": 6, "indirect_phrasings": 0},
+    "5": {"version": 5, "indirect_phrasings": 0, **_VERSION_5_COUNTERFACTUAL_DATA},
     "4": {
         "version": 4,
         "scope_steps": 800,
@@ -41,6 +44,7 @@ EARLIER_RECIPES = {
         "counterfactual_blocks": None,
         "counterfactual_eval_generations": 200,
         "counterfactual_eval_steps": 200,
+        "indirect_phrasings": 0,
         **_VERSION_5_COUNTERFACTUAL_DATA,
     },
 }
@@ -101,19 +105,23 @@ def run_recipe(fields: dict, keep: Path | None) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--recipes", default="6,5", help="recipe versions, in order (6: shipped; 5 and 4: earlier)"
+        "--recipes", default="7,6", help="recipe versions, in order (7: shipped; 6, 5 and 4: earlier)"
     )
     parser.add_argument("--keep", type=Path, default=None, help="copy each trained folder here")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    versions = [version.strip() for version in args.recipes.split(",")]
+    known = {str(DEFAULT_PARTS_VERSION), *EARLIER_RECIPES}
+    if unknown := [version for version in versions if version not in known]:
+        parser.error(f"unknown recipe versions {unknown}; known: {sorted(known)}")
     results = []
-    for version in args.recipes.split(","):
-        fields = EARLIER_RECIPES.get(version.strip(), {})
+    for version in versions:
+        fields = EARLIER_RECIPES.get(version, {})
         result = run_recipe(fields, args.keep)
         results.append(result)
         held_out = result["counterfactual_held_out"]
         print(
-            f"recipe v{fields.get('version', 6)}: {result['seconds'] / 60:.1f} min "
+            f"recipe v{fields.get('version', DEFAULT_PARTS_VERSION)}: {result['seconds'] / 60:.1f} min "
             f"(announced: {result['estimate_seconds']} s); stdout {len(result['stdout'])} chars; "
             f"scope held-out recall {result['scope_held_out']['recall']:.3f}, "
             f"false positives {result['scope_held_out']['false_positive_rate']:.3f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -110,3 +111,36 @@ def test_library_bars_are_off_while_the_default_parts_train_and_back_after():
         assert not datasets.is_progress_bar_enabled()
         assert not transformers.utils.logging.is_progress_bar_enabled()
     assert datasets.is_progress_bar_enabled() and transformers.utils.logging.is_progress_bar_enabled()
+
+
+def test_the_scope_classifier_trains_on_open_prompts_the_counterfactual_model_does_not():
+    from serac.data import counterfactual_pairs, scope_pairs
+
+    shipped = recipe.default_training_examples(40)
+    without = recipe.default_training_examples(
+        40, recipe=replace(recipe.DEFAULT_RECIPE, indirect_phrasings=0)
+    )
+    open_prompts = [q.text for e in shipped for q in e.in_scope if q.kind == "generation"]
+    assert len(open_prompts) == 2 * len(shipped)
+    assert not any(q.kind == "generation" for e in without for q in e.in_scope)
+    scope = scope_pairs(shipped, seed=0)
+    assert set(open_prompts) <= {q for q, label in zip(scope["query"], scope["label"], strict=True) if label}
+    options = recipe.DEFAULT_RECIPE.counterfactual_arguments(show_progress=False).pair_options()
+    assert (
+        counterfactual_pairs(shipped, seed=0, **options).to_dict()
+        == counterfactual_pairs(without, seed=0, **options).to_dict()
+    )
+
+
+def test_a_probe_step_slowed_by_other_work_does_not_count():
+    layer = torch.nn.Linear(4, 1)
+    calls = []
+
+    def loss():
+        calls.append(None)
+        if len(calls) == 3:  # the second timed step: the machine was busy with something else
+            time.sleep(0.5)
+        return layer(torch.ones(2, 4)).sum()
+
+    assert recipe._timed_steps(layer, loss, 1e-3, probe_steps=3) < 0.1
+    assert len(calls) == 4

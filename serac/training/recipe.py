@@ -49,7 +49,10 @@ DEFAULT_TRAINING_SEED = 0
 class DefaultRecipe:
     """How the default parts are trained; ``version`` names the cache folder, so a changed recipe retrains.
 
-    The defaults are the shipped recipe (version 6). Version 5 trained the same scope classifier and a
+    The defaults are the shipped recipe (version 7). Version 6 was ``DefaultRecipe(version=6,
+    indirect_phrasings=0)``: the same parts and steps, with no open prompts among the scope classifier's in-scope
+    queries; it routed fewer of CounterFact's open prompts and of the questions about an edited subject asked
+    after it was named (benchmarks/README.md, "The default parts"). Version 5 trained the same scope classifier and a
     counterfactual model with ``counterfactual_answer_style="voice"``, ``counterfactual_question_fraction=0.0``
     and ``counterfactual_unusual_target_fraction=0.0``: its answers held the edit's answer for fewer real edit
     prompts (benchmarks/README.md, "The default parts"). Version 4, the recipe before it, was
@@ -59,8 +62,12 @@ class DefaultRecipe:
     25.5 min on an idle 2-core CPU, against 7.8 min for version 5 (benchmarks/first_run.py).
     """
 
-    version: int = 6
+    version: int = 7
     num_edits: int = 3000
+    #: Open prompts per training edit whose continuation the edit decides ("Shops in Brnovo take payment in"
+    #: for a currency), among the scope classifier's in-scope queries (:attr:`SyntheticDataConfig.indirect_phrasings`).
+    #: The counterfactual model's training rows are the same with or without them.
+    indirect_phrasings: int = 2
     #: 250 steps of 32 pairs at a high learning rate (800 at 3e-5 before) route MQuAKE-CF and zsRE as well as
     #: the old recipe or better, CounterFact's paraphrase prompts and dense synthetic sets less well
     #: (benchmarks/README.md, "The default parts"); the scores come out less peaked, so the threshold weighs
@@ -131,14 +138,16 @@ _COUNTERFACTUAL_FIXED_STEPS = 19
 
 
 def default_training_examples(
-    num_edits: int = DEFAULT_RECIPE.num_edits, seed: int = DEFAULT_TRAINING_SEED
+    num_edits: int = DEFAULT_RECIPE.num_edits,
+    seed: int = DEFAULT_TRAINING_SEED,
+    *,
+    recipe: DefaultRecipe = DEFAULT_RECIPE,
 ) -> list[EditExample]:
     """The synthetic edits the default parts are trained on."""
     # Four questions per edit about other relations of its subject: with the subject match, those are the
     # out-of-scope queries that reach the classifier.
-    return generate_synthetic_examples(
-        num_edits, seed=seed, config=SyntheticDataConfig(same_subject_other_relation=4)
-    )
+    config = SyntheticDataConfig(same_subject_other_relation=4, indirect_phrasings=recipe.indirect_phrasings)
+    return generate_synthetic_examples(num_edits, seed=seed, config=config)
 
 
 def default_parts_dir(*, train_if_missing: bool = True, recipe: DefaultRecipe = DEFAULT_RECIPE) -> Path:
@@ -196,7 +205,7 @@ def train_default_parts(
     staging = output_dir.parent / f".{output_dir.name}.training"
     staging.mkdir(parents=True, exist_ok=True)
     logger.info("Training the default scope classifier and counterfactual model into %s", output_dir)
-    examples = default_training_examples(recipe.num_edits, recipe.seed)
+    examples = default_training_examples(recipe.num_edits, recipe.seed, recipe=recipe)
     with _quiet_libraries():
         train_parts(
             staging,
@@ -212,16 +221,16 @@ def train_default_parts(
     return output_dir
 
 
-def estimate_training_seconds(recipe: DefaultRecipe = DEFAULT_RECIPE, *, probe_steps: int = 2) -> float:
+def estimate_training_seconds(recipe: DefaultRecipe = DEFAULT_RECIPE, *, probe_steps: int = 3) -> float:
     """About how long :func:`train_default_parts` takes on this machine, from timed training steps.
 
     Each part's starting model takes one untimed step (warm-up), then ``probe_steps`` timed ones on batches
-    of the recipe's size; the estimate adds the work outside the steps, counted in steps of the same part.
-    Costs a few seconds.
+    of the recipe's size, of which the fastest counts; the estimate adds the work outside the steps, counted
+    in steps of the same part. Costs a few seconds.
     """
     from serac import offline
 
-    examples = default_training_examples(64, recipe.seed)
+    examples = default_training_examples(64, recipe.seed, recipe=recipe)
     scope_step = _scope_step_seconds(recipe, examples, offline.resolve_embedder(), probe_steps)
     counterfactual_step = _counterfactual_step_seconds(
         recipe, examples, offline.resolve_base_model(None), probe_steps
@@ -234,8 +243,9 @@ def estimate_training_seconds(recipe: DefaultRecipe = DEFAULT_RECIPE, *, probe_s
 
 
 def _timed_steps(model: torch.nn.Module, loss, learning_rate: float, probe_steps: int) -> float:
-    """Seconds per AdamW step on ``loss()`` over ``model``'s trainable parameters, after one untimed step
-    (first-call allocations and kernel choices)."""
+    """Seconds of the fastest of ``probe_steps`` AdamW steps on ``loss()`` over ``model``'s trainable
+    parameters, after one untimed step (first-call allocations and kernel choices). The fastest, not the mean:
+    a step slowed by other work on the machine says nothing about the step itself."""
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
 
@@ -245,10 +255,12 @@ def _timed_steps(model: torch.nn.Module, loss, learning_rate: float, probe_steps
         optimizer.zero_grad()
 
     step()
-    start = time.perf_counter()
+    times = []
     for _ in range(probe_steps):
+        start = time.perf_counter()
         step()
-    return (time.perf_counter() - start) / probe_steps
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def _scope_step_seconds(
