@@ -31,8 +31,8 @@ _VERSION_5_COUNTERFACTUAL_DATA = {
     "counterfactual_question_fraction": 0.0,
 }
 EARLIER_RECIPES = {
-    "6": {"version": 6, "indirect_phrasings": 0, "scope_beta": 0.35},
-    "5": {"version": 5, "indirect_phrasings": 0, "scope_beta": 0.35, **_VERSION_5_COUNTERFACTUAL_DATA},
+    "6": {"version": 6, "indirect_phrasings": 0},
+    "5": {"version": 5, "indirect_phrasings": 0, **_VERSION_5_COUNTERFACTUAL_DATA},
     "4": {
         "version": 4,
         "scope_steps": 800,

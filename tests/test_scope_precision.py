@@ -68,17 +68,6 @@ def classifier(**settings) -> CrossEncoderScopeClassifier:
         ("Life", "Which network first aired Lifes?", True),
         ("Life", "Colin Brumby lost their life at", False),
         ("iPad", "Who makes the iPad?", True),
-        # A one-word subject inside a longer name that begins with a capitalized word is another name.
-        ("football", "Which country was Gaelic football created in?", False),
-        ("football", "Gaelic football was created in the country of", False),
-        ("York", "Who is the mayor of New York?", False),
-        ("Rojenora", "Where in the world is Taikras Rojenora?", False),
-        ("football", "Which country was football created in?", True),
-        ("football", "football was created in the country of", True),
-        ("Paris", "Is Paris in France?", True),
-        ("Paris", "Update: Paris is the capital of", True),
-        ("Paris", "Colin Brumby lives in Lyon. Paris is the capital of", True),
-        ("Milan", "Which city is the University of Milan in?", True),
     ],
 )
 def test_mentions_subject(subject, text, expected):

@@ -50,9 +50,9 @@ class DefaultRecipe:
     """How the default parts are trained; ``version`` names the cache folder, so a changed recipe retrains.
 
     The defaults are the shipped recipe (version 7). Version 6 was ``DefaultRecipe(version=6,
-    indirect_phrasings=0, scope_beta=0.35)``: the same parts and steps, with no open prompts among the scope
-    classifier's in-scope queries and a threshold weighing precision more; it routed fewer of CounterFact's
-    open prompts and of zsRE's paraphrases (benchmarks/README.md, "The default parts"). Version 5 trained the same scope classifier and a
+    indirect_phrasings=0)``: the same parts and steps, with no open prompts among the scope classifier's in-scope
+    queries; it routed fewer of CounterFact's open prompts and of the questions about an edited subject asked
+    after it was named (benchmarks/README.md, "The default parts"). Version 5 trained the same scope classifier and a
     counterfactual model with ``counterfactual_answer_style="voice"``, ``counterfactual_question_fraction=0.0``
     and ``counterfactual_unusual_target_fraction=0.0``: its answers held the edit's answer for fewer real edit
     prompts (benchmarks/README.md, "The default parts"). Version 4, the recipe before it, was
@@ -69,12 +69,12 @@ class DefaultRecipe:
     #: The counterfactual model's training rows are the same with or without them.
     indirect_phrasings: int = 2
     #: 250 steps of 32 pairs at a high learning rate (800 at 3e-5 before) route MQuAKE-CF and zsRE as well as
-    #: the old recipe or better, dense synthetic sets less well (benchmarks/README.md, "The default parts").
-    #: The threshold is F-beta's with beta 0.5 on held-out synthetic pairs, the training default (versions 5
-    #: and 6: 0.35).
+    #: the old recipe or better, CounterFact's paraphrase prompts and dense synthetic sets less well
+    #: (benchmarks/README.md, "The default parts"); the scores come out less peaked, so the threshold weighs
+    #: precision more (F-beta with beta 0.35 rather than 0.5).
     scope_steps: int = 250
     scope_learning_rate: float = 1e-4
-    scope_beta: float = 0.5
+    scope_beta: float = 0.35
     scope_eval_steps: int = 0
     #: Copying an edit's answer into a sentence is learnt by the top of the network: training the last 8 of
     #: SmolLM2's 30 blocks skips the backward pass through the rest (a step costs about half).
