@@ -50,9 +50,10 @@ class DefaultRecipe:
     """How the default parts are trained; ``version`` names the cache folder, so a changed recipe retrains.
 
     The defaults are the shipped recipe (version 7). Version 6 was ``DefaultRecipe(version=6,
-    indirect_phrasings=0)``: the same parts and steps, with no open prompts among the scope classifier's in-scope
-    queries; it routed fewer of CounterFact's open prompts and of the questions about an edited subject asked
-    after it was named (benchmarks/README.md, "The default parts"). Version 5 trained the same scope classifier and a
+    indirect_phrasings=0)``: the same parts and steps, with no open prompts among the scope classifier's
+    in-scope queries; it routed fewer of CounterFact's open prompts, more of zsRE's plain paraphrases, and more
+    questions about another relation of a subject named earlier in a conversation (benchmarks/README.md, "Open
+    prompts in the scope classifier's training"). Version 5 trained the same scope classifier and a
     counterfactual model with ``counterfactual_answer_style="voice"``, ``counterfactual_question_fraction=0.0``
     and ``counterfactual_unusual_target_fraction=0.0``: its answers held the edit's answer for fewer real edit
     prompts (benchmarks/README.md, "The default parts"). Version 4, the recipe before it, was
