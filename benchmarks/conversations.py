@@ -209,8 +209,9 @@ def main() -> None:
         if not ok and shown[conversation["kind"]] < args.show:
             shown[conversation["kind"]] += 1
             routed = routing_query(as_turns(conversation["messages"]), store).text
+            to = f", to the edit {decision.edit.query!r}" if decision.in_scope and decision.edit else ""
             print(
-                f"  miss ({conversation['kind']}): {conversation['messages'][-1]['content']!r} -> routed as {routed!r}"
+                f"  miss ({conversation['kind']}): {conversation['messages'][-1]['content']!r} -> routed as {routed!r}{to}"
             )
     report = {
         "data": args.data_path,

@@ -12,7 +12,7 @@ from serac.counterfactual import CounterfactualModel
 from serac.data import generate_synthetic_examples
 from serac.offline import MissingDefaultModelError
 from serac.training import CounterfactualTrainingArguments, recipe, train_counterfactual_model
-from serac.training.counterfactual import freeze_below_top_blocks, transformer_blocks
+from serac.training.loop import freeze_below_top_blocks, transformer_blocks
 
 from .conftest import make_tiny_llama, make_tiny_t5
 

@@ -197,6 +197,27 @@ def test_scope_training_resumes_after_a_crash(scope_examples, tiny_cross_encoder
     np.testing.assert_allclose(resumed.score_pairs(*pairs), reference.score_pairs(*pairs), atol=1e-5)
 
 
+def test_scope_training_of_the_top_block_trains_the_head_and_leaves_the_rest_untouched(
+    scope_examples, tiny_cross_encoder_dir, tmp_path
+):
+    from transformers import AutoModelForSequenceClassification
+
+    before = dict(
+        AutoModelForSequenceClassification.from_pretrained(tiny_cross_encoder_dir).named_parameters()
+    )
+    arguments = scope_arguments(tiny_cross_encoder_dir, max_steps=8, trainable_blocks=1)
+    classifier = train_scope_classifier(
+        scope_examples, arguments, tmp_path / "scope", embedder=HashEmbedder()
+    )
+    after = dict(classifier.cross_encoder.model.named_parameters())
+    changed = {name for name, parameter in after.items() if not torch.equal(before[name], parameter)}
+    assert any(name.startswith("bert.encoder.layer.1.") for name in changed)
+    assert any(name.startswith("classifier.") for name in changed)  # the head learns with the top block
+    assert all(name.startswith(("bert.encoder.layer.1.", "bert.pooler.", "classifier.")) for name in changed)
+    with pytest.raises(ValueError, match="trainable_blocks"):
+        ScopeTrainingArguments(trainable_blocks=0)
+
+
 # -------------------------------------------------------------------------------- counterfactual model
 
 

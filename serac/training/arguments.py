@@ -171,6 +171,11 @@ class ScopeTrainingArguments(LoopArguments):
         metadata=_help("candidate edits the saved classifier scores per query"),
     )
     eval_batch_size: int = field(default=64, metadata=_help("pairs per batch when scoring held-out pairs"))
+    trainable_blocks: int | None = field(
+        default=None,
+        metadata=_help("train only the last N transformer blocks and the classification head (the embeddings "
+                       "and the blocks below stay frozen and need no backward pass); None: the whole model"),
+    )  # fmt: skip
 
     def pair_options(self) -> dict:
         """The keywords of :func:`serac.data.scope_pairs` these arguments set (all but the seed)."""
@@ -223,6 +228,8 @@ class ScopeTrainingArguments(LoopArguments):
             raise ValueError(f"retrieval_margin must be >= 0, got {self.retrieval_margin}")
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.trainable_blocks is not None and self.trainable_blocks < 1:
+            raise ValueError(f"trainable_blocks must be >= 1 or None, got {self.trainable_blocks}")
 
 
 @dataclass

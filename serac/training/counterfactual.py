@@ -30,6 +30,7 @@ from serac.training.arguments import CounterfactualTrainingArguments
 from serac.training.loop import (
     checkpoint_directory,
     finish_checkpoints,
+    freeze_below_top_blocks,
     hf_arguments,
     last_checkpoint,
     loss_history,
@@ -59,38 +60,6 @@ class _CounterfactualCollator:
             [row["query"] for row in rows],
             [row.get("response", row["answer"]) for row in rows],
         )
-
-
-def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The stack of transformer blocks of ``model``: its largest ``ModuleList`` of same-class modules (for an
-    encoder-decoder, the decoder's when the two are the same size)."""
-    best, best_size = None, -1
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
-            if len({type(block) for block in module}) != 1:
-                continue
-            size = sum(parameter.numel() for parameter in module.parameters())
-            if size >= best_size:
-                best, best_size = module, size
-    if best is None:
-        raise ValueError(f"{type(model).__name__} has no stack of transformer blocks to train the top of")
-    return best
-
-
-def freeze_below_top_blocks(model: torch.nn.Module, count: int) -> int:
-    """Leave only the last ``count`` transformer blocks trainable; returns the trainable parameter count.
-
-    Everything below them (embeddings included, and with them a tied output layer) is frozen, so autograd
-    records no backward pass through the lower blocks: a step costs about a forward pass plus the top
-    blocks' backward.
-    """
-    blocks = transformer_blocks(model)
-    if not 1 <= count <= len(blocks):
-        raise ValueError(f"trainable_blocks must be between 1 and {len(blocks)} for this model, got {count}")
-    model.requires_grad_(False)
-    for block in list(blocks)[-count:]:
-        block.requires_grad_(True)
-    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
 
 
 def _load_counterfactual(

@@ -34,6 +34,7 @@ __all__ = [
     "quiet_progress",
     "finish_checkpoints",
     "finished_part",
+    "freeze_below_top_blocks",
     "hf_arguments",
     "last_checkpoint",
     "loss_history",
@@ -41,6 +42,7 @@ __all__ = [
     "prepare_run",
     "run_summary",
     "split_examples",
+    "transformer_blocks",
     "write_report",
 ]
 
@@ -48,6 +50,49 @@ __all__ = [
 CHECKPOINT_FOLDER = "checkpoints"
 #: The JSON file (arguments, held-out metrics, loss history) written next to a trained part.
 TRAINING_REPORT_NAME = "training_report.json"
+
+
+def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The stack of transformer blocks of ``model``: its largest ``ModuleList`` of same-class modules (for an
+    encoder-decoder, the decoder's when the two are the same size)."""
+    best, best_size = None, -1
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
+            if len({type(block) for block in module}) != 1:
+                continue
+            size = sum(parameter.numel() for parameter in module.parameters())
+            if size >= best_size:
+                best, best_size = module, size
+    if best is None:
+        raise ValueError(f"{type(model).__name__} has no stack of transformer blocks to train the top of")
+    return best
+
+
+def freeze_below_top_blocks(model: torch.nn.Module, count: int, *, head: bool = False) -> int:
+    """Leave only the last ``count`` transformer blocks trainable; returns the trainable parameter count.
+
+    Everything below them (embeddings included, and with them a tied output layer) is frozen, so autograd
+    records no backward pass through the lower blocks: a step costs about a forward pass plus the top
+    blocks' backward. With ``head``, the parameters the model registers after its blocks (a classifier's
+    pooler and output layer) are trained too; without, everything but the blocks is frozen.
+    """
+    blocks = transformer_blocks(model)
+    if not 1 <= count <= len(blocks):
+        raise ValueError(f"trainable_blocks must be between 1 and {len(blocks)} for this model, got {count}")
+    model.requires_grad_(False)
+    for block in list(blocks)[-count:]:
+        block.requires_grad_(True)
+    if head:
+        top = {id(parameter) for parameter in blocks[-1].parameters()}
+        after_top = False
+        # Registration order: a pooler and a classifier come after the blocks; a tied output layer is listed
+        # once, where its embedding first appears, and stays frozen.
+        for parameter in model.parameters():
+            if id(parameter) in top:
+                after_top = True
+            elif after_top:
+                parameter.requires_grad_(True)
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
 
 
 def check_examples(examples: Sequence[EditExample], name: str = "examples") -> list[EditExample]:

@@ -307,7 +307,7 @@ def _counterfactual_step_seconds(
 ) -> float:
     from serac.counterfactual import CounterfactualModel
     from serac.data import counterfactual_pairs, edits_from_column
-    from serac.training.counterfactual import freeze_below_top_blocks
+    from serac.training.loop import freeze_below_top_blocks
 
     arguments = recipe.counterfactual_arguments(show_progress=False)
     counterfactual = CounterfactualModel.from_pretrained(start)

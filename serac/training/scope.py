@@ -30,6 +30,7 @@ from serac.training.arguments import THRESHOLD_STRATEGIES, ScopeTrainingArgument
 from serac.training.loop import (
     checkpoint_directory,
     finish_checkpoints,
+    freeze_below_top_blocks,
     hf_arguments,
     last_checkpoint,
     loss_history,
@@ -277,6 +278,11 @@ def train_scope_classifier(
 
     start = arguments.cross_encoder_name_or_path or offline.resolve_embedder()
     cross_encoder = CrossEncoder(start, num_labels=1, max_length=arguments.max_length)
+    if arguments.trainable_blocks is not None:
+        trainable = freeze_below_top_blocks(cross_encoder.model, arguments.trainable_blocks, head=True)
+        logger.info(
+            "Training the last %d blocks and the head (%d parameters)", arguments.trainable_blocks, trainable
+        )
     config = ScopeClassifierConfig(
         kind="cross_encoder",
         top_k=arguments.top_k,
