@@ -63,7 +63,11 @@ def test_the_estimate_scales_the_probed_steps(monkeypatch):
     monkeypatch.setattr(recipe, "_counterfactual_step_seconds", lambda *args: 2.0)
     shipped = recipe.estimate_training_seconds()
     longer = recipe.estimate_training_seconds(replace(recipe.DEFAULT_RECIPE, scope_steps=1250))
-    assert longer - shipped == pytest.approx(recipe._TRAINER_STEP_FACTOR * 1000 * 0.5)
+    assert longer - shipped == pytest.approx(recipe._SCOPE_STEP_FACTOR * 1000 * 0.5)
+    more_counterfactual = recipe.estimate_training_seconds(
+        replace(recipe.DEFAULT_RECIPE, counterfactual_steps=180)
+    )
+    assert more_counterfactual - shipped == pytest.approx(recipe._COUNTERFACTUAL_STEP_FACTOR * 100 * 2.0)
     assert 0 < shipped < 3600
 
 

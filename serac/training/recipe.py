@@ -129,13 +129,15 @@ DEFAULT_RECIPE = DefaultRecipe()
 #: Bump (through ``DefaultRecipe.version``) when the recipe changes, so caches of an older one are not reused.
 DEFAULT_PARTS_VERSION = DEFAULT_RECIPE.version
 
-# Measured on a 2-core machine against a whole run: a trainer's step costs about 1.3 bare steps (collation,
-# clipping, the schedule, the final checkpoint); the work outside the steps, counted in bare steps of the
-# same part, is about 160 for the scope classifier (negative mining, held-out scoring) and 19 for the
-# counterfactual model (its pairs, held-out generations, saving).
-_TRAINER_STEP_FACTOR = 1.3
-_SCOPE_FIXED_STEPS = 160
-_COUNTERFACTUAL_FIXED_STEPS = 19
+# Measured on a 2-core machine against a whole first run of version 7 (its phases logged), in probe steps of
+# the same part: a scope classifier trainer step costs about one probe step (the probe's batch pads to a
+# longer pair than the average batch does) and a counterfactual model trainer step about 1.2 (collation,
+# clipping, the schedule); the work outside the steps is about 120 for the scope classifier (negative mining,
+# held-out scoring) and 12 for the counterfactual model (its pairs, held-out generations, saving).
+_SCOPE_STEP_FACTOR = 1.0
+_COUNTERFACTUAL_STEP_FACTOR = 1.2
+_SCOPE_FIXED_STEPS = 120
+_COUNTERFACTUAL_FIXED_STEPS = 12
 
 
 def default_training_examples(
@@ -236,9 +238,9 @@ def estimate_training_seconds(recipe: DefaultRecipe = DEFAULT_RECIPE, *, probe_s
     counterfactual_step = _counterfactual_step_seconds(
         recipe, examples, offline.resolve_base_model(None), probe_steps
     )
-    scope = (_TRAINER_STEP_FACTOR * recipe.scope_steps + _SCOPE_FIXED_STEPS) * scope_step
+    scope = (_SCOPE_STEP_FACTOR * recipe.scope_steps + _SCOPE_FIXED_STEPS) * scope_step
     counterfactual = (
-        _TRAINER_STEP_FACTOR * recipe.counterfactual_steps + _COUNTERFACTUAL_FIXED_STEPS
+        _COUNTERFACTUAL_STEP_FACTOR * recipe.counterfactual_steps + _COUNTERFACTUAL_FIXED_STEPS
     ) * counterfactual_step
     return scope + counterfactual
 
