@@ -61,8 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="log what training and loading do (INFO), not only warnings"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # A first run shows its announcement and one progress bar per part; the details are in the training
+    # reports, and on standard error with --verbose.
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
 

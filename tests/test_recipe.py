@@ -106,6 +106,32 @@ def test_a_first_run_announces_what_it_trains_and_how_long(monkeypatch, tmp_path
     assert recipe.default_parts_dir() == folder and capsys.readouterr().err == "" and len(trained) == 1
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_quickstart_logs_training_details_only_when_asked(verbose):
+    import subprocess
+    import sys
+
+    # The quickstart's own process (pytest's logging would hide what its logging set-up does).
+    code = (
+        "import logging, sys\n"
+        "import serac.quickstart as quickstart\n"
+        "def from_defaults():\n"
+        "    logging.getLogger('serac.training.scope').info('Scope classifier: 58302 training pairs')\n"
+        "    logging.getLogger('serac.training.scope').warning('a warning')\n"
+        "    raise SystemExit(3)\n"
+        "quickstart.EditableModel.from_defaults = staticmethod(from_defaults)\n"
+        "quickstart.main(sys.argv[1:])\n"
+    )
+    arguments = ["--verbose"] if verbose else []
+    result = subprocess.run(
+        [sys.executable, "-c", code, *arguments], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 3, result.stderr
+    assert "a warning" in result.stderr
+    assert ("training pairs" in result.stderr) == verbose
+    assert result.stdout == ""
+
+
 def test_library_bars_are_off_while_the_default_parts_train_and_back_after():
     import datasets
     import transformers
