@@ -1,7 +1,8 @@
 """Routing of multi-turn conversations built from an edit dataset: does a chat reach its edit when the last
 turn does not name the subject, and stay out of scope when it changes the topic?
 
-Run: ``python benchmarks/conversations.py --data-path ../shared/data/mquake-cf-dev.json [--parts DIR]``
+Run: ``python benchmarks/conversations.py --data-path ../shared/data/mquake-cf-dev.json [--parts DIR]
+[--output report.json]``
 (``--data-path`` takes any spec of :func:`serac.data.load_examples`, e.g. ``zsre:PATH``). Every edit of the
 file is stored at once; the conversations are built from each edit's own in-scope questions that name its
 subject, so nothing is hand-picked:
@@ -155,6 +156,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show", type=int, default=3, help="misrouted conversations printed per kind")
+    parser.add_argument("--output", default=None, help="also write the report (JSON) to this file")
     args = parser.parse_args()
 
     from serac.scope import EmbeddingScopeClassifier, ScopeClassifierConfig, load_scope_classifier
@@ -231,6 +233,10 @@ def main() -> None:
             else len(values) - sum(values),
         }
     print(json.dumps(report, indent=2))
+    if args.output:
+        from serac.files import write_text_atomic
+
+        write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
