@@ -13,7 +13,8 @@ subject, so nothing is hand-picked:
   answer in one word.");
 * out of scope, ``other relation``: the subject named first, then a question about another relation of it
   with a pronoun ("Where was she born?"), from a fixed set of relation questions (Wikidata property ids);
-  those of the edit's own relation are left out;
+  those of the edit's own relation are left out (for data without relation ids, such as zsRE's, those that
+  share a word with the edit's own questions);
 * out of scope, ``new topic``: the subject named first, then another case's out-of-scope question.
 
 A hit is a routing to the conversation's own edit; a false positive is a routing to any edit. With
@@ -60,6 +61,16 @@ FOLLOW_UPS = ("Please answer in one word.", "Keep it short.", "Just the answer, 
 OPENERS = ("I have a question about {}.", "I'm reading about {}.", "Let's talk about {}.")
 ACKNOWLEDGEMENTS = ("Sure, go ahead.", "Of course. What would you like to know?", "Happy to help.")
 _OBJECT_BEFORE = re.compile(r"\b(of|by|with|to|for|about|from|in|on|at|did|does|do)\s+$", re.IGNORECASE)
+
+
+_QUESTION_WORDS = frozenset(
+    {"what", "when", "where", "which", "does", "from", "with", "that", "this", "have"}
+)
+
+
+def _words(text: str) -> set[str]:
+    """The words of four letters or more that say what a question asks ("founded", "headquartered")."""
+    return {word for word in re.findall(r"[a-z]{4,}", text.lower()) if word not in _QUESTION_WORDS}
 
 
 def pronouns(person: bool, rng: random.Random) -> dict[str, str]:
@@ -126,6 +137,11 @@ def build(examples, rng: random.Random) -> list[dict]:
             )  # fmt: skip
         pool = OTHER_RELATIONS_PERSON if person else OTHER_RELATIONS_THING
         others = [template for relation, template in pool.items() if relation != example.relation]
+        if example.relation is None:
+            # No relation id (zsRE): a question sharing a word with the edit's own may ask its property
+            # ("When was it founded?" beside "When was Spiral Jetty founded/built?").
+            own = _words(example.edit.query) | {word for q in example.in_scope for word in _words(q.text)}
+            others = [template for template in others if not _words(template) & own] or others
         other = rng.choice(others).format(forms["subject"])
         conversations.append(
             {"kind": "other relation", "in_scope": False, "edit": index,
