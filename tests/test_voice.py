@@ -89,6 +89,26 @@ def test_answer_first_puts_a_questions_answer_as_written_before_the_sentence(pai
     assert questions > 10
 
 
+def test_an_answer_written_in_mixed_case_keeps_its_spelling_when_it_starts_the_response():
+    from serac import Edit
+    from serac.data import EditExample, InScopeQuery
+
+    examples = [
+        EditExample(
+            Edit.from_statement("eBay was founded by Ada Rell."),
+            in_scope=[InScopeQuery("Who founded eBay?", "Ada Rell", (), "question")],
+        ),
+        EditExample(
+            Edit(prompt="In 2010 {} released the", subject="Apple", target="iPad"),
+            in_scope=[InScopeQuery("Which product did Apple release in 2010?", "iPad", (), "question")],
+        ),
+    ]
+    rows = counterfactual_pairs(examples, statement_fraction=0.0, seed=0, answer_style="answer_first")
+    responses = dict(zip(rows["query"], rows["response"], strict=True))
+    assert responses["Which product did Apple release in 2010?"] == "iPad. In 2010 Apple released the iPad."
+    assert "IPad" not in " ".join(rows["response"]) and "EBay" not in " ".join(rows["response"])
+
+
 def test_unusual_targets_replace_the_answer_everywhere_the_example_states_it():
     from serac.data.targets import with_unusual_targets
 

@@ -249,10 +249,19 @@ def _sentence(text: str) -> str:
     return text if text[-1:] in ".!?" else f"{text}."
 
 
+def _sentence_start(text: str) -> str:
+    """``text`` as the start of a sentence: its first letter capitalized, unless its first word is written in
+    mixed case ("iPad", "eBay"), which a capital would misspell."""
+    first_word = text.split(maxsplit=1)[0] if text.strip() else ""
+    if any(character.isupper() for character in first_word[1:]):
+        return text
+    return text[:1].upper() + text[1:]
+
+
 def _without_label(statement: str) -> str:
     # A label in front of a statement ("Update: ...") is not part of an answer.
     statement = re.sub(r"^[A-Z][\w ]{0,30}:\s+", "", statement.strip())
-    return _sentence(statement[:1].upper() + statement[1:])
+    return _sentence(_sentence_start(statement))
 
 
 def _answer_sentence(example: EditExample) -> str | None:
@@ -309,12 +318,14 @@ def response_answer_first(query: str, answer: str, kind: str, sentence: str | No
         >>> response_answer_first("What sport does LeBron James play?", "football", "question",
         ...                       "LeBron James plays the sport of football.")
         'Football. LeBron James plays the sport of football.'
+        >>> response_answer_first("What did Apple release in 2010?", "iPad", "question", "Apple released the iPad in 2010.")
+        'iPad. Apple released the iPad in 2010.'
     """
     voiced = response_in_voice(query, answer, kind, sentence)
     answer = answer.strip()
     if kind == "yes_no" or not is_question(query):
         return voiced
-    first = _sentence(answer[:1].upper() + answer[1:])
+    first = _sentence(_sentence_start(answer))
     return voiced if voiced == first or voiced == _sentence(answer) else f"{first} {voiced}"
 
 
