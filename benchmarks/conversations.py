@@ -61,8 +61,7 @@ FOLLOW_UPS = ("Please answer in one word.", "Keep it short.", "Just the answer, 
 OPENERS = ("I have a question about {}.", "I'm reading about {}.", "Let's talk about {}.")
 ACKNOWLEDGEMENTS = ("Sure, go ahead.", "Of course. What would you like to know?", "Happy to help.")
 _OBJECT_BEFORE = re.compile(r"\b(of|by|with|to|for|about|from|in|on|at|did|does|do)\s+$", re.IGNORECASE)
-
-
+#: Words of four letters or more that say nothing of which property a question asks.
 _QUESTION_WORDS = frozenset(
     {"what", "when", "where", "which", "does", "from", "with", "that", "this", "have"}
 )

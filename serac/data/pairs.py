@@ -252,10 +252,8 @@ def _sentence(text: str) -> str:
 def _sentence_start(text: str) -> str:
     """``text`` as the start of a sentence: its first letter capitalized, unless its first word is written in
     mixed case ("iPad", "eBay"), which a capital would misspell."""
-    first_word = text.split(maxsplit=1)[0] if text.strip() else ""
-    if any(character.isupper() for character in first_word[1:]):
-        return text
-    return text[:1].upper() + text[1:]
+    first_word = (text.split() or [""])[0]
+    return text if first_word[1:].lower() != first_word[1:] else text[:1].upper() + text[1:]
 
 
 def _without_label(statement: str) -> str:
