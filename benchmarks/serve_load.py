@@ -776,6 +776,16 @@ def main(argv: list[str] | None = None) -> dict:
         help="serac serve --batching for both serac runs (default: its own)",
     )
     parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="serac serve --dtype (the base model's) for both serac runs (default: its own, float32)",
+    )
+    parser.add_argument(
+        "--counterfactual-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="serac serve --counterfactual-dtype for the serac runs (default: as saved)",
+    )
+    parser.add_argument(
         "--transformers-serve",
         choices=["cb", "plain"],
         help="also run `transformers serve` on the same model in each round, as an anchor: with "
@@ -824,6 +834,10 @@ def main(argv: list[str] | None = None) -> dict:
         served += ["--batching", args.batching]
     if args.counterfactual is not None:
         served += ["--counterfactual", args.counterfactual]
+    if args.dtype is not None:
+        served += ["--dtype", args.dtype]
+    if args.counterfactual_dtype is not None:
+        served += ["--counterfactual-dtype", args.counterfactual_dtype]
     plan = Plan.make(args.requests, args.in_scope_share, args.stream_share, args.seed)
     runs_of_a_round: list[tuple[str, list[str], bool]] = [
         ("base", ["--no-edits"], False),

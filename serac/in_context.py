@@ -565,17 +565,28 @@ def counterfactual_kind(directory: str | os.PathLike) -> str:
 
 
 def load_counterfactual_model(
-    directory: str | os.PathLike, kind: str | None = None
+    directory: str | os.PathLike, kind: str | None = None, *, dtype: str | torch.dtype | None = None
 ) -> CounterfactualModel | InContextCounterfactual:
     """The counterfactual model of a SERAC folder's ``counterfactual_model/`` part.
 
     ``kind`` ``None`` loads what the folder holds; ``"in-context"`` gives an unbound
     :class:`InContextCounterfactual` whatever the folder holds (a trained model there is not loaded);
-    ``"trained"`` loads the trained model, and refuses a folder that holds none.
+    ``"trained"`` loads the trained model, and refuses a folder that holds none. ``dtype`` loads a trained
+    model's weights in that type (a ``torch.dtype`` or a name of :data:`serac.offline.DTYPES`) instead of the
+    one they were saved in; the in-context kind has no weights of its own (it is the base model).
     """
     if kind is not None and kind not in COUNTERFACTUAL_KINDS:
         raise ValueError(f"counterfactual must be one of {COUNTERFACTUAL_KINDS} or None, got {kind!r}")
+    if dtype is not None:
+        from serac.offline import as_dtype
+
+        dtype = as_dtype(dtype)
     stored = counterfactual_kind(directory)
+    if dtype is not None and (kind or stored) == IN_CONTEXT:
+        raise ValueError(
+            "the in-context counterfactual model is the base model itself: it has no dtype of its own; "
+            "load the base model in the dtype wanted"
+        )
     if kind == IN_CONTEXT:
         return (
             InContextCounterfactual.from_pretrained(directory)
@@ -589,7 +600,7 @@ def load_counterfactual_model(
                 "load it with counterfactual='in-context' (or None)"
             )
         return InContextCounterfactual.from_pretrained(directory)
-    return CounterfactualModel.from_pretrained(directory)
+    return CounterfactualModel.from_pretrained(directory, dtype=dtype)
 
 
 def bind_base_model(

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from serac.conversation import Turn, as_turns, routing_query, routing_query_of_text
 from serac.counterfactual import CounterfactualModel
 from serac.edits import Edit
@@ -286,6 +288,7 @@ class EditMemory:
         revision: str | None = None,
         token: str | None = None,
         counterfactual: str | None = None,
+        counterfactual_dtype: str | torch.dtype | None = None,
     ) -> EditMemory:
         """Load the SERAC folder in ``name_or_path`` (a local folder or a Hub repository id; see
         :func:`~serac.folder.read_folder` for the checks).
@@ -294,6 +297,8 @@ class EditMemory:
         ``"in-context"``, the base model itself reading the edit in its prompt
         (:class:`~serac.in_context.InContextCounterfactual`, unbound until a wrapper or a proxy uses it; a
         trained model in the folder is not loaded); ``"trained"``, the folder's trained model.
+        ``counterfactual_dtype`` loads a trained model's weights in that type (``"bfloat16"``: half the memory,
+        and faster where the hardware computes in it) instead of the one they were saved in.
 
         ``store`` is where to keep the edits (anything :meth:`EditStore.open` takes): a store never written
         before is filled with the folder's saved edits, one that holds edits already is used as it is.
@@ -315,7 +320,9 @@ class EditMemory:
                 )
         # The parts first: a folder whose parts do not load must not fill a new database with its edits.
         scope_classifier = load_scope_classifier(folder.scope_classifier_path)
-        counterfactual_model = load_counterfactual_model(folder.counterfactual_model_path, counterfactual)
+        counterfactual_model = load_counterfactual_model(
+            folder.counterfactual_model_path, counterfactual, dtype=counterfactual_dtype
+        )
         edit_store = EditStore.open(
             store, embedder=embedder, config=folder.config.store, seed=folder.store_file
         )

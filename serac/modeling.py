@@ -379,6 +379,8 @@ class EditableModel(torch.nn.Module):
         revision: str | None = None,
         token: str | None = None,
         counterfactual: str | None = None,
+        counterfactual_dtype: str | torch.dtype | None = None,
+        dtype: str | torch.dtype = torch.float32,
     ) -> EditableModel:
         """Wrap ``base_model`` with the SERAC folder saved in ``directory`` (its edits, scope classifier, parts).
 
@@ -387,7 +389,9 @@ class EditableModel(torch.nn.Module):
         ``token`` are those of :meth:`EditMemory.from_pretrained <serac.memory.EditMemory.from_pretrained>`:
         a database never written before is filled from the saved edits, one that holds edits already is used
         as it is, and parts are only loaded from inside the folder unless ``allow_external_parts=True``.
-        ``counterfactual="in-context"`` answers with ``base_model`` itself reading the edit (:mod:`serac.in_context`).
+        ``counterfactual="in-context"`` answers with ``base_model`` itself reading the edit (:mod:`serac.in_context`);
+        ``counterfactual_dtype`` is that of :meth:`EditMemory.from_pretrained`. ``dtype`` is the type a
+        ``base_model`` given by name is loaded in (:func:`serac.offline.load_base_model`).
         """
         from serac.offline import DEFAULT_BASE_MODEL, load_base_model, resolve_base_model
 
@@ -399,9 +403,10 @@ class EditableModel(torch.nn.Module):
             revision=revision,
             token=token,
             counterfactual=counterfactual,
+            counterfactual_dtype=counterfactual_dtype,
         )
         if isinstance(base_model, (str, os.PathLike)) or base_model is None:
-            base_model, loaded_tokenizer = load_base_model(base_model)
+            base_model, loaded_tokenizer = load_base_model(base_model, dtype=dtype)
             tokenizer = tokenizer or loaded_tokenizer
         if tokenizer is None:
             from transformers import AutoTokenizer

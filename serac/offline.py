@@ -196,11 +196,29 @@ def resolve_embedder(name_or_path: str | None = None) -> str:
     return name_or_path
 
 
-def load_base_model(name_or_path: str | None = None, *, dtype: torch.dtype = torch.float32):
+#: The floating-point types a model can be loaded in, by name (``serac serve --dtype``).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def as_dtype(value: str | torch.dtype) -> torch.dtype:
+    """A floating-point type given as a ``torch.dtype`` or by its name in :data:`DTYPES`.
+
+    >>> as_dtype("bfloat16")
+    torch.bfloat16
+    """
+    if isinstance(value, torch.dtype) and value in DTYPES.values():
+        return value
+    if isinstance(value, str) and value in DTYPES:
+        return DTYPES[value]
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)} (or that torch.dtype), got {value!r}")
+
+
+def load_base_model(name_or_path: str | None = None, *, dtype: str | torch.dtype = torch.float32):
     """Load a causal or seq2seq base model and its tokenizer (default: SmolLM2-135M-Instruct, offline; any
     name of :data:`PACKAGED_BASE_MODELS`, such as ``"gemma3-270m"``, loads offline too).
 
-    Returns ``(model, tokenizer)``; the model is in eval mode and its parameters do not require grad.
+    ``dtype`` is the type of its weights (a ``torch.dtype`` or a name of :data:`DTYPES`). Returns
+    ``(model, tokenizer)``; the model is in eval mode and its parameters do not require grad.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -209,7 +227,7 @@ def load_base_model(name_or_path: str | None = None, *, dtype: torch.dtype = tor
     model_class = (
         AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     )
-    model = model_class.from_pretrained(path, dtype=dtype)
+    model = model_class.from_pretrained(path, dtype=as_dtype(dtype))
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -857,3 +857,40 @@ def test_benchmark_scores_serac_through_the_public_forward(kind, setups):
     assert [d.in_scope for d in setup.model.last_routing] == [True]
     assert edited != pytest.approx(target_logprob(setup.base, tokenizer, IN_SCOPE, answer), abs=1e-3)
     assert score(MIXED[0], answer) == target_logprob(setup.base, tokenizer, MIXED[0], answer)
+
+
+def test_a_counterfactual_model_loaded_in_bfloat16_answers_and_its_logits_join_the_base_models(
+    setups, embedder, tmp_path
+):
+    setup = setups["decoder_only"]
+    setup.model.save_pretrained(tmp_path / "editor")
+    model = EditableModel.from_pretrained(
+        setup.base,
+        tmp_path / "editor",
+        tokenizer=setup.tokenizer,
+        embedder=embedder,
+        counterfactual_dtype="bfloat16",
+    )
+    counterfactual = model.memory.counterfactual_model
+    assert next(counterfactual.model.parameters()).dtype == torch.bfloat16
+    inputs = encode(setup.tokenizer, MIXED)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert [d.in_scope for d in model.last_routing] == [False, True, False]
+    assert (
+        logits.dtype == torch.float32
+        and torch.isfinite(logits[EDITED_ROW][inputs["attention_mask"][1].bool()]).all()
+    )
+    output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    answer = counterfactual.generate([CITIZEN], [IN_SCOPE], max_new_tokens=6)[0]
+    new = setup.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    assert answer and new
+    assert output[EDITED_ROW, inputs["input_ids"].shape[1] :].tolist()[: len(new)] == new[:6]
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        EditableModel.from_pretrained(
+            setup.base,
+            tmp_path / "editor",
+            tokenizer=setup.tokenizer,
+            embedder=embedder,
+            counterfactual_dtype="int8",
+        )

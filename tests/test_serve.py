@@ -502,11 +502,9 @@ def test_cli_parser_knows_both_modes():
         build_parser().parse_args(["--model", "m", "--upstream", "http://x/v1"])
 
 
-def test_cli_builds_both_modes_from_saved_folders(tmp_path, base_model, chat_tokenizer, embedder):
-    from fastapi.testclient import TestClient
-
+def _saved_folders(tmp_path, base_model, chat_tokenizer, embedder):
+    """A saved base model and a saved SERAC folder (trained counterfactual model) that holds CITIZEN."""
     from serac.modeling import EditableModel
-    from serac.serve.cli import build_app
 
     model_dir, editor_dir = tmp_path / "model", tmp_path / "editor"
     base_model.save_pretrained(model_dir)
@@ -522,6 +520,15 @@ def test_cli_builds_both_modes_from_saved_folders(tmp_path, base_model, chat_tok
     )
     editor.edit(Edit(**CITIZEN))
     editor.save_pretrained(editor_dir)
+    return model_dir, editor_dir
+
+
+def test_cli_builds_both_modes_from_saved_folders(tmp_path, base_model, chat_tokenizer, embedder):
+    from fastapi.testclient import TestClient
+
+    from serac.serve.cli import build_app
+
+    model_dir, editor_dir = _saved_folders(tmp_path, base_model, chat_tokenizer, embedder)
     store = tmp_path / "edits.safetensors"
     local = build_app(
         build_parser().parse_args(
@@ -541,3 +548,47 @@ def test_cli_builds_both_modes_from_saved_folders(tmp_path, base_model, chat_tok
         assert answer["serac"]["route"] == "edit" and answer["serac"]["edit_id"] == 0
         local_answer = local_client.post("/v1/chat/completions", json=body).json()
         assert local_answer["serac"]["route"] == "edit" and local_answer["serac"]["edit_id"] == 0
+
+
+def test_cli_loads_each_model_in_the_dtype_asked(tmp_path, base_model, chat_tokenizer, embedder):
+    from fastapi.testclient import TestClient
+
+    from serac.offline import DTYPES
+    from serac.serve.cli import DTYPE_NAMES, build_app
+
+    assert set(DTYPE_NAMES) == set(DTYPES)
+    model_dir, editor_dir = _saved_folders(tmp_path, base_model, chat_tokenizer, embedder)
+    local = ["--model", str(model_dir), "--editor", str(editor_dir)]
+
+    def dtypes(*arguments):
+        server = build_app(build_parser().parse_args([*local, *arguments])).state.serac
+        counterfactual = server.router.memory.counterfactual_model.model
+        return next(server.generator.model.parameters()).dtype, next(counterfactual.parameters()).dtype
+
+    assert dtypes() == (torch.float32, torch.float32)  # as saved
+    assert dtypes("--counterfactual-dtype", "bfloat16") == (torch.float32, torch.bfloat16)
+    assert dtypes("--dtype", "bfloat16") == (torch.bfloat16, torch.float32)
+    app = build_app(
+        build_parser().parse_args([*local, "--dtype", "bfloat16", "--counterfactual-dtype", "float16"])
+    )
+    with TestClient(app) as client:
+        for question, route in ((CITIZEN["prompt"], "edit"), (OUT_OF_SCOPE[0], "base_model")):
+            body = {"model": "m", "messages": [{"role": "user", "content": question}], **GREEDY}
+            answer = client.post("/v1/chat/completions", json=body)
+            assert answer.status_code == 200, answer.text
+            assert (
+                answer.json()["serac"]["route"] == route and answer.json()["usage"]["completion_tokens"] >= 1
+            )
+    proxy = ["--upstream", "http://127.0.0.1:9/v1", "--editor", str(editor_dir)]
+    served = build_app(build_parser().parse_args([*proxy, "--counterfactual-dtype", "bfloat16"])).state.serac
+    assert next(served.router.memory.counterfactual_model.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="proxy mode"):
+        build_app(build_parser().parse_args([*proxy, "--dtype", "bfloat16"]))
+    with pytest.raises(ValueError, match="in-context"):
+        build_app(
+            build_parser().parse_args(
+                [*local, "--counterfactual", "in-context", "--counterfactual-dtype", "bfloat16"]
+            )
+        )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*local, "--dtype", "int8"])

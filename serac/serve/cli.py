@@ -25,6 +25,8 @@ SHUTDOWN_TIMEOUT_SECONDS = 10
 # The same defaults as ServeSettings', kept here so that the parser does not import the app and FastAPI.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 32
+#: The names of ``serac.offline.DTYPES``.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
         "'in-context', the served model itself with the edit in the request (a system message before a chat, "
         "a prefix of a prompt), here or upstream in proxy mode; default: what the folder holds",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        default=None,
+        help="local mode: the type the base model's weights are loaded in; bfloat16 halves their memory and "
+        "is faster where the hardware computes in it (GPUs, recent CPUs) (default: float32)",
+    )
+    parser.add_argument(
+        "--counterfactual-dtype",
+        choices=DTYPE_NAMES,
+        default=None,
+        help="the type a trained counterfactual model's weights are loaded in (default: as saved); see "
+        "docs/serving.md for what bfloat16 changes",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -132,19 +148,33 @@ def build_app(args: argparse.Namespace) -> Any:
     from serac.serve.engine import BaseModelGenerator, EditRouter
 
     api_keys = tuple(args.api_key or [k for k in os.environ.get(API_KEY_ENV, "").split(",") if k])
+    if args.upstream is not None and args.dtype is not None:
+        raise ValueError(
+            "--dtype is the type of local mode's model; in proxy mode the upstream serves the model"
+        )
     editor = args.editor or _default_parts_dir()
     if args.upstream is None:
         from serac.modeling import EditableModel
 
         model = EditableModel.from_pretrained(
-            args.model, editor, store=args.store, counterfactual=args.counterfactual
+            args.model,
+            editor,
+            store=args.store,
+            counterfactual=args.counterfactual,
+            counterfactual_dtype=args.counterfactual_dtype,
+            dtype=args.dtype or "float32",
         )
         router = EditRouter.from_editable_model(model, enabled=not args.no_edits)
         generator = BaseModelGenerator(model.base_model, model.tokenizer)
         name = args.served_model_name or args.model or "smollm2-135m-instruct"
         upstream = None
     else:
-        memory = EditMemory.from_pretrained(editor, store=args.store, counterfactual=args.counterfactual)
+        memory = EditMemory.from_pretrained(
+            editor,
+            store=args.store,
+            counterfactual=args.counterfactual,
+            counterfactual_dtype=args.counterfactual_dtype,
+        )
         router = EditRouter(memory, enabled=not args.no_edits)
         generator = None
         name = args.served_model_name or "serac-proxy"
