@@ -394,6 +394,7 @@ def summarize(
     errors = [r for r in results if r.status != 200 or r.error]
     latencies = sorted(r.received - r.sent for r in results if r not in errors)
     base_routed = sorted(r.received - r.sent for r in results if r not in errors and r.route == "base_model")
+    edit_routed = sorted(r.received - r.sent for r in results if r not in errors and r.route == "edit")
     contradictions, stale, other_edit, unrelated_to_edit, in_scope_hits = [], [], 0, 0, 0
     for r in results:
         if r in errors:
@@ -433,6 +434,7 @@ def summarize(
         "p50_ms": percentile(0.50),
         "p95_ms": percentile(0.95),
         "p50_ms_base_routed": percentile(0.50, base_routed),
+        "p50_ms_edit_routed": percentile(0.50, edit_routed),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
         "throughput_rps": round(len(results) / elapsed, 1),
         "seconds": round(elapsed, 1),
@@ -922,6 +924,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["serac_over_base"] = {
             **ratios("serac", "base"),
             "p50_of_base_routed_answers": ratio("serac", "base", "p50_ms_base_routed", "p50_ms"),
+            "p50_of_edit_routed_answers": ratio("serac", "base", "p50_ms_edit_routed", "p50_ms"),
         }
         if args.transformers_serve:
             report["serac_over_transformers"] = ratios("serac", "transformers")
@@ -954,7 +957,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"serac / base (median over rounds): p50 {over['p50']}x, p95 {over['p95']}x, "
             f"throughput {over['throughput']}x, p50 of the answers routed to the base model "
-            f"{over['p50_of_base_routed_answers']}x; answers routed to the wrong edit or unrelated questions "
+            f"{over['p50_of_base_routed_answers']}x, to an edit {over['p50_of_edit_routed_answers']}x; answers routed to the wrong edit or unrelated questions "
             f"routed to an edit: {misroutes}"
         )
         for key in ("serac_over_transformers", "base_over_transformers"):

@@ -380,7 +380,7 @@ class EditableModel(torch.nn.Module):
         token: str | None = None,
         counterfactual: str | None = None,
         counterfactual_dtype: str | torch.dtype | None = None,
-        dtype: str | torch.dtype = torch.float32,
+        dtype: str | torch.dtype | None = None,
     ) -> EditableModel:
         """Wrap ``base_model`` with the SERAC folder saved in ``directory`` (its edits, scope classifier, parts).
 
@@ -391,10 +391,16 @@ class EditableModel(torch.nn.Module):
         as it is, and parts are only loaded from inside the folder unless ``allow_external_parts=True``.
         ``counterfactual="in-context"`` answers with ``base_model`` itself reading the edit (:mod:`serac.in_context`);
         ``counterfactual_dtype`` is that of :meth:`EditMemory.from_pretrained`. ``dtype`` is the type a
-        ``base_model`` given by name is loaded in (:func:`serac.offline.load_base_model`).
+        ``base_model`` given by name is loaded in (default float32; :func:`serac.offline.load_base_model`); a
+        model given loaded keeps its own.
         """
         from serac.offline import DEFAULT_BASE_MODEL, load_base_model, resolve_base_model
 
+        by_name = isinstance(base_model, (str, os.PathLike)) or base_model is None
+        if dtype is not None and not by_name:
+            raise ValueError(
+                "dtype is the type a base model given by name is loaded in; convert a loaded model with .to(dtype)"
+            )
         memory = EditMemory.from_pretrained(
             directory,
             embedder=embedder,
@@ -405,8 +411,8 @@ class EditableModel(torch.nn.Module):
             counterfactual=counterfactual,
             counterfactual_dtype=counterfactual_dtype,
         )
-        if isinstance(base_model, (str, os.PathLike)) or base_model is None:
-            base_model, loaded_tokenizer = load_base_model(base_model, dtype=dtype)
+        if by_name:
+            base_model, loaded_tokenizer = load_base_model(base_model, dtype=dtype or torch.float32)
             tokenizer = tokenizer or loaded_tokenizer
         if tokenizer is None:
             from transformers import AutoTokenizer

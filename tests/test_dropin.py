@@ -886,6 +886,10 @@ def test_a_counterfactual_model_loaded_in_bfloat16_answers_and_its_logits_join_t
     new = setup.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
     assert answer and new
     assert output[EDITED_ROW, inputs["input_ids"].shape[1] :].tolist()[: len(new)] == new[:6]
+    with pytest.raises(ValueError, match="given by name"):
+        EditableModel.from_pretrained(
+            setup.base, tmp_path / "editor", tokenizer=setup.tokenizer, dtype="bfloat16"
+        )
     with pytest.raises(ValueError, match="dtype must be one of"):
         EditableModel.from_pretrained(
             setup.base,

@@ -162,7 +162,7 @@ def build_app(args: argparse.Namespace) -> Any:
             store=args.store,
             counterfactual=args.counterfactual,
             counterfactual_dtype=args.counterfactual_dtype,
-            dtype=args.dtype or "float32",
+            dtype=args.dtype,
         )
         router = EditRouter.from_editable_model(model, enabled=not args.no_edits)
         generator = BaseModelGenerator(model.base_model, model.tokenizer)
