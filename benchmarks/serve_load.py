@@ -69,6 +69,7 @@ from pathlib import Path
 
 import httpx
 
+from serac.serve.cli import DTYPE_NAMES
 from serac.serve.protocol import ROUTING_HEADER
 
 ADMIN = "load-admin-token"
@@ -779,12 +780,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16", "float16"],
+        choices=DTYPE_NAMES,
         help="serac serve --dtype (the base model's) for both serac runs (default: its own, float32)",
     )
     parser.add_argument(
         "--counterfactual-dtype",
-        choices=["float32", "bfloat16", "float16"],
+        choices=DTYPE_NAMES,
         help="serac serve --counterfactual-dtype for the serac runs (default: as saved)",
     )
     parser.add_argument(
