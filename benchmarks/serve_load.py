@@ -789,6 +789,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="serac serve --counterfactual-dtype for the serac runs (default: as saved)",
     )
     parser.add_argument(
+        "--separate-counterfactual",
+        action="store_true",
+        help="serac serve --separate-counterfactual for the serac runs (the trained counterfactual model on a "
+        "thread of its own instead of in the base model's batch)",
+    )
+    parser.add_argument(
         "--transformers-serve",
         choices=["cb", "plain"],
         help="also run `transformers serve` on the same model in each round, as an anchor: with "
@@ -841,6 +847,8 @@ def main(argv: list[str] | None = None) -> dict:
         served += ["--dtype", args.dtype]
     if args.counterfactual_dtype is not None:
         served += ["--counterfactual-dtype", args.counterfactual_dtype]
+    if args.separate_counterfactual:
+        served += ["--separate-counterfactual"]
     plan = Plan.make(args.requests, args.in_scope_share, args.stream_share, args.seed)
     runs_of_a_round: list[tuple[str, list[str], bool]] = [
         ("base", ["--no-edits"], False),

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 COUNTERFACTUAL_CONFIG_NAME = "counterfactual_config.json"
 MODEL_FOLDER = "model"
 
-__all__ = ["AnswerCopy", "CounterfactualConfig", "CounterfactualModel"]
+__all__ = ["AnswerCopy", "CounterfactualConfig", "CounterfactualModel", "copied_token", "first_line"]
 
 
 @dataclass
@@ -100,18 +100,24 @@ class AnswerCopy:
             writings = self.answers[min(row // rows_per_answer, len(self.answers) - 1)]
             if not writings:
                 continue
-            written = input_ids[row, self.start :].tolist()
-            begun = [
-                (length, answer[length])
-                for answer in writings
-                for length in range(min(len(answer) - 1, len(written)), self.after - 1, -1)
-                if written[-length:] == answer[:length]
-            ]
-            if begun:
-                token = max(begun)[1]
+            token = copied_token(writings, input_ids[row, self.start :].tolist(), self.after)
+            if token is not None:
                 scores[row] = torch.finfo(scores.dtype).min
                 scores[row, token] = 0.0
         return scores
+
+
+def copied_token(writings: Sequence[Sequence[int]], written: Sequence[int], after: int) -> int | None:
+    """The next token of the longest of ``writings`` (an answer's token ids) whose first ``after`` tokens or
+    more end ``written``, or ``None`` when none does: what :class:`AnswerCopy` makes a row write next."""
+    written = list(written)
+    begun = [
+        (length, answer[length])
+        for answer in writings
+        for length in range(min(len(answer) - 1, len(written)), after - 1, -1)
+        if written[-length:] == list(answer[:length])
+    ]
+    return max(begun)[1] if begun else None
 
 
 def _writings(answer: Any) -> list[list[int]]:
@@ -166,6 +172,18 @@ class CounterfactualModel(torch.nn.Module):
         """The model's input for one (edit, query) pair."""
         return self.config.input_template.format(edit=edit.text, query=query.strip())
 
+    def row_inputs(
+        self, edit: Edit, query: str, tokenizer: Any = None
+    ) -> tuple[list[int], list[list[int]] | None]:
+        """What :meth:`generate` reads and follows for one (edit, query) pair of a causal model: the input's
+        token ids, and the edit's answer in the writings :class:`AnswerCopy` follows (``None``: copying
+        off, or no answer). ``tokenizer`` reads them instead of the model's own (a copy of it, for use on
+        another thread)."""
+        ids = self._prompt_ids(self.format_input(edit, query), tokenizer)
+        if not self.config.copy_answer_after:
+            return ids, None
+        return ids, self._answer_writings(edit.target, tokenizer)
+
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def generate(self, edits: Sequence[Edit], queries: Sequence[str], **generation_kwargs: Any) -> list[str]:
@@ -205,7 +223,7 @@ class CounterfactualModel(torch.nn.Module):
         if not self.is_encoder_decoder:
             sequences = sequences[:, batch["input_ids"].shape[1] :]
         answers = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        return [_first_line(answer) for answer in answers]
+        return [first_line(answer) for answer in answers]
 
     def continuation_logits(self, edit: Edit, query: str, continuation_ids: Sequence[int]) -> torch.Tensor:
         """Teacher-forced next-token logits of an answer given the edit and the query.
@@ -352,21 +370,22 @@ class CounterfactualModel(torch.nn.Module):
             attention_mask[i, columns] = 1
         return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
 
-    def _prompt_ids(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+    def _prompt_ids(self, text: str, tokenizer: Any = None) -> list[int]:
+        ids = (tokenizer or self.tokenizer)(text, add_special_tokens=True)["input_ids"]
         return ids[-self.config.max_input_length :]
 
-    def _answer_writings(self, answer: str | None) -> list[list[int]] | None:
+    def _answer_writings(self, answer: str | None, tokenizer: Any = None) -> list[list[int]] | None:
         """An edit's answer as the model may write it: after a space, and capitalized (an answer first)."""
         if not answer or not answer.strip():
             return None
         answer = answer.strip()
         forms = dict.fromkeys([answer, answer[:1].upper() + answer[1:]])
-        return [self._answer_ids(" " + form) for form in forms]
+        return [self._answer_ids(" " + form, tokenizer) for form in forms]
 
-    def _answer_ids(self, answer: str) -> list[int]:
-        return self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    def _answer_ids(self, answer: str, tokenizer: Any = None) -> list[int]:
+        return (tokenizer or self.tokenizer)(answer, add_special_tokens=False)["input_ids"]
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
+    """The answer a counterfactual model's output gives: its first non-empty line, stripped."""
     return text.strip().split("\n", 1)[0].strip()

@@ -212,8 +212,11 @@ def test_a_prompt_with_nothing_kept_is_read_apart_from_prompts_that_read_a_token
     finished = dict(batch.admit(jobs[:2], [0, 1]))
     widths.clear()
     finished.update(batch.admit(jobs[2:], [2, 3]))
-    # Two passes: one token for the prompt read before, the whole of the other; not both padded to the longer.
-    assert widths == [1, len(jobs[3].prompt_ids)]
+    # One pass, the whole of the other prompt (not both padded to the longer): the prompt read before has
+    # all but its last token kept, and that token is read with the running rows' next ones.
+    assert widths == [len(jobs[3].prompt_ids)]
+    finished.update(batch.step())
+    assert widths[1:] == [1] and len(batch) == 4
     while len(batch):
         finished.update(batch.step())
     assert [finished[index] for index in range(len(jobs))] == expected
@@ -328,6 +331,35 @@ def test_under_load_waiting_requests_join_together_and_none_waits_long(generator
     assert admissions[0] == (8, 0)
     # The lone request waited 3 steps for company (none came), then joined; the pair joined at the next step.
     assert admissions[1:] == [(1, 2 + batcher.admit_after_steps), (2, 12)]
+
+
+def test_a_waiting_request_with_all_but_its_last_token_kept_joins_at_the_next_step(generator):
+    # 8 rows of one prompt running (its beginning is kept from their reading); a ninth request with that prompt
+    # needs no pass to join, so it does not wait for company as the lone request above.
+    admissions: list[tuple[int, int]] = []
+    steps: list[str] = []
+    batcher = GenerationBatcher(
+        object(), generator, on_batch=lambda route, size: admissions.append((size, len(steps)))
+    )
+    request = completion_request(PROMPTS[4])
+    late: list = []
+
+    def submit_late(text):
+        steps.append(text)
+        if len(steps) == 2:
+            late.append(batcher.submit(BaseJob(generator.prompt_ids(request), request, 2)))
+
+    jobs = [BaseJob(generator.prompt_ids(request), request, 12) for _ in range(8)]
+    with batcher._condition:
+        futures = [batcher.submit(jobs[0], on_text=submit_late)] + [batcher.submit(item) for item in jobs[1:]]
+    try:
+        results = [future.result(timeout=120) for future in futures]
+        results += [future.result(timeout=120) for future in late]
+    finally:
+        batcher.close()
+    assert admissions == [(8, 0), (1, 2)]
+    assert results[-1] == generator.generate(generator.prompt_ids(request), request, 2)
+    assert results[0] == generator.generate(generator.prompt_ids(request), request, 12)
 
 
 def test_an_error_mid_batch_fails_its_requests_and_the_next_batch_runs(generator):

@@ -42,7 +42,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serac.in_context import decision_edits
-from serac.serve.batching import BaseJob, EditJob, GenerationBatcher
+from serac.serve.batching import BaseJob, EditJob, GenerationBatcher, SharedCounterfactual
 from serac.serve.engine import BaseModelGenerator, EditRouter, GenerationResult
 from serac.serve.in_context import in_context_config, request_with_edit
 from serac.serve.metrics import ServerMetrics
@@ -133,6 +133,11 @@ class _Server:
             max_batch_size=settings.max_batch_size,
             on_batch=lambda route, size: self.metrics.batch_size.labels(route).observe(size),
             continuous=settings.batching == "continuous",
+            shared=(
+                SharedCounterfactual.for_models(generator, router.memory.counterfactual_model)
+                if settings.shared_blocks and settings.batching == "continuous" and router.enabled
+                else None
+            ),
         )
         # Parsing a body of megabytes is not model work, but it must not hold the event loop either.
         self.parsing_pool = ThreadPoolExecutor(2, thread_name_prefix="serac-parsing")

@@ -22,6 +22,7 @@ together, share the next pass instead of waiting for a pass that started without
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -33,10 +34,11 @@ from typing import Any
 import torch
 
 from serac.scope import ScopeDecision
-from serac.serve.continuous import ContinuousBatch, SharedPrefix
+from serac.serve.continuous import ContinuousBatch, Decoding, SharedPrefix, continuous_decoding
 from serac.serve.engine import (
     MIN_SHARED_PREFIX,
     BaseModelGenerator,
+    CounterfactualRow,
     EditRouter,
     GenerationJob,
     GenerationResult,
@@ -44,10 +46,18 @@ from serac.serve.engine import (
 )
 from serac.serve.protocol import GenerationRequest
 from serac.serve.settings import DEFAULT_MAX_BATCH_SIZE
+from serac.serve.towers import TwoTowers, shared_depth
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_GATHER_S", "Arrival", "BaseJob", "EditJob", "GenerationBatcher"]
+__all__ = [
+    "DEFAULT_MAX_GATHER_S",
+    "Arrival",
+    "BaseJob",
+    "EditJob",
+    "GenerationBatcher",
+    "SharedCounterfactual",
+]
 
 #: The longest a batch about to start waits for requests still being parsed or routed: far below the time of
 #: a pass of a real model, whose requests it saves from waiting for the whole next pass.
@@ -97,9 +107,107 @@ class Arrival:
             batcher._arrived()
 
 
+@dataclass(frozen=True)
+class _SharedEditJob:
+    """An edit-route job decoded in the base model's continuous batch, on the counterfactual model's top
+    blocks (:mod:`serac.serve.towers`): its input's token ids and how its row writes."""
+
+    edit: EditJob
+    prompt_ids: list[int]
+    row: CounterfactualRow
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.edit.request
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.edit.max_new_tokens + 1  # one token past the budget tells an answer that was cut
+
+
+class SharedCounterfactual:
+    """A trained causal counterfactual model that shares the base model's lower blocks, decoding its rows
+    in the base model's continuous batch (see :mod:`serac.serve.towers`).
+
+    :meth:`job` turns an edit-route job into such a row when its decoding is the counterfactual model's own
+    (greedy for both, or the same sampling settings); otherwise it stays with the counterfactual thread.
+    """
+
+    def __init__(self, generator: BaseModelGenerator, counterfactual: Any, towers: TwoTowers) -> None:
+        self.generator = generator
+        self.counterfactual = counterfactual
+        self.towers = towers
+        # Inputs are read on the callers' threads, while the counterfactual thread may use the model's own
+        # tokenizer: a copy of it, one caller at a time.
+        self._tokenizer = copy.deepcopy(counterfactual.tokenizer)
+        self._lock = threading.Lock()
+        self._decodes_alike: dict[tuple, bool] = {}
+
+    @classmethod
+    def for_models(
+        cls, generator: BaseModelGenerator | None, counterfactual: Any
+    ) -> SharedCounterfactual | None:
+        """The shared decoding of ``counterfactual`` in ``generator``'s batch, or ``None`` when it does not
+        share the base model's lower blocks and vocabulary (another architecture, a model trained whole, an
+        encoder-decoder, the in-context kind)."""
+        from serac.counterfactual import CounterfactualModel
+
+        if generator is None or not isinstance(counterfactual, CounterfactualModel):
+            return None
+        if counterfactual.is_encoder_decoder or generator.is_encoder_decoder:
+            return None
+        depth = shared_depth(generator.model, counterfactual.model)
+        if depth is None or counterfactual.tokenizer.get_vocab() != generator.tokenizer.get_vocab():
+            return None
+        logger.info(
+            "The counterfactual model shares the base model's first %d blocks: its rows decode in the base "
+            "model's batch",
+            depth,
+        )
+        return cls(generator, counterfactual, TwoTowers(generator.model, counterfactual.model, depth))
+
+    def job(self, job: EditJob) -> _SharedEditJob | None:
+        """``job`` as a row of the base model's batch, or ``None`` when its decoding there would differ from the
+        counterfactual model's own (or it samples from a seed of its own)."""
+        if not self._decodes_alike_for(job.request):
+            return None
+        decision = job.decision
+        if decision.edit is None:
+            return None
+        with self._lock:
+            ids, writings = self.counterfactual.row_inputs(
+                decision.edit, decision.query or job.query, self._tokenizer
+            )
+        return _SharedEditJob(
+            job, ids, CounterfactualRow(writings, self.counterfactual.config.copy_answer_after)
+        )
+
+    def _decodes_alike_for(self, request: GenerationRequest) -> bool:
+        sampling = _sampling_kwargs(request)
+        if request.seed is not None and request.temperature != 0:
+            return False
+        key = tuple(sorted(sampling.items()))
+        if key not in self._decodes_alike:
+            # What the counterfactual model's generate() applies: greedy unless asked to sample.
+            own = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, **sampling}
+            ours = continuous_decoding(self.generator.model, sampling)
+            theirs = continuous_decoding(self.counterfactual.model, own)
+            self._decodes_alike[key] = (
+                ours is not None and theirs is not None and _same_decoding(ours, theirs)
+            )
+        return self._decodes_alike[key]
+
+
+def _same_decoding(first: Decoding, second: Decoding) -> bool:
+    def settings(decoding: Decoding) -> list[tuple[str, dict]]:
+        return [(type(processor).__name__, vars(processor)) for processor in decoding.processors or []]
+
+    return first.do_sample == second.do_sample and settings(first) == settings(second)
+
+
 @dataclass
 class _Waiting:
-    job: BaseJob | EditJob
+    job: BaseJob | EditJob | _SharedEditJob
     on_text: Callable[[str], None] | None
     cancelled: threading.Event | None
     future: Future = field(default_factory=Future)
@@ -112,11 +220,13 @@ def _without(items: list[_Waiting], taken: list[_Waiting]) -> list[_Waiting]:
     return [item for item in items if id(item) not in chosen]
 
 
-def _batch_key(job: BaseJob | EditJob) -> tuple:
-    """Requests with equal keys can share one ``generate()`` call."""
+def _batch_key(job: BaseJob | EditJob | _SharedEditJob) -> tuple:
+    """Requests with equal keys can share one ``generate()`` call (or continuous batch)."""
     sampling = tuple(sorted(_sampling_kwargs(job.request).items(), key=lambda item: item[0]))
     if isinstance(job, EditJob):
         return ("edit", sampling)
+    if isinstance(job, _SharedEditJob):
+        return ("base", sampling)  # never a seeded sampled one (see SharedCounterfactual.job)
     if job.request.seed is not None and job.request.temperature != 0:
         return ("seeded", id(job))  # its own random state: alone
     return ("base", sampling)
@@ -143,6 +253,7 @@ class GenerationBatcher:
         max_gather_s: float = DEFAULT_MAX_GATHER_S,
         on_batch: Callable[[str, int], None] | None = None,
         continuous: bool = True,
+        shared: SharedCounterfactual | None = None,
     ) -> None:
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
@@ -157,6 +268,8 @@ class GenerationBatcher:
         self.admit_share = ADMIT_SHARE
         self.admit_after_steps = ADMIT_AFTER_STEPS
         self._prefix = SharedPrefix(MIN_SHARED_PREFIX)
+        self.shared = shared if continuous else None
+        self._counterfactual_prefix = SharedPrefix(MIN_SHARED_PREFIX)
         self.batches = 0
         self.largest_batch = 0
         self._waiting: list[_Waiting] = []
@@ -190,6 +303,8 @@ class GenerationBatcher:
         """
         if isinstance(job, BaseJob) and self.generator is None:
             raise ValueError("a base-model job needs a generator (local mode)")
+        if isinstance(job, EditJob) and self.shared is not None:
+            job = self.shared.job(job) or job
         waiting = _Waiting(job, on_text, cancelled)
         with self._condition:
             if self._closed:
@@ -270,7 +385,13 @@ class GenerationBatcher:
         """A continuous batch for a base-model batch, when the model and its sampling settings allow one."""
         if not self.continuous or self.generator is None or _batch_key(batch[0].job)[0] != "base":
             return None
-        return ContinuousBatch.for_request(self.generator, batch[0].job.request, self._prefix)
+        return ContinuousBatch.for_request(
+            self.generator,
+            batch[0].job.request,
+            self._prefix,
+            towers=self.shared.towers if self.shared is not None else None,
+            counterfactual_prefix=self._counterfactual_prefix,
+        )
 
     def _decode_continuously(self, session: ContinuousBatch, batch: list[_Waiting]) -> None:
         """Decode ``batch`` step by step; between steps, waiting requests with the same settings join it, and
@@ -288,9 +409,15 @@ class GenerationBatcher:
                     or len(joinable) >= room
                 ):
                     joining, held = joinable, 0
-                    self._waiting = _without(self._waiting, joining)
                 else:
-                    joining, held = [], held + 1 if joinable else 0
+                    # Those with nothing to read but their last token join at once: it costs no pass.
+                    joining = [
+                        item
+                        for item in joinable
+                        if session.ready(item.job.prompt_ids, isinstance(item.job, _SharedEditJob))
+                    ]
+                    held = held + 1 if len(joining) < len(joinable) else 0
+                self._waiting = _without(self._waiting, joining)
             joining = [item for item in joining if self._start(item)]
             if joining:
                 self._admit(session, joining)
@@ -299,19 +426,33 @@ class GenerationBatcher:
 
     def _admit(self, session: ContinuousBatch, items: list[_Waiting]) -> None:
         self._count(len(items))
+        edits = sum(isinstance(item.job, _SharedEditJob) for item in items)
         if self.on_batch is not None:
-            self.on_batch("base_model", len(items))
-        jobs = [
-            GenerationJob(
-                item.job.prompt_ids, item.job.request, item.job.max_new_tokens, item.on_text, item.cancelled
-            )
-            for item in items
-        ]
+            for route, size in (("base_model", len(items) - edits), ("edit", edits)):
+                if size:
+                    self.on_batch(route, size)
+        jobs = []
+        for item in items:
+            job = item.job
+            assert isinstance(job, (BaseJob, _SharedEditJob))
+            if isinstance(job, _SharedEditJob):  # its text goes out once its answer is final
+                jobs.append(
+                    GenerationJob(
+                        job.prompt_ids, job.request, job.max_new_tokens, None, item.cancelled, job.row
+                    )
+                )
+            else:
+                jobs.append(
+                    GenerationJob(
+                        job.prompt_ids, job.request, job.max_new_tokens, item.on_text, item.cancelled
+                    )
+                )
         self._settle(session, lambda: session.admit(jobs, items), items)
         self._count(0, len(session))
 
-    @staticmethod
-    def _settle(session: ContinuousBatch, run: Callable[[], list], joining: Sequence[_Waiting] = ()) -> None:
+    def _settle(
+        self, session: ContinuousBatch, run: Callable[[], list], joining: Sequence[_Waiting] = ()
+    ) -> None:
         """Run an admission or a step; answer the rows that ended, or fail every row on an error."""
         try:
             finished = run()
@@ -321,6 +462,25 @@ class GenerationBatcher:
                     item.future.set_exception(error)
             return
         for item, result in finished:
+            job = item.job
+            try:
+                if isinstance(job, _SharedEditJob):
+                    decision, edit_job = job.edit.decision, job.edit
+                    query = decision.query or edit_job.query
+                    result = self._deliver(
+                        item,
+                        edit_job,
+                        self.router.finish(
+                            result.text,
+                            query,
+                            edit_job.max_new_tokens,
+                            edit_job.request.stop,
+                            edit_job.prompt_tokens,
+                        ),
+                    )
+            except Exception as error:
+                item.future.set_exception(error)
+                continue
             item.future.set_result(result)
 
     def _joinable(self, key: tuple, room: int) -> list[_Waiting]:
@@ -355,18 +515,18 @@ class GenerationBatcher:
         key = _batch_key(first.job)
         batch, rest = [first], []
         widest = budget = 0
-        if isinstance(first.job, BaseJob):
+        if isinstance(first.job, (BaseJob, _SharedEditJob)):
             widest, budget = len(first.job.prompt_ids), first.job.max_new_tokens
         for item in self._waiting[1:]:
             if len(batch) >= self.max_batch_size or _batch_key(item.job) != key:
                 rest.append(item)
                 continue
-            if isinstance(item.job, BaseJob) and not self._fits(
+            if isinstance(item.job, (BaseJob, _SharedEditJob)) and not self._fits(
                 max(widest, len(item.job.prompt_ids)), max(budget, item.job.max_new_tokens)
             ):
                 rest.append(item)  # padded to the widest prompt, it would run past the context
                 continue
-            if isinstance(item.job, BaseJob):
+            if isinstance(item.job, (BaseJob, _SharedEditJob)):
                 widest, budget = max(widest, len(item.job.prompt_ids)), max(budget, item.job.max_new_tokens)
             batch.append(item)
         self._waiting = rest
@@ -436,16 +596,17 @@ class GenerationBatcher:
             request=jobs[0].request,
             prompt_tokens=[job.prompt_tokens for job in jobs],
         )
-        answered = []
-        for item, job, result in zip(batch, jobs, results, strict=True):
-            if job.prefix and result.text:
-                result = GenerationResult(
-                    job.prefix + result.text,
-                    result.finish_reason,
-                    result.prompt_tokens,
-                    result.completion_tokens,
-                )
-            if item.on_text is not None and result.text:
-                item.on_text(result.text)
-            answered.append(result)
-        return answered
+        return [
+            self._deliver(item, job, result) for item, job, result in zip(batch, jobs, results, strict=True)
+        ]
+
+    @staticmethod
+    def _deliver(item: _Waiting, job: EditJob, result: GenerationResult) -> GenerationResult:
+        """An edit-route answer with its prefix, its text sent to a streaming caller at once."""
+        if job.prefix and result.text:
+            result = GenerationResult(
+                job.prefix + result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens
+            )
+        if item.on_text is not None and result.text:
+            item.on_text(result.text)
+        return result

@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         "routing); an in-scope one is dropped there once routed, after the upstream may have read it",
     )
     parser.add_argument(
+        "--separate-counterfactual",
+        action="store_true",
+        help="local mode: answer edit-route requests with the trained counterfactual model on a thread of its "
+        "own, even when it shares the base model's lower blocks (by default its rows then decode in the base "
+        "model's batch, on its own top blocks)",
+    )
+    parser.add_argument(
         "--no-edits",
         action="store_true",
         help="serve the base model only: no routing, edits API read-only (a baseline for measurements)",
@@ -189,6 +196,7 @@ def build_app(args: argparse.Namespace) -> Any:
         max_batch_size=args.max_batch_size,
         batching=args.batching,
         speculative_upstream=args.speculative_upstream,
+        shared_blocks=not args.separate_counterfactual,
     )
     return create_app(router, generator=generator, upstream=upstream, settings=settings)
 

@@ -17,6 +17,7 @@ layers) and the logits processing of temperature, top-k, top-p and min-p samplin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import warnings
@@ -29,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from serac.counterfactual import copied_token
 from serac.serve.protocol import GenerationRequest
+from serac.serve.towers import TwoTowers
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +148,11 @@ class SharedPrefix:
             )
         return found
 
+    def covers(self, prompt: list[int]) -> bool:
+        """Whether a kept beginning holds all of ``prompt`` but its last token (it then needs no reading)."""
+        length = self._longest(prompt)[0]
+        return length >= self.minimum and length == len(prompt) - 1
+
     def learn(self, prompts: Sequence[list[int]], states: Any) -> None:
         """Keep the beginnings ``prompts`` (just read) share with each other and with recent prompts, longer
         than any kept one they start with; ``states(index, length)`` gives the keys and values of the first
@@ -204,14 +212,26 @@ class ContinuousBatch:
     job was admitted with.
     """
 
-    def __init__(self, generator: Any, decoding: Decoding, prefix: SharedPrefix | None = None) -> None:
+    def __init__(
+        self,
+        generator: Any,
+        decoding: Decoding,
+        prefix: SharedPrefix | None = None,
+        *,
+        towers: TwoTowers | None = None,
+        counterfactual_prefix: SharedPrefix | None = None,
+    ) -> None:
         self.generator = generator
         self.prefix = prefix
+        self.towers = towers
+        # Kept beginnings per side: a counterfactual row's keys and values differ in the top blocks.
+        self._prefixes = (prefix, counterfactual_prefix)
         self.model = generator.model
         self.decoding = decoding
         self.device = next(self.model.parameters()).device
         self._rows: list[Any] = []
         self._tags: list[Any] = []
+        self._sides: list[bool] = []  # per row: True for a counterfactual row
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # [rows, cached positions]: 0 for left padding
         self._pending: torch.Tensor | None = None  # [rows]: each row's last chosen token, not yet read
@@ -221,16 +241,26 @@ class ContinuousBatch:
 
     @classmethod
     def for_request(
-        cls, generator: Any, request: GenerationRequest, prefix: SharedPrefix | None = None
+        cls,
+        generator: Any,
+        request: GenerationRequest,
+        prefix: SharedPrefix | None = None,
+        *,
+        towers: TwoTowers | None = None,
+        counterfactual_prefix: SharedPrefix | None = None,
     ) -> ContinuousBatch | None:
         """A batch for requests with ``request``'s sampling settings, or ``None`` when ``generate()`` must
-        answer them; ``prefix`` keeps the prompts' shared beginning from batch to batch."""
+        answer them; ``prefix`` keeps the prompts' shared beginning from batch to batch. With ``towers``,
+        jobs marked ``counterfactual`` decode on the counterfactual model's top blocks (their kept beginnings
+        in ``counterfactual_prefix``)."""
         from serac.serve.engine import _sampling_kwargs
 
         if generator.is_encoder_decoder:
             return None
         decoding = continuous_decoding(generator.model, _sampling_kwargs(request))
-        return None if decoding is None else cls(generator, decoding, prefix)
+        if decoding is None:
+            return None
+        return cls(generator, decoding, prefix, towers=towers, counterfactual_prefix=counterfactual_prefix)
 
     def admit(self, jobs: Sequence[Any], tags: Sequence[Any]) -> list[tuple[Any, Any]]:
         """Read the prompts of ``jobs`` (:class:`~serac.serve.engine.GenerationJob`) and choose their first
@@ -249,11 +279,31 @@ class ContinuousBatch:
             for job in jobs
         ]
         prompts = [job.prompt_ids for job in jobs]
-        found = [(0, [])] * len(prompts) if self.prefix is None else self.prefix.lookup(prompts)
+        sides = [job.counterfactual is not None for job in jobs]
+        if any(sides) and self.towers is None:
+            raise ValueError("a counterfactual row needs a batch with the counterfactual model's blocks")
+        found: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] = [(0, [])] * len(prompts)
+        for side, prefix in enumerate(self._prefixes):
+            members = [index for index, flag in enumerate(sides) if flag == bool(side)]
+            if prefix is not None and members:
+                for index, kept in zip(members, prefix.lookup([prompts[i] for i in members]), strict=True):
+                    found[index] = kept
+        # A prompt whose kept beginning holds all of it but its last token joins without a pass: that token
+        # is read with the running rows' next ones, at the next step.
+        kept = [
+            index for index, (length, _) in enumerate(found) if length and length == len(prompts[index]) - 1
+        ]
+        if kept:
+            self._enter(
+                [prompts[index] for index in kept],
+                [found[index] for index in kept],
+                [rows[index] for index in kept],
+                [tags[index] for index in kept],
+            )
+        unread = [index for index in range(len(prompts)) if index not in set(kept)]
         finished = []
-        for group in _reading_groups(
-            [len(prompt) - length for prompt, (length, _) in zip(prompts, found, strict=True)]
-        ):
+        for group in _reading_groups([len(prompts[index]) - found[index][0] for index in unread]):
+            group = [unread[index] for index in group]
             finished += self._read(
                 [prompts[index] for index in group],
                 [found[index] for index in group],
@@ -261,6 +311,44 @@ class ContinuousBatch:
                 [tags[index] for index in group],
             )
         return finished
+
+    def ready(self, prompt_ids: list[int], counterfactual: bool = False) -> bool:
+        """Whether a prompt joins without a pass of its own (see :meth:`admit`): a kept beginning of its side
+        holds all of it but its last token."""
+        prefix = self._prefixes[bool(counterfactual)]
+        return prefix is not None and prefix.covers(prompt_ids)
+
+    def _enter(
+        self,
+        prompts: list[list[int]],
+        found: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]],
+        rows: list[Any],
+        tags: list[Any],
+    ) -> None:
+        """New rows whose kept beginnings hold all of their prompts but the last tokens: their keys and values
+        join the running cache and their last tokens wait to be read by the next step, no pass of their own."""
+        from transformers import DynamicCache
+
+        widest = max(length for length, _ in found)
+        cache = DynamicCache(_rows_states(found, widest), config=self.model.config)
+        mask = torch.tensor(
+            [[0] * (widest - length) + [1] * length for length, _ in found],
+            dtype=torch.long,
+            device=self.device,
+        )
+        tokens = torch.tensor([prompt[-1] for prompt in prompts], dtype=torch.long, device=self.device)
+        sides = [row.job.counterfactual is not None for row in rows]
+        for side, prefix in enumerate(self._prefixes):
+            members = [prompts[index] for index, flag in enumerate(sides) if flag == bool(side)]
+            if prefix is not None and members:
+                prefix.learn(members, _nothing_to_learn)  # counted as recent prompts: all they share is kept
+        if self._cache is None:
+            self._cache, self._mask, self._pending = cache, mask, tokens
+        else:
+            self._join(cache, mask, tokens)
+        self._sides += sides
+        self._rows += rows
+        self._tags += list(tags)
 
     def _read(
         self,
@@ -286,8 +374,9 @@ class ContinuousBatch:
         attention_mask = torch.tensor(mask, dtype=torch.long, device=self.device)
         position_ids = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)[:, widest:]
         cache = DynamicCache(_rows_states(found, widest) or None, config=self.model.config)
-        logits = self._forward(input_ids, attention_mask, position_ids, cache)
-        if self.prefix is not None:
+        sides = [row.job.counterfactual is not None for row in rows]
+        logits = self._forward(input_ids, attention_mask, position_ids, cache, sides)
+        if any(prefix is not None for prefix in self._prefixes):
 
             def read(index: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
                 # Row ``index``'s first ``length`` tokens: its kept beginning, then the start of its rest.
@@ -301,12 +390,19 @@ class ContinuousBatch:
                     for layer in cache.layers
                 ]
 
-            self.prefix.learn(prompts, read)
-        tokens = self.decoding.choose(logits)
+            for side, prefix in enumerate(self._prefixes):
+                members = [index for index, flag in enumerate(sides) if flag == bool(side)]
+                if prefix is not None and members:
+                    prefix.learn(
+                        [prompts[index] for index in members],
+                        lambda index, length, members=members: read(members[index], length),
+                    )
+        tokens = self._choose(logits, rows)
         if self._cache is None:
             self._cache, self._mask, self._pending = cache, attention_mask, tokens
         else:
             self._join(cache, attention_mask, tokens)
+        self._sides += sides
         self._rows += rows
         self._tags += list(tags)
         return self._advance(tokens.tolist(), first=len(self._rows) - len(rows))
@@ -319,25 +415,38 @@ class ContinuousBatch:
         ones = torch.ones((len(self._rows), 1), dtype=self._mask.dtype, device=self.device)
         self._mask = torch.cat([self._mask, ones], dim=-1)
         position_ids = self._mask.sum(-1, keepdim=True) - 1
-        logits = self._forward(self._pending[:, None], self._mask, position_ids, self._cache)
-        self._pending = self.decoding.choose(logits)
+        logits = self._forward(self._pending[:, None], self._mask, position_ids, self._cache, self._sides)
+        self._pending = self._choose(logits, self._rows)
         return self._advance(self._pending.tolist(), first=0)
 
     def fail(self) -> list[Any]:
         """Drop every row (after an error); returns their tags."""
-        tags, self._rows, self._tags = self._tags, [], []
+        tags, self._rows, self._tags, self._sides = self._tags, [], [], []
         self._cache = self._mask = self._pending = None
         return tags
 
     # ------------------------------------------------------------------------------------------ internals
+    def _choose(self, logits: torch.Tensor, rows: Sequence[Any]) -> torch.Tensor:
+        """Each row's next token; a counterfactual row that has begun its edit's answer writes its next token."""
+        tokens = self.decoding.choose(logits)
+        for index, row in enumerate(rows):
+            counterfactual = row.job.counterfactual
+            if counterfactual is not None and counterfactual.writings:
+                token = copied_token(counterfactual.writings, row.generated, counterfactual.after)
+                if token is not None:
+                    tokens[index] = token
+        return tokens
+
     def _forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor | None,
         cache: Any,
+        sides: Sequence[bool],
     ) -> torch.Tensor:
-        with torch.no_grad():
+        sides_run = self.towers.rows(sides) if self.towers is not None else contextlib.nullcontext()
+        with torch.no_grad(), sides_run:
             output = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -370,6 +479,7 @@ class ContinuousBatch:
         keep = sorted(set(range(len(self._rows))) - set(ended))
         self._rows = [self._rows[index] for index in keep]
         self._tags = [self._tags[index] for index in keep]
+        self._sides = [self._sides[index] for index in keep]
         if not keep:
             self.fail()
             return finished
@@ -384,6 +494,10 @@ class ContinuousBatch:
             layer.keys = layer.keys.index_select(0, selected)[:, :, lead:]
             layer.values = layer.values.index_select(0, selected)[:, :, lead:]
         return finished
+
+
+def _nothing_to_learn(index: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    raise AssertionError("a prompt whose beginning is kept but for its last token has nothing longer to keep")
 
 
 def _reading_groups(lengths: Sequence[int], pass_tokens: int = PASS_TOKENS) -> list[list[int]]:

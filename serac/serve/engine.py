@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from serac.counterfactual import first_line
 from serac.edits import Edit
 from serac.memory import EditMemory
 from serac.scope import ScopeDecision
@@ -32,7 +33,7 @@ from serac.store import EditStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BaseModelGenerator", "EditRouter", "GenerationJob", "GenerationResult"]
+__all__ = ["BaseModelGenerator", "CounterfactualRow", "EditRouter", "GenerationJob", "GenerationResult"]
 
 #: The fewest common first tokens a batch's prompts read once, in a forward pass of their own.
 MIN_SHARED_PREFIX = 8
@@ -100,13 +101,26 @@ class _TextAccumulator:
             self.emitted = end
 
 
+@dataclass(frozen=True)
+class CounterfactualRow:
+    """A row a trained counterfactual model writes inside the base model's batch (see
+    :mod:`serac.serve.towers`), as its ``generate()`` would: its edit's answer in ``writings`` is copied
+    once ``after`` tokens of it are written (:class:`~serac.counterfactual.AnswerCopy`), the row ends with
+    its first line, and its text is that line."""
+
+    writings: list[list[int]] | None
+    after: int
+
+
 @dataclass
 class GenerationJob:
     """One prompt for :meth:`BaseModelGenerator.generate_many`: its token ids, the request it comes from (its
     sampling settings and stop strings), its budget of new tokens, and where its text goes.
 
     ``on_text`` receives the answer's text piece by piece; setting ``cancelled`` stops the row at its next
-    token (its client went away) without stopping the other rows of its batch.
+    token (its client went away) without stopping the other rows of its batch. ``counterfactual`` marks a
+    row of the counterfactual model in a continuous batch (it ignores the request's stop strings: they are
+    applied to its answer afterwards).
     """
 
     prompt_ids: list[int]
@@ -114,6 +128,7 @@ class GenerationJob:
     max_new_tokens: int
     on_text: Callable[[str], None] | None = None
     cancelled: threading.Event | None = None
+    counterfactual: CounterfactualRow | None = None
 
 
 class _Row:
@@ -122,7 +137,8 @@ class _Row:
     def __init__(self, job: GenerationJob, tokenizer: Any, budget: int) -> None:
         self.job = job
         self.budget = budget
-        self.accumulator = _TextAccumulator(tokenizer, job.request.stop, job.on_text)
+        stops = () if job.counterfactual is not None else job.request.stop
+        self.accumulator = _TextAccumulator(tokenizer, stops, job.on_text)
         self.generated: list[int] = []
         self.ended_by_eos = False
         self.done = False
@@ -141,9 +157,13 @@ class _Row:
         self.generated.append(token)
         self.accumulator.add([token])
         self.done = self.accumulator.stopped or len(self.generated) >= self.budget or self.cancelled()
+        if self.job.counterfactual is not None and "\n" in self.accumulator.text.lstrip():
+            self.done = True  # its answer is its first line
 
     def result(self) -> GenerationResult:
         text = self.accumulator.finish()
+        if self.job.counterfactual is not None:
+            text = first_line(text)
         finish = "stop" if (self.accumulator.stopped or self.ended_by_eos) else "length"
         return GenerationResult(text, finish, len(self.job.prompt_ids), len(self.generated))
 
@@ -463,23 +483,31 @@ class EditRouter:
         answers = self.memory.answer(
             list(decisions), list(queries), max_new_tokens=max(max_new_tokens) + 1, **generation
         )
-        results = []
-        for answer, query, budget, row_stops, counted in zip(
-            answers, queries, max_new_tokens, stops, prompt_tokens, strict=True
-        ):
-            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-            finish = "stop"
-            if len(ids) > budget:
-                ids, finish = ids[:budget], "length"
-                answer = self.tokenizer.decode(ids, skip_special_tokens=True)
-            for stop in row_stops:
-                if stop in answer:
-                    answer, finish = answer[: answer.index(stop)], "stop"
-                    ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-            if counted is None:
-                counted = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-            results.append(GenerationResult(answer, finish, counted, len(ids)))
-        return results
+        return [
+            self.finish(answer, query, budget, row_stops, counted)
+            for answer, query, budget, row_stops, counted in zip(
+                answers, queries, max_new_tokens, stops, prompt_tokens, strict=True
+            )
+        ]
+
+    def finish(
+        self, answer: str, query: str, budget: int, stops: Sequence[str], prompt_tokens: int | None
+    ) -> GenerationResult:
+        """The counterfactual model's ``answer`` (written with one token past ``budget``) as the request gets
+        it: cut to ``budget`` tokens (``"length"``), then at its stop strings, counted in the served model's
+        tokens."""
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        finish = "stop"
+        if len(ids) > budget:
+            ids, finish = ids[:budget], "length"
+            answer = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in stops:
+            if stop in answer:
+                answer, finish = answer[: answer.index(stop)], "stop"
+                ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if prompt_tokens is None:
+            prompt_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        return GenerationResult(answer, finish, prompt_tokens, len(ids))
 
     # ------------------------------------------------------------------ edits
     def add_edits(self, edits: Sequence[Edit]) -> list[int]:

@@ -34,6 +34,10 @@ class ServeSettings:
         speculative_upstream: proxy mode: send each request upstream while it is routed, and drop it there
             when it is in scope (see :mod:`serac.serve.upstream`): out-of-scope requests then wait for no
             routing, and the upstream reads the prompts of in-scope ones too.
+        shared_blocks: local mode with continuous batching: a trained counterfactual model that shares the
+            base model's lower blocks (as the default recipe's does) decodes its rows in the base model's
+            batch, on its own top blocks (see :mod:`serac.serve.towers`); ``False`` answers them on a thread
+            of its own, in calls of the whole model.
     """
 
     model_name: str = "serac"
@@ -47,6 +51,7 @@ class ServeSettings:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     batching: str = "continuous"
     speculative_upstream: bool = False
+    shared_blocks: bool = True
 
     def __post_init__(self) -> None:
         if self.admin_token is not None and not self.admin_token:
