@@ -2,12 +2,15 @@
 
 With ``continuous=True`` (the server's default) a base-model batch is decoded step by step by a
 :class:`~serac.serve.continuous.ContinuousBatch`: between two steps, waiting requests with the same sampling
-settings join it (under load, several at once: :data:`ADMIT_SHARE`), and each row's answer goes back when it
-ends. Edit-route requests (a trained counterfactual model) are answered on a thread of their own meanwhile:
-the oldest waiting one and every waiting one with the same sampling settings in one call, those that arrive
-during a call in the next. The base model's batch never stops for them, and each model is called from one
-thread only (Hugging Face fast tokenizers are not safe to call from several threads at once; the two models
-have their own).
+settings join it (under load, several at once: :data:`ADMIT_SHARE`; at once when their prompt is kept but
+for its last token), and each row's answer goes back when it ends. Edit-route requests of a trained
+counterfactual model that shares the base model's lower blocks join the same batch as rows of their own
+(:class:`SharedCounterfactual`, :mod:`serac.serve.towers`). Other edit-route requests (a model that shares
+nothing, a decoding the batch cannot give them) are answered on a thread of their own meanwhile: the oldest
+waiting one and every waiting one with the same sampling settings in one call, those that arrive during a call
+in the next. The base model's batch never stops for them, and each model is called from one thread only
+(Hugging Face fast tokenizers are not safe to call from several threads at once; the two models have their
+own).
 
 Models and settings a continuous batch does not cover are batched per ``generate()`` call: requests that
 arrive while a batch runs wait for the next pass of the generation thread, which takes the oldest waiting
@@ -269,7 +272,7 @@ class GenerationBatcher:
         self.admit_after_steps = ADMIT_AFTER_STEPS
         self._prefix = SharedPrefix(MIN_SHARED_PREFIX)
         self.shared = shared if continuous else None
-        self._counterfactual_prefix = SharedPrefix(MIN_SHARED_PREFIX)
+        self._counterfactual_prefix = SharedPrefix(MIN_SHARED_PREFIX) if self.shared is not None else None
         self.batches = 0
         self.largest_batch = 0
         self._waiting: list[_Waiting] = []

@@ -268,7 +268,8 @@ class ContinuousBatch:
 
         Prompts are read in one forward pass, or in a few when padding them to one width would read more
         padding than a pass costs (:func:`_reading_groups`): a prompt with nothing kept beside prompts
-        that read one token each."""
+        that read one token each. A prompt whose kept beginning holds all of it but its last token is read
+        in no pass of its own: that token is read by the next :meth:`step`, which chooses its first token."""
         from serac.serve.engine import _Row
 
         if not jobs:
