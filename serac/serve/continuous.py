@@ -284,11 +284,9 @@ class ContinuousBatch:
         if any(sides) and self.towers is None:
             raise ValueError("a counterfactual row needs a batch with the counterfactual model's blocks")
         found: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] = [(0, [])] * len(prompts)
-        for side, prefix in enumerate(self._prefixes):
-            members = [index for index, flag in enumerate(sides) if flag == bool(side)]
-            if prefix is not None and members:
-                for index, kept in zip(members, prefix.lookup([prompts[i] for i in members]), strict=True):
-                    found[index] = kept
+        for prefix, members in self._by_side(sides):
+            for index, kept in zip(members, prefix.lookup([prompts[i] for i in members]), strict=True):
+                found[index] = kept
         # A prompt whose kept beginning holds all of it but its last token joins without a pass: that token
         # is read with the running rows' next ones, at the next step.
         kept = [
@@ -319,6 +317,16 @@ class ContinuousBatch:
         prefix = self._prefixes[bool(counterfactual)]
         return prefix is not None and prefix.covers(prompt_ids)
 
+    def _by_side(self, sides: Sequence[bool]) -> list[tuple[SharedPrefix, list[int]]]:
+        """Each side's kept beginnings with the indices of its rows among ``sides`` (sides without either
+        left out)."""
+        grouped = []
+        for side, prefix in enumerate(self._prefixes):
+            members = [index for index, flag in enumerate(sides) if flag == bool(side)]
+            if prefix is not None and members:
+                grouped.append((prefix, members))
+        return grouped
+
     def _enter(
         self,
         prompts: list[list[int]],
@@ -339,10 +347,9 @@ class ContinuousBatch:
         )
         tokens = torch.tensor([prompt[-1] for prompt in prompts], dtype=torch.long, device=self.device)
         sides = [row.job.counterfactual is not None for row in rows]
-        for side, prefix in enumerate(self._prefixes):
-            members = [prompts[index] for index, flag in enumerate(sides) if flag == bool(side)]
-            if prefix is not None and members:
-                prefix.learn(members, _nothing_to_learn)  # counted as recent prompts: all they share is kept
+        for prefix, members in self._by_side(sides):
+            # Counted as recent prompts; all they share is kept already.
+            prefix.learn([prompts[index] for index in members], _nothing_to_learn)
         if self._cache is None:
             self._cache, self._mask, self._pending = cache, mask, tokens
         else:
@@ -391,13 +398,11 @@ class ContinuousBatch:
                     for layer in cache.layers
                 ]
 
-            for side, prefix in enumerate(self._prefixes):
-                members = [index for index, flag in enumerate(sides) if flag == bool(side)]
-                if prefix is not None and members:
-                    prefix.learn(
-                        [prompts[index] for index in members],
-                        lambda index, length, members=members: read(members[index], length),
-                    )
+            for prefix, members in self._by_side(sides):
+                prefix.learn(
+                    [prompts[index] for index in members],
+                    lambda index, length, members=members: read(members[index], length),
+                )
         tokens = self._choose(logits, rows)
         if self._cache is None:
             self._cache, self._mask, self._pending = cache, attention_mask, tokens
