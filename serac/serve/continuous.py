@@ -222,7 +222,6 @@ class ContinuousBatch:
         counterfactual_prefix: SharedPrefix | None = None,
     ) -> None:
         self.generator = generator
-        self.prefix = prefix
         self.towers = towers
         # Kept beginnings per side: a counterfactual row's keys and values differ in the top blocks.
         self._prefixes = (prefix, counterfactual_prefix)
@@ -238,6 +237,11 @@ class ContinuousBatch:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    @property
+    def prefix(self) -> SharedPrefix | None:
+        """The kept beginnings of the base model's prompts."""
+        return self._prefixes[0]
 
     @classmethod
     def for_request(
@@ -384,25 +388,24 @@ class ContinuousBatch:
         cache = DynamicCache(_rows_states(found, widest) or None, config=self.model.config)
         sides = [row.job.counterfactual is not None for row in rows]
         logits = self._forward(input_ids, attention_mask, position_ids, cache, sides)
-        if any(prefix is not None for prefix in self._prefixes):
 
-            def read(index: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-                # Row ``index``'s first ``length`` tokens: its kept beginning, then the start of its rest.
-                kept, start = found[index][0], widest + width - len(rests[index])
-                spans = (
-                    (widest - kept, widest - kept + min(length, kept)),
-                    (start, start + max(0, length - kept)),
-                )
-                return [
-                    (_gather(layer.keys, index, spans), _gather(layer.values, index, spans))
-                    for layer in cache.layers
-                ]
+        def read(index: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            # Row ``index``'s first ``length`` tokens: its kept beginning, then the start of its rest.
+            kept, start = found[index][0], widest + width - len(rests[index])
+            spans = (
+                (widest - kept, widest - kept + min(length, kept)),
+                (start, start + max(0, length - kept)),
+            )
+            return [
+                (_gather(layer.keys, index, spans), _gather(layer.values, index, spans))
+                for layer in cache.layers
+            ]
 
-            for prefix, members in self._by_side(sides):
-                prefix.learn(
-                    [prompts[index] for index in members],
-                    lambda index, length, members=members: read(members[index], length),
-                )
+        for prefix, members in self._by_side(sides):
+            prefix.learn(
+                [prompts[index] for index in members],
+                lambda index, length, members=members: read(members[index], length),
+            )
         tokens = self._choose(logits, rows)
         if self._cache is None:
             self._cache, self._mask, self._pending = cache, attention_mask, tokens

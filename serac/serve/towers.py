@@ -148,7 +148,7 @@ class _TwoBlocks(torch.nn.Module):
         cache = next((value for value in kwargs.values() if _is_cache(value)), None)
         if cache is not None:
             for layer, parts in written.items():
-                keys, values = _scatter(parts, batch)
+                keys, values = _scatter(parts, batch, hidden_states.dtype)
                 cache.update(keys, values, layer)
         return output
 
@@ -175,13 +175,11 @@ def _take(value: Any, rows: torch.Tensor, batch: int, dtype: torch.dtype, writte
 
 
 def _scatter(
-    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], batch: int
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], batch: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's new keys and values for the whole batch, from each side's rows."""
+    """One layer's new keys and values for the whole batch, from each side's rows, in the base model's
+    ``dtype`` (the cache's, whichever sides the batch holds)."""
     first_keys, first_values = parts[0][1], parts[0][2]
-    dtype = (
-        parts[0][1].dtype if len(parts) == 1 else torch.promote_types(parts[0][1].dtype, parts[1][1].dtype)
-    )
     keys = first_keys.new_empty((batch, *first_keys.shape[1:]), dtype=dtype)
     values = first_values.new_empty((batch, *first_values.shape[1:]), dtype=dtype)
     for rows, part_keys, part_values in parts:
