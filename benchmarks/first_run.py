@@ -30,11 +30,15 @@ _VERSION_5_COUNTERFACTUAL_DATA = {
     "counterfactual_unusual_target_fraction": 0.0,
     "counterfactual_question_fraction": 0.0,
 }
+#: Up to version 7 the counterfactual model's top blocks were trained whole.
+_BLOCKS_TRAINED_WHOLE = {"counterfactual_low_rank": None, "counterfactual_learning_rate": 3e-4}
 EARLIER_RECIPES = {
-    "6": {"version": 6, "indirect_phrasings": 0},
-    "5": {"version": 5, "indirect_phrasings": 0, **_VERSION_5_COUNTERFACTUAL_DATA},
+    "7": {"version": 7, **_BLOCKS_TRAINED_WHOLE},
+    "6": {"version": 6, "indirect_phrasings": 0, **_BLOCKS_TRAINED_WHOLE},
+    "5": {"version": 5, "indirect_phrasings": 0, **_BLOCKS_TRAINED_WHOLE, **_VERSION_5_COUNTERFACTUAL_DATA},
     "4": {
         "version": 4,
+        "counterfactual_low_rank": None,
         "scope_steps": 800,
         "scope_learning_rate": 3e-5,
         "scope_beta": 0.5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import replace
 
@@ -11,6 +12,7 @@ import torch
 from serac.counterfactual import CounterfactualModel
 from serac.data import generate_synthetic_examples
 from serac.offline import MissingDefaultModelError
+from serac.serve.towers import TwoTowers, low_rank_update, shared_depth
 from serac.training import CounterfactualTrainingArguments, recipe, train_counterfactual_model
 from serac.training.loop import freeze_below_top_blocks, transformer_blocks
 
@@ -56,6 +58,43 @@ def test_training_the_top_block_leaves_the_rest_untouched(examples, char_tokeniz
     loaded = CounterfactualModel.from_pretrained(tmp_path / "cf")
     for name, parameter in loaded.model.named_parameters():
         assert torch.equal(parameter, dict(trained.model.named_parameters())[name])
+
+
+def test_low_rank_training_changes_the_top_block_by_low_rank_updates_and_its_rows_share_the_base_layers(
+    examples, char_tokenizer, tmp_path
+):
+    base = make_tiny_llama(char_tokenizer, seed=4)
+    counterfactual = CounterfactualModel(copy.deepcopy(base), char_tokenizer)
+    arguments = CounterfactualTrainingArguments(
+        max_steps=6,
+        batch_size=8,
+        learning_rate=5e-3,
+        eval_generations=0,
+        trainable_blocks=1,
+        low_rank=2,
+        **FAST,
+    )
+    trained = train_counterfactual_model(examples, arguments, counterfactual, tmp_path / "cf")
+    # Saved as a plain checkpoint: the updates folded into the weights, no parameter or hook of their own.
+    assert set(trained.model.state_dict()) == set(base.state_dict())
+    assert not any(module._forward_hooks for module in trained.model.modules())
+    loaded = CounterfactualModel.from_pretrained(tmp_path / "cf").model
+    ours = dict(base.named_parameters())
+    changed = {name for name, p in loaded.named_parameters() if not torch.equal(ours[name], p)}
+    assert changed and all(name.startswith("model.layers.1.") for name in changed)
+    assert any(name.endswith("norm.weight") for name in changed)  # norm gains train as they are
+    for name, module in loaded.named_modules():
+        if isinstance(module, torch.nn.Linear) and f"{name}.weight" in changed:
+            down, up = low_rank_update(base.get_submodule(name).weight, module.weight)
+            assert down.shape[0] <= 2
+            torch.testing.assert_close(base.get_submodule(name).weight + up @ down, module.weight)
+    towers = TwoTowers(base, loaded, shared_depth(base, loaded))
+    assert towers.depth == 1 and towers.low_rank
+
+
+def test_low_rank_argument_is_checked():
+    with pytest.raises(ValueError, match="low_rank"):
+        CounterfactualTrainingArguments(low_rank=0)
 
 
 def test_the_estimate_scales_the_probed_steps(monkeypatch):

@@ -53,6 +53,23 @@ def fine_tuned_top(model, blocks=1, seed=7):
     return tuned
 
 
+def low_rank_top(model, blocks=1, rank=2, seed=7):
+    """``model`` with rank-``rank`` updates of its top ``blocks`` blocks' linear layers and new norm gains, as
+    a counterfactual model trained with ``low_rank`` differs from its base model."""
+    tuned = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in tuned.model.layers[-blocks:]:
+            for module in block.modules():
+                if isinstance(module, torch.nn.Linear):
+                    rows, columns = module.weight.shape
+                    up = torch.randn(rows, rank, generator=generator)
+                    module.weight.add_(0.5 * up @ torch.randn(rank, columns, generator=generator))
+                elif hasattr(module, "weight") and module.weight.dim() == 1:
+                    module.weight.add_(0.3 * torch.randn(module.weight.shape, generator=generator))
+    return tuned
+
+
 class CountingCounterfactualModel(CounterfactualModel):
     """Counts the calls of its own ``generate()`` (the counterfactual thread's path)."""
 
@@ -89,18 +106,24 @@ def test_shared_depth_is_the_blocks_below_those_trained_apart(base_model, chat_t
         TwoTowers(base_model, tuned, 3)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("dtype", "low_rank"), [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)]
+)
 def test_each_row_gets_its_own_models_logits_and_the_base_model_is_left_as_it_was(
     base_model,
     chat_tokenizer,  # noqa: F811
     dtype,
+    low_rank,
 ):
     # In bfloat16 (--counterfactual-dtype) the counterfactual rows' top blocks compute in it, the shared
-    # lower blocks in the base model's float32.
-    tuned = fine_tuned_top(base_model).to(dtype)
+    # lower blocks in the base model's float32. With low-rank updates of the top blocks, the counterfactual
+    # rows go through the base model's top blocks plus the updates.
+    tuned = (low_rank_top if low_rank else fine_tuned_top)(base_model).to(dtype)
     tolerance = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 0.1, "rtol": 0.05}
     towers = TwoTowers(base_model, tuned, shared_depth(base_model, tuned))
+    assert towers.low_rank == low_rank
     blocks, names = list(base_model.model.layers), set(base_model.state_dict())
+    modules = list(base_model.modules())
     prompts = [
         chat_tokenizer(text)["input_ids"] for text in ("Fact: one\nQ", "Hello there", "Fact: two!\nQ:")
     ]
@@ -143,6 +166,7 @@ def test_each_row_gets_its_own_models_logits_and_the_base_model_is_left_as_it_wa
             tuned(input_ids=ids[:1]).logits.float(), base_model(input_ids=ids[:1]).logits, **tolerance
         )
     assert list(base_model.model.layers) == blocks
+    assert list(base_model.modules()) == modules
     assert set(base_model.state_dict()) == names
     with towers.rows([False, False]):  # no counterfactual row: the base model as it is
         assert list(base_model.model.layers) == blocks

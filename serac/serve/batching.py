@@ -162,12 +162,16 @@ class SharedCounterfactual:
         depth = shared_depth(generator.model, counterfactual.model)
         if depth is None or counterfactual.tokenizer.get_vocab() != generator.tokenizer.get_vocab():
             return None
+        towers = TwoTowers(generator.model, counterfactual.model, depth)
         logger.info(
             "The counterfactual model shares the base model's first %d blocks: its rows decode in the base "
-            "model's batch",
+            "model's batch (%s)",
             depth,
+            "through the base model's top blocks with low-rank updates"
+            if towers.low_rank
+            else "through top blocks of their own",
         )
-        return cls(generator, counterfactual, TwoTowers(generator.model, counterfactual.model, depth))
+        return cls(generator, counterfactual, towers)
 
     def job(self, job: EditJob) -> _SharedEditJob | None:
         """``job`` as a row of the base model's batch, or ``None`` when its decoding there would differ from the

@@ -11,6 +11,12 @@ blocks' share of a pass instead of a whole second model decoding beside the batc
 :func:`shared_depth` finds how many lower blocks two models share; :class:`TwoTowers` runs a forward pass of
 the base model with the counterfactual model's top blocks on the rows it is given. Rows keep one key-value
 cache: at a top block each side's keys and values go to its own rows.
+
+A counterfactual model trained with low-rank updates of its top blocks' weights
+(``CounterfactualTrainingArguments.low_rank``) differs from the base model in those blocks by a matrix of
+small rank per linear layer (and in their norms' gains). Its rows then go through the base model's top blocks
+too, each linear layer adding the update's two thin products on the counterfactual rows alone: the top
+blocks' weights are read once per pass for every row, as the lower blocks' are.
 """
 
 from __future__ import annotations
@@ -24,7 +30,13 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TwoTowers", "shared_depth"]
+__all__ = ["MAX_LOW_RANK", "TwoTowers", "low_rank_update", "shared_depth"]
+
+#: The largest rank of a linear layer's update that :class:`TwoTowers` applies as two thin products (and at
+#: most a quarter of the layer's smaller side, where they are much cheaper than the layer); a layer whose
+#: update has a higher rank (a top block fine-tuned whole) makes it run the counterfactual model's blocks on
+#: their rows instead.
+MAX_LOW_RANK = 64
 
 
 def _blocks(model: Any) -> torch.nn.ModuleList | None:
@@ -72,6 +84,63 @@ def _blocks_prefix(model: Any, blocks: torch.nn.ModuleList) -> str | None:
     return None
 
 
+def low_rank_update(
+    base: torch.Tensor, tuned: torch.Tensor, max_rank: int = MAX_LOW_RANK
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(down, up)`` with ``tuned - base == up @ down`` (to the float rounding of ``tuned``) and at most
+    ``max_rank`` rows in ``down`` (and at most a quarter of the weight's smaller side), or ``None`` when the
+    update of this weight has a higher rank.
+
+    Example:
+        >>> base = torch.zeros(8, 4)
+        >>> down, up = low_rank_update(base, base + torch.outer(torch.ones(8), torch.arange(4.0)))
+        >>> down.shape, up.shape
+        (torch.Size([1, 4]), torch.Size([8, 1]))
+    """
+    delta = tuned.detach().float() - base.detach().float()
+    left, values, right = torch.linalg.svd(delta, full_matrices=False)
+    if not values.numel() or not bool(values[0] > 0):
+        return None
+    # Singular values of the rounding of a merged update are about a millionth of its largest: far below this.
+    rank = int((values > values[0] * 1e-4).sum())
+    if rank > min(max_rank, min(delta.shape) // 4):
+        return None
+    return (values[:rank, None] * right[:rank]).to(base.dtype), left[:, :rank].to(base.dtype).contiguous()
+
+
+def _low_rank_plan(
+    base_blocks: Sequence[torch.nn.Module], blocks: Sequence[torch.nn.Module]
+) -> list[tuple[torch.nn.Module, str, torch.nn.Module, Any]] | None:
+    """For each module of the base model's ``base_blocks`` that differs in the counterfactual model's
+    ``blocks``: ``(parent, name, module, change)``, the change a ``(down, up)`` update of a linear layer
+    without a bias of its own, or the counterfactual model's module where only vectors differ (a norm's gain);
+    ``None`` when another kind of difference (a higher-rank update, another dtype) makes the plan fail."""
+    plan = []
+    for base_block, block in zip(base_blocks, blocks, strict=True):
+        modules = dict(block.named_modules())
+        for name, module in base_block.named_modules():
+            theirs = modules.get(name)
+            own = dict(module.named_parameters(recurse=False))
+            other = dict(theirs.named_parameters(recurse=False)) if theirs is not None else {}
+            if set(own) != set(other) or any(o.dtype != other[k].dtype for k, o in own.items()):
+                return None
+            changed = [key for key, tensor in own.items() if not torch.equal(tensor, other[key])]
+            if not changed:
+                continue
+            parent_name, _, attribute = name.rpartition(".")
+            parent = base_block.get_submodule(parent_name)
+            if isinstance(module, torch.nn.Linear) and changed == ["weight"]:
+                update = low_rank_update(module.weight, theirs.weight)
+                if update is None:
+                    return None
+                plan.append((parent, attribute, module, update))
+            elif all(own[key].dim() == 1 for key in changed) and not list(module.children()):
+                plan.append((parent, attribute, module, theirs))
+            else:
+                return None
+    return plan
+
+
 class TwoTowers:
     """The base model's forward pass with the counterfactual model's top blocks on some of its rows.
 
@@ -79,6 +148,9 @@ class TwoTowers:
         base: the base model (its blocks are swapped in place only for the duration of :meth:`rows`).
         counterfactual: a model from which :func:`shared_depth` found ``depth`` shared blocks.
         depth: the number of lower blocks both models share.
+
+    ``low_rank`` says whether the counterfactual rows take the base model's top blocks with the low-rank
+    updates of the counterfactual model's (see the module's docstring) rather than its blocks.
     """
 
     def __init__(self, base: Any, counterfactual: Any, depth: int) -> None:
@@ -94,6 +166,19 @@ class TwoTowers:
             _TwoBlocks(block, other, self)
             for block, other in zip(self._own[depth:], list(blocks)[depth:], strict=True)
         ]
+        plan = _low_rank_plan(self._own[depth:], list(blocks)[depth:])
+        self._swaps = (
+            None
+            if plan is None
+            else [
+                (parent, name, module, _Updated(module, change, self))
+                for parent, name, module, change in plan
+            ]
+        )
+
+    @property
+    def low_rank(self) -> bool:
+        return self._swaps is not None
 
     @contextlib.contextmanager
     def rows(self, counterfactual: Sequence[bool]) -> Iterator[None]:
@@ -109,14 +194,45 @@ class TwoTowers:
             (~flags).nonzero().squeeze(1).to(device),
             flags.nonzero().squeeze(1).to(device),
         )
-        for index, pair in enumerate(self._pairs, start=self.depth):
-            self._blocks[index] = pair
+        if self._swaps is not None:
+            for parent, name, _, updated in self._swaps:
+                setattr(parent, name, updated)
+        else:
+            for index, pair in enumerate(self._pairs, start=self.depth):
+                self._blocks[index] = pair
         try:
             yield
         finally:
+            if self._swaps is not None:
+                for parent, name, module, _ in self._swaps:
+                    setattr(parent, name, module)
             for index in range(self.depth, len(self._own)):
                 self._blocks[index] = self._own[index]
             self._split = None
+
+
+class _Updated(torch.nn.Module):
+    """A module of a base model's top block with the counterfactual model's change on the flagged rows: a
+    linear layer adds ``x @ down.T @ up.T`` on them; another module (a norm) is the counterfactual model's
+    there."""
+
+    def __init__(self, module: torch.nn.Module, change: Any, towers: TwoTowers) -> None:
+        super().__init__()
+        # Not registered as submodules: this wrapper lives only for a forward pass.
+        self.__dict__["module"] = module
+        self.__dict__["change"] = change
+        self.__dict__["towers"] = towers
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        split = self.towers._split
+        assert split is not None
+        rows = split[1]
+        output = self.module(hidden_states)
+        theirs = hidden_states.index_select(0, rows)
+        if isinstance(self.change, tuple):
+            down, up = self.change
+            return output.index_add(0, rows, (theirs @ down.T) @ up.T)
+        return output.index_copy(0, rows, self.change(theirs))
 
 
 class _TwoBlocks(torch.nn.Module):

@@ -279,6 +279,12 @@ class CounterfactualTrainingArguments(LoopArguments):
         metadata=_help("train only the last N transformer blocks (the rest, embeddings included, stay "
                        "frozen and need no backward pass); None: the whole model"),
     )  # fmt: skip
+    low_rank: int | None = field(
+        default=None,
+        metadata=_help("train each linear layer of the trained blocks through an update of this rank (folded "
+                       "into the weights when saved), so a server runs the model's rows through the base "
+                       "model's layers; None: the weights themselves"),
+    )  # fmt: skip
 
     def pair_options(self) -> dict:
         """The keywords of :func:`serac.data.counterfactual_pairs` these arguments set (all but the seed)."""
@@ -313,3 +319,5 @@ class CounterfactualTrainingArguments(LoopArguments):
             raise ValueError(f"eval_generations must be >= 0, got {self.eval_generations}")
         if self.trainable_blocks is not None and self.trainable_blocks < 1:
             raise ValueError(f"trainable_blocks must be >= 1 or None, got {self.trainable_blocks}")
+        if self.low_rank is not None and self.low_rank < 1:
+            raise ValueError(f"low_rank must be >= 1 or None, got {self.low_rank}")

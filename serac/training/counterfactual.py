@@ -28,16 +28,19 @@ from serac.counterfactual import CounterfactualModel
 from serac.data import EditExample, counterfactual_pairs, edits_from_column
 from serac.training.arguments import CounterfactualTrainingArguments
 from serac.training.loop import (
+    add_low_rank_updates,
     checkpoint_directory,
     finish_checkpoints,
     freeze_below_top_blocks,
     hf_arguments,
     last_checkpoint,
     loss_history,
+    merge_low_rank_updates,
     model_reference,
     prepare_run,
     quiet_progress,
     run_summary,
+    transformer_blocks,
     write_report,
 )
 
@@ -166,6 +169,20 @@ def train_counterfactual_model(
         logger.info(
             "Training the last %d transformer blocks (%d parameters)", arguments.trainable_blocks, trainable
         )
+    if arguments.low_rank is not None:
+        blocks = transformer_blocks(model)
+        if arguments.trainable_blocks is not None:
+            blocks = blocks[-arguments.trainable_blocks :]
+        else:
+            model.requires_grad_(False)  # the blocks' own parameters are set by add_low_rank_updates
+            blocks.requires_grad_(True)
+        trainable = add_low_rank_updates(blocks, arguments.low_rank)
+        logger.info(
+            "Training rank-%d updates of %d blocks (%d parameters)",
+            arguments.low_rank,
+            len(blocks),
+            trainable,
+        )
     logger.info(
         "Counterfactual model (%s): %d training rows from %d edits, %d held-out rows",
         type(model).__name__, len(train_pairs), len(train_examples), len(eval_pairs),
@@ -185,6 +202,7 @@ def train_counterfactual_model(
         quiet_progress(trainer, "counterfactual model")
         trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir, arguments.resume))
         history = loss_history(trainer.state.log_history)
+        merge_low_rank_updates(model)
         model.eval()
         model.requires_grad_(False)
         metrics = evaluate_counterfactual_model(counterfactual, eval_pairs, limit=arguments.eval_generations)

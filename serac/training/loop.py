@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 ArgumentsT = TypeVar("ArgumentsT", bound=LoopArguments)
 
 __all__ = [
+    "add_low_rank_updates",
+    "merge_low_rank_updates",
     "CHECKPOINT_FOLDER",
     "TRAINING_REPORT_NAME",
     "check_examples",
@@ -93,6 +95,51 @@ def freeze_below_top_blocks(model: torch.nn.Module, count: int, *, head: bool = 
             elif after_top:
                 parameter.requires_grad_(True)
     return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+class _LowRankUpdate:
+    """The forward hook of a linear layer trained through a low-rank update: adds ``x @ down.T @ up.T``."""
+
+    def __call__(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output + (inputs[0] @ module.low_rank_down.T) @ module.low_rank_up.T
+
+
+def add_low_rank_updates(blocks: Sequence[torch.nn.Module], rank: int) -> int:
+    """Make the linear layers of ``blocks`` train through updates of rank ``rank`` (their weights frozen, two
+    thin matrices trained: ``up`` starts at zero, so the model starts as it was); the blocks' other parameters
+    (norm gains) train as they are. Returns the trainable parameter count. :func:`merge_low_rank_updates`
+    folds the updates into the weights.
+
+    A counterfactual model trained so differs from its base model by a small rank per layer, which lets its
+    rows go through the base model's own layers when both serve one batch (:class:`serac.serve.towers.TwoTowers`).
+    """
+    if rank < 1:
+        raise ValueError(f"low_rank must be >= 1, got {rank}")
+    trainable = 0
+    for block in blocks:
+        for module in list(block.modules()):
+            if isinstance(module, torch.nn.Linear):
+                module.weight.requires_grad_(False)
+                if module.bias is not None:
+                    module.bias.requires_grad_(False)
+                columns, rows = module.in_features, module.out_features
+                down = torch.empty(rank, columns, dtype=module.weight.dtype, device=module.weight.device)
+                torch.nn.init.kaiming_uniform_(down, a=5**0.5)
+                module.low_rank_down = torch.nn.Parameter(down)
+                module.low_rank_up = torch.nn.Parameter(module.weight.new_zeros(rows, rank))
+                module.low_rank_hook = module.register_forward_hook(_LowRankUpdate())
+        trainable += sum(parameter.numel() for parameter in block.parameters() if parameter.requires_grad)
+    return trainable
+
+
+def merge_low_rank_updates(model: torch.nn.Module) -> None:
+    """Fold the updates :func:`add_low_rank_updates` added into their layers' weights and remove them."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and hasattr(module, "low_rank_hook"):
+            with torch.no_grad():
+                module.weight.add_(module.low_rank_up @ module.low_rank_down)
+            module.low_rank_hook.remove()
+            del module.low_rank_hook, module.low_rank_down, module.low_rank_up
 
 
 def check_examples(examples: Sequence[EditExample], name: str = "examples") -> list[EditExample]:

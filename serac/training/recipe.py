@@ -49,21 +49,25 @@ DEFAULT_TRAINING_SEED = 0
 class DefaultRecipe:
     """How the default parts are trained; ``version`` names the cache folder, so a changed recipe retrains.
 
-    The defaults are the shipped recipe (version 7). Version 6 was ``DefaultRecipe(version=6,
-    indirect_phrasings=0)``: the same parts and steps, with no open prompts among the scope classifier's
-    in-scope queries; it routed fewer of CounterFact's open prompts, more of zsRE's plain paraphrases, and more
-    questions about another relation of a subject named earlier in a conversation (benchmarks/README.md, "Open
-    prompts in the scope classifier's training"). Version 5 trained the same scope classifier and a
-    counterfactual model with ``counterfactual_answer_style="voice"``, ``counterfactual_question_fraction=0.0``
-    and ``counterfactual_unusual_target_fraction=0.0``: its answers held the edit's answer for fewer real edit
-    prompts (benchmarks/README.md, "The default parts"). Version 4, the recipe before it, was
-    ``DefaultRecipe(version=4, scope_steps=800, scope_learning_rate=3e-5, scope_beta=0.5, scope_eval_steps=200,
-    counterfactual_steps=120, counterfactual_learning_rate=1e-4, counterfactual_blocks=None,
-    counterfactual_eval_generations=200, counterfactual_eval_steps=200)`` with version 5's counterfactual data:
-    25.5 min on an idle 2-core CPU, against 7.8 min for version 5 (benchmarks/first_run.py).
+    The defaults are the shipped recipe (version 8). Version 7 was ``DefaultRecipe(version=7,
+    counterfactual_low_rank=None, counterfactual_learning_rate=3e-4)``: the counterfactual model's top blocks
+    trained whole, which answered as well but needed blocks of their own beside the base model's when both
+    decode in one batch (benchmarks/README.md, "A counterfactual model of low-rank updates"). Version 6 was
+    version 7 with ``indirect_phrasings=0``: the same parts and steps, with no open prompts among the scope
+    classifier's in-scope queries; it routed fewer of CounterFact's open prompts, more of zsRE's plain
+    paraphrases, and more questions about another relation of a subject named earlier in a conversation
+    (benchmarks/README.md, "Open prompts in the scope classifier's training"). Version 5 trained the same scope
+    classifier and a counterfactual model with ``counterfactual_answer_style="voice"``,
+    ``counterfactual_question_fraction=0.0`` and ``counterfactual_unusual_target_fraction=0.0``: its answers
+    held the edit's answer for fewer real edit prompts (benchmarks/README.md, "The default parts"). Version 4,
+    the recipe before it, was version 7 with ``version=4, scope_steps=800, scope_learning_rate=3e-5,
+    scope_beta=0.5, scope_eval_steps=200, counterfactual_steps=120, counterfactual_learning_rate=1e-4,
+    counterfactual_blocks=None, counterfactual_eval_generations=200, counterfactual_eval_steps=200`` and version
+    5's counterfactual data: 25.5 min on an idle 2-core CPU, against 7.8 min for version 5
+    (benchmarks/first_run.py).
     """
 
-    version: int = 7
+    version: int = 8
     num_edits: int = 3000
     #: Open prompts per training edit whose continuation the edit decides ("Shops in Brnovo take payment in"
     #: for a currency), among the scope classifier's in-scope queries (:attr:`SyntheticDataConfig.indirect_phrasings`).
@@ -80,9 +84,13 @@ class DefaultRecipe:
     #: Copying an edit's answer into a sentence is learnt by the top of the network: training the last 8 of
     #: SmolLM2's 30 blocks skips the backward pass through the rest (a step costs about half).
     counterfactual_steps: int = 80
-    counterfactual_learning_rate: float = 3e-4
+    counterfactual_learning_rate: float = 1e-3
     counterfactual_batch_size: int = 8
     counterfactual_blocks: int | None = 8
+    #: Each linear layer of those blocks is trained through an update of rank 32 (its weights stay the base
+    #: model's until the update is folded in at the end): the model answers as one trained on the weights
+    #: does, and a server runs its rows through the base model's own top blocks plus two thin products.
+    counterfactual_low_rank: int | None = 32
     counterfactual_eval_generations: int = 50
     #: 0: no held-out loss pass (2,639 rows) at the end of training; the generations above measure the model.
     counterfactual_eval_steps: int = 0
@@ -115,6 +123,7 @@ class DefaultRecipe:
             batch_size=self.counterfactual_batch_size,
             learning_rate=self.counterfactual_learning_rate,
             trainable_blocks=self.counterfactual_blocks,
+            low_rank=self.counterfactual_low_rank,
             eval_generations=self.counterfactual_eval_generations,
             eval_steps=self.counterfactual_eval_steps,
             seed=self.seed,
@@ -309,7 +318,7 @@ def _counterfactual_step_seconds(
 ) -> float:
     from serac.counterfactual import CounterfactualModel
     from serac.data import counterfactual_pairs, edits_from_column
-    from serac.training.loop import freeze_below_top_blocks
+    from serac.training.loop import add_low_rank_updates, freeze_below_top_blocks, transformer_blocks
 
     arguments = recipe.counterfactual_arguments(show_progress=False)
     counterfactual = CounterfactualModel.from_pretrained(start)
@@ -317,6 +326,8 @@ def _counterfactual_step_seconds(
     model.requires_grad_(True)  # as training does; then only the top blocks if the recipe says so
     if arguments.trainable_blocks is not None:
         freeze_below_top_blocks(model, arguments.trainable_blocks)
+        if arguments.low_rank is not None:
+            add_low_rank_updates(transformer_blocks(model)[-arguments.trainable_blocks :], arguments.low_rank)
     pairs = counterfactual_pairs(examples, seed=arguments.seed, **arguments.pair_options())
     pairs = pairs.shuffle(seed=arguments.seed)[: arguments.batch_size]
     features = counterfactual.training_features(
