@@ -162,17 +162,22 @@ class TwoTowers:
         self._blocks = base_blocks
         self._own = list(base_blocks)
         self._split: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._pairs = [
-            _TwoBlocks(block, other, self)
-            for block, other in zip(self._own[depth:], list(blocks)[depth:], strict=True)
-        ]
         plan = _low_rank_plan(self._own[depth:], list(blocks)[depth:])
+        # Low-rank updates swap modules inside the base model's top blocks; otherwise whole blocks are swapped.
         self._swaps = (
             None
             if plan is None
             else [
                 (parent, name, module, _Updated(module, change, self))
                 for parent, name, module, change in plan
+            ]
+        )
+        self._pairs = (
+            []
+            if plan is not None
+            else [
+                _TwoBlocks(block, other, self)
+                for block, other in zip(self._own[depth:], list(blocks)[depth:], strict=True)
             ]
         )
 
@@ -194,19 +199,16 @@ class TwoTowers:
             (~flags).nonzero().squeeze(1).to(device),
             flags.nonzero().squeeze(1).to(device),
         )
-        if self._swaps is not None:
-            for parent, name, _, updated in self._swaps:
-                setattr(parent, name, updated)
-        else:
-            for index, pair in enumerate(self._pairs, start=self.depth):
-                self._blocks[index] = pair
+        for parent, name, _, updated in self._swaps or ():
+            setattr(parent, name, updated)
+        for index, pair in enumerate(self._pairs, start=self.depth):
+            self._blocks[index] = pair
         try:
             yield
         finally:
-            if self._swaps is not None:
-                for parent, name, module, _ in self._swaps:
-                    setattr(parent, name, module)
-            for index in range(self.depth, len(self._own)):
+            for parent, name, module, _ in self._swaps or ():
+                setattr(parent, name, module)
+            for index in range(self.depth, self.depth + len(self._pairs)):
                 self._blocks[index] = self._own[index]
             self._split = None
 
