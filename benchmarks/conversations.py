@@ -1,7 +1,7 @@
 """Routing of multi-turn conversations built from an edit dataset: does a chat reach its edit when the last
 turn does not name the subject, and stay out of scope when it changes the topic?
 
-Run: ``python benchmarks/conversations.py --data-path ../shared/data/mquake-cf-dev.json [--parts DIR]
+Run: ``python benchmarks/conversations.py --data-path mquake:../shared/data/mquake-cf-dev.json [--parts DIR]
 [--output report.json]``
 (``--data-path`` takes any spec of :func:`serac.data.load_examples`, e.g. ``zsre:PATH``). Every edit of the
 file is stored at once; the conversations are built from each edit's own in-scope questions that name its

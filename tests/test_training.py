@@ -145,10 +145,10 @@ def test_scope_training_lowers_the_loss_and_saves_thresholds(
     scope_examples, tiny_cross_encoder_dir, tmp_path
 ):
     output = tmp_path / "scope"
-    classifier = train_scope_classifier(
-        scope_examples, scope_arguments(tiny_cross_encoder_dir), output, embedder=HashEmbedder()
-    )
+    arguments = scope_arguments(tiny_cross_encoder_dir, similarity_weight=2.0, similarity_center=0.5)
+    classifier = train_scope_classifier(scope_examples, arguments, output, embedder=HashEmbedder())
     assert isinstance(classifier, CrossEncoderScopeClassifier)
+    assert (classifier.config.similarity_weight, classifier.config.similarity_center) == (2.0, 0.5)
     saved = report(output)
     assert mean_loss(saved["loss_history"], first=False) < mean_loss(saved["loss_history"], first=True) - 0.2
     assert saved["global_step"] == 40

@@ -171,6 +171,15 @@ class ScopeTrainingArguments(LoopArguments):
         metadata=_help("candidate edits the saved classifier scores per query"),
     )
     eval_batch_size: int = field(default=64, metadata=_help("pairs per batch when scoring held-out pairs"))
+    similarity_weight: float = field(
+        default=ScopeClassifierConfig.similarity_weight,
+        metadata=_help("how much the cosine of the masked pair moves the saved classifier's scores (0: the "
+                       "cross-encoder alone); the threshold is chosen on the cross-encoder's own scores"),
+    )  # fmt: skip
+    similarity_center: float = field(
+        default=ScopeClassifierConfig.similarity_center,
+        metadata=_help("the cosine at which that term is zero"),
+    )
     trainable_blocks: int | None = field(
         default=None,
         metadata=_help("train only the last N transformer blocks and the classification head (the embeddings "
@@ -196,6 +205,8 @@ class ScopeTrainingArguments(LoopArguments):
             edit_input=self.edit_input,
             top_k=self.top_k,
             subject_candidates=self.subject_candidates,
+            similarity_weight=self.similarity_weight,
+            similarity_center=self.similarity_center,
         )
         if self.negatives_per_positive < 0:
             raise ValueError(f"negatives_per_positive must be >= 0, got {self.negatives_per_positive}")

@@ -294,6 +294,8 @@ def train_scope_classifier(
         last_sentence=arguments.last_sentence,
         mask_subject=arguments.mask_subject,
         subject_candidates=arguments.subject_candidates,
+        similarity_weight=arguments.similarity_weight,
+        similarity_center=arguments.similarity_center,
     )
     edit_column = _EDIT_COLUMNS[arguments.edit_input]
 
