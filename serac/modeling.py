@@ -440,12 +440,17 @@ class EditableModel(torch.nn.Module):
         train_if_missing: bool = True,
         store: str | os.PathLike | None = None,
         counterfactual: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        counterfactual_dtype: str | torch.dtype | None = None,
     ) -> EditableModel:
         """SmolLM2-135M-Instruct (or ``base_model``) wrapped with the default trained parts, offline.
 
         The default parts are trained from the embedded synthetic data on first use (a progress bar shows
-        it) and cached; later calls load them in seconds. ``store`` (where the edits are kept) and
-        ``counterfactual`` (``"in-context"``: the base model itself answers) are as in :meth:`from_pretrained`.
+        it) and cached; later calls load them in seconds. ``store`` (where the edits are kept),
+        ``counterfactual`` (``"in-context"``: the base model itself answers), ``dtype`` (the type the base
+        model is loaded in when given by name or left to the default) and ``counterfactual_dtype`` are as in
+        :meth:`from_pretrained`: ``from_defaults(dtype=torch.bfloat16, counterfactual_dtype=torch.bfloat16)``
+        on a GPU.
         """
         # The one upward import of the library: the default parts are trained by serac.training, which
         # itself builds EditableModels, so the recipe is imported here, when called, and not at module
@@ -460,7 +465,13 @@ class EditableModel(torch.nn.Module):
 
         parts = default_parts_dir(train_if_missing=train_if_missing)
         return cls.from_pretrained(
-            base_model, parts, tokenizer=tokenizer, store=store, counterfactual=counterfactual
+            base_model,
+            parts,
+            tokenizer=tokenizer,
+            store=store,
+            counterfactual=counterfactual,
+            dtype=dtype,
+            counterfactual_dtype=counterfactual_dtype,
         )
 
     # ------------------------------------------------------------------ forwarding

@@ -342,6 +342,21 @@ def test_from_defaults_takes_the_kind(tmp_path, monkeypatch, llama, tokenizer, e
     assert model.counterfactual_model.model is llama
     default = EditableModel.from_defaults(llama, tokenizer=tokenizer)
     assert isinstance(default.counterfactual_model, CounterfactualModel)  # the default stays the trained kind
+    assert default.counterfactual_model.model.dtype == torch.float32
+
+
+def test_from_defaults_takes_the_dtypes(tmp_path, monkeypatch, llama, tokenizer, embedder):
+    import serac.training.recipe
+
+    folder = tmp_path / "default-parts"
+    counterfactual = CounterfactualModel(make_tiny_t5(tokenizer, seed=2), tokenizer)
+    EditMemory(scope_classifier(), counterfactual, EditStore(embedder)).save_pretrained(folder)
+    monkeypatch.setattr(serac.training.recipe, "default_parts_dir", lambda train_if_missing=True: folder)
+    model = EditableModel.from_defaults(llama, tokenizer=tokenizer, counterfactual_dtype=torch.bfloat16)
+    assert model.counterfactual_model.model.dtype == torch.bfloat16
+    # A base model given loaded keeps its type; asking for another is refused, as from_pretrained does.
+    with pytest.raises(ValueError, match="dtype is the type a base model given by name"):
+        EditableModel.from_defaults(llama, tokenizer=tokenizer, dtype=torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------- Gemma 3 270M
