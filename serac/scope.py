@@ -407,9 +407,7 @@ class EmbeddingScopeClassifier(ScopeClassifier):
         """Cosine similarity of each (edit text, query) pair, embedded with the store's embedder."""
         if len(edit_texts) != len(queries):
             raise ValueError(f"{len(edit_texts)} edit texts for {len(queries)} queries")
-        if not queries:
-            return np.zeros(0, dtype=np.float32)
-        return np.sum(store.encode(list(edit_texts)) * store.encode(list(queries)), axis=1)
+        return pair_cosines(store, list(zip(edit_texts, queries, strict=True)))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
@@ -471,14 +469,7 @@ class CrossEncoderScopeClassifier(ScopeClassifier):
         ``pairs`` are the texts the cross-encoder read, :meth:`ScopeClassifierConfig.pair` of each.
         """
         probabilities = np.asarray(probabilities, dtype=np.float64)
-        if not len(pairs):
-            return probabilities
-        texts = list(dict.fromkeys(text for pair in pairs for text in pair))
-        index = {text: position for position, text in enumerate(texts)}
-        vectors = store.encode(texts)
-        first = vectors[[index[edit_text] for edit_text, _ in pairs]]
-        second = vectors[[index[query] for _, query in pairs]]
-        cosine = np.sum(first * second, axis=1, dtype=np.float64)
+        cosine = pair_cosines(store, pairs).astype(np.float64)
         clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
         logits = np.log(clipped) - np.log1p(-clipped)
         logits += self.config.similarity_weight * (cosine - self.config.similarity_center)
@@ -548,6 +539,18 @@ def load_scope_classifier(directory: str | os.PathLike) -> ScopeClassifier:
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def pair_cosines(store: EditStore, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """The cosine similarity of each pair of texts, embedded by ``store``'s embedder, each distinct text once."""
+    if not pairs:
+        return np.zeros(0, dtype=np.float32)
+    texts = list(dict.fromkeys(text for pair in pairs for text in pair))
+    index = {text: position for position, text in enumerate(texts)}
+    vectors = store.encode(texts)
+    first = vectors[[index[text] for text, _ in pairs]]
+    second = vectors[[index[text] for _, text in pairs]]
+    return np.sum(first * second, axis=1)
 
 
 def last_sentence(text: str) -> str:

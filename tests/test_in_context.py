@@ -329,14 +329,20 @@ def test_a_trained_folder_loads_in_context_without_its_weights(tmp_path, llama, 
     assert not (tmp_path / "again" / "counterfactual_model" / "model").exists()
 
 
-def test_from_defaults_takes_the_kind(tmp_path, monkeypatch, llama, tokenizer, embedder):
-    """The default parts' scope classifier and edits, the base model answering (the parts stand in here)."""
+@pytest.fixture
+def default_parts(tmp_path, monkeypatch, tokenizer, embedder):
+    """Parts standing in for the default ones, where ``from_defaults`` finds them."""
     import serac.training.recipe
 
     folder = tmp_path / "default-parts"
     counterfactual = CounterfactualModel(make_tiny_t5(tokenizer, seed=2), tokenizer)
     EditMemory(scope_classifier(), counterfactual, EditStore(embedder)).save_pretrained(folder)
     monkeypatch.setattr(serac.training.recipe, "default_parts_dir", lambda train_if_missing=True: folder)
+    return folder
+
+
+def test_from_defaults_takes_the_kind(default_parts, llama, tokenizer):
+    """The default parts' scope classifier and edits, the base model answering (the parts stand in here)."""
     model = EditableModel.from_defaults(llama, tokenizer=tokenizer, counterfactual="in-context")
     assert isinstance(model.counterfactual_model, InContextCounterfactual)
     assert model.counterfactual_model.model is llama
@@ -345,13 +351,7 @@ def test_from_defaults_takes_the_kind(tmp_path, monkeypatch, llama, tokenizer, e
     assert default.counterfactual_model.model.dtype == torch.float32
 
 
-def test_from_defaults_takes_the_dtypes(tmp_path, monkeypatch, llama, tokenizer, embedder):
-    import serac.training.recipe
-
-    folder = tmp_path / "default-parts"
-    counterfactual = CounterfactualModel(make_tiny_t5(tokenizer, seed=2), tokenizer)
-    EditMemory(scope_classifier(), counterfactual, EditStore(embedder)).save_pretrained(folder)
-    monkeypatch.setattr(serac.training.recipe, "default_parts_dir", lambda train_if_missing=True: folder)
+def test_from_defaults_takes_the_dtypes(default_parts, llama, tokenizer):
     model = EditableModel.from_defaults(llama, tokenizer=tokenizer, counterfactual_dtype=torch.bfloat16)
     assert model.counterfactual_model.model.dtype == torch.bfloat16
     # A base model given loaded keeps its type; asking for another is refused, as from_pretrained does.
