@@ -15,6 +15,7 @@ store, scope classifier, counterfactual model, weight editors) can trust them.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -45,6 +46,9 @@ def normalize_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip().rstrip("?.!:;, ")
 
 
+# Subjects and queries are matched against each other many times over (a query against each candidate's
+# subject, a subject against every mined candidate while training), so their folded forms are kept.
+@functools.lru_cache(maxsize=1 << 16)
 def _fold(text: str, casefold: bool = True) -> str:
     # Accents folded and case ignored: "Těsnohlídek" and "tesnohlidek" are one word.
     decomposed = unicodedata.normalize("NFKD", text)
@@ -52,8 +56,9 @@ def _fold(text: str, casefold: bool = True) -> str:
     return folded.casefold() if casefold else folded
 
 
-def _words(text: str) -> list[str]:
-    return _WORD.findall(_fold(text))
+@functools.lru_cache(maxsize=1 << 16)
+def _words(text: str, casefold: bool = True) -> tuple[str, ...]:
+    return tuple(_WORD.findall(_fold(text, casefold)))
 
 
 def mentions_subject(subject: str, text: str) -> bool:
@@ -75,7 +80,7 @@ def mentions_subject(subject: str, text: str) -> bool:
         return True
     head, last = wanted[:-1], wanted[-1]
     width = len(wanted)
-    cased = _WORD.findall(_fold(text, casefold=False)) if width == 1 else []
+    cased = _words(text, casefold=False) if width == 1 else ()
     subject_cased = _fold(subject.strip(), casefold=False)
     for start in range(len(words) - width + 1):
         if words[start : start + width - 1] != head:
@@ -91,7 +96,7 @@ def mentions_subject(subject: str, text: str) -> bool:
 
 def name_words(text: str) -> tuple[str, ...]:
     """The words of ``text`` as subjects are matched: case and accents folded, punctuation dropped."""
-    return tuple(_words(text))
+    return _words(text)
 
 
 def named_keys(text: str, longest: int) -> set[tuple[str, ...]]:
@@ -231,7 +236,7 @@ def mask_subject(subject: str, text: str, placeholder: str = "X") -> str:
         return " ".join(tokens)
     # Positions of the word tokens; a mention is a run of consecutive words, whatever punctuation is between.
     positions = [i for i, token in enumerate(tokens) if _WORD.fullmatch(token)]
-    words = [tokens[i] for i in positions]
+    words = tuple(tokens[i] for i in positions)
     head, last, width = wanted[:-1], wanted[-1], len(wanted)
     spans = []
     start = 0

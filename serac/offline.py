@@ -256,7 +256,7 @@ def embed(
 
     Example:
         >>> vectors = embed(load_embedder(), ["a query", "another"])  # doctest: +SKIP
-        >>> vectors.shape
+        >>> vectors.shape  # doctest: +SKIP
         (2, 384)
     """
     texts = list(texts)
@@ -268,3 +268,39 @@ def embed(
         show_progress_bar=show_progress,
     )
     return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+
+
+class MemoizedEmbedder:
+    """A sentence embedder that encodes each distinct text once and gives its vector again afterwards.
+
+    For work that embeds the same texts more than once (training a scope classifier embeds held-out queries
+    to mine negatives, then again to choose its retrieval threshold). Vectors are kept for the object's life,
+    one per text and normalization; anything else is read from the wrapped ``embedder``.
+
+    Example:
+        >>> embedder = MemoizedEmbedder(load_embedder())  # doctest: +SKIP
+        >>> embed(embedder, ["a query", "a query", "another"]).shape  # encodes two texts  # doctest: +SKIP
+        (3, 384)
+    """
+
+    def __init__(self, embedder: Any) -> None:
+        self.embedder = embedder
+        self._vectors: dict[tuple[str, bool], np.ndarray] = {}
+
+    def encode(
+        self, texts: Sequence[str], *, normalize_embeddings: bool = False, **kwargs: Any
+    ) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return self.embedder.encode(texts, normalize_embeddings=normalize_embeddings, **kwargs)
+        normalized = bool(normalize_embeddings)
+        missing = list(dict.fromkeys(text for text in texts if (text, normalized) not in self._vectors))
+        if missing:
+            kwargs["convert_to_numpy"] = True
+            vectors = self.embedder.encode(missing, normalize_embeddings=normalized, **kwargs)
+            for text, vector in zip(missing, np.asarray(vectors, dtype=np.float32), strict=True):
+                self._vectors[text, normalized] = vector
+        return np.stack([self._vectors[text, normalized] for text in texts])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.embedder, name)

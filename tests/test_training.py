@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -43,9 +44,14 @@ def one_thread():
 
 
 class HashEmbedder:
-    """A deterministic bag-of-words sentence embedder (texts that share words are close)."""
+    """A deterministic bag-of-words sentence embedder (texts that share words are close); ``encoded`` counts
+    how often each text was embedded."""
+
+    def __init__(self):
+        self.encoded = Counter()
 
     def encode(self, texts, **kwargs):
+        self.encoded.update(texts)
         vectors = np.zeros((len(texts), 64), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in re.findall(r"\w+", text.lower()):
@@ -146,8 +152,11 @@ def test_scope_training_lowers_the_loss_and_saves_thresholds(
 ):
     output = tmp_path / "scope"
     arguments = scope_arguments(tiny_cross_encoder_dir, similarity_weight=2.0, similarity_center=0.5)
-    classifier = train_scope_classifier(scope_examples, arguments, output, embedder=HashEmbedder())
+    embedder = HashEmbedder()
+    classifier = train_scope_classifier(scope_examples, arguments, output, embedder=embedder)
     assert isinstance(classifier, CrossEncoderScopeClassifier)
+    # Mining and the retrieval threshold read the same held-out texts: each is embedded once.
+    assert embedder.encoded and max(embedder.encoded.values()) == 1
     assert (classifier.config.similarity_weight, classifier.config.similarity_center) == (2.0, 0.5)
     saved = report(output)
     assert mean_loss(saved["loss_history"], first=False) < mean_loss(saved["loss_history"], first=True) - 0.2
@@ -164,6 +173,39 @@ def test_scope_training_lowers_the_loss_and_saves_thresholds(
         ["What does Ada Rell play?", "Who is Bo?"],
     )
     np.testing.assert_allclose(loaded.score_pairs(*pairs), classifier.score_pairs(*pairs), atol=1e-6)
+
+
+def test_memoized_embedder_encodes_each_text_once_and_gives_the_embedders_vectors(embedder):
+    from serac.offline import MemoizedEmbedder, embed
+
+    counted = Counter()
+
+    class Counting:
+        def encode(self, texts, **kwargs):
+            counted.update((text, kwargs.get("normalize_embeddings")) for text in texts)
+            return embedder.encode(texts, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(embedder, name)
+
+    memo = MemoizedEmbedder(Counting())
+    texts = ["Who wrote Hamlet?", "Ada Rell plays the harp", "Who wrote Hamlet?"]
+    first = embed(memo, texts)
+    again = embed(memo, ["Ada Rell plays the harp", "Where is Lyon?"])
+    raw = memo.encode(texts[:1])  # not normalized: a vector of its own
+    assert counted == Counter(
+        {
+            ("Who wrote Hamlet?", True): 1,
+            ("Ada Rell plays the harp", True): 1,
+            ("Where is Lyon?", True): 1,
+            ("Who wrote Hamlet?", False): 1,
+        }
+    )
+    expected = embed(embedder, ["Who wrote Hamlet?", "Ada Rell plays the harp", "Where is Lyon?"])
+    np.testing.assert_allclose(first, expected[[0, 1, 0]], atol=1e-5)
+    np.testing.assert_allclose(again, expected[[1, 2]], atol=1e-5)
+    np.testing.assert_allclose(raw, embedder.encode(texts[:1]), atol=1e-5)
+    assert memo.get_sentence_embedding_dimension() == 384  # the rest is the wrapped embedder's
 
 
 def test_scope_training_resumes_after_a_crash(scope_examples, tiny_cross_encoder_dir, tmp_path, monkeypatch):
