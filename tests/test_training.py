@@ -263,6 +263,54 @@ def test_scope_training_of_the_top_block_trains_the_head_and_leaves_the_rest_unt
 # -------------------------------------------------------------------------------- counterfactual model
 
 
+def test_answer_token_loss_is_the_models_loss_with_the_head_run_on_labelled_tokens_only(
+    examples, char_tokenizer
+):
+    from serac.training.counterfactual import answer_token_loss
+
+    counterfactual = CounterfactualModel(make_tiny_llama(char_tokenizer, seed=4), char_tokenizer)
+    model = counterfactual.model
+    rows = [
+        (example.edit, query.text, example.edit.target)
+        for example in examples[:6]
+        for query in example.in_scope
+    ]
+    features = counterfactual.training_features(*map(list, zip(*rows[:8], strict=True)))
+    labelled = int((features["labels"][:, 1:] != -100).sum())
+    assert 0 < labelled < features["labels"][:, 1:].numel() // 2  # the prompt is most of each row
+
+    head_rows = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: head_rows.append(output.shape[:-1].numel())
+    )
+    expected = model(**features).loss
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    loss = answer_token_loss(model, features)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert head_rows == [features["input_ids"].numel(), labelled]
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-5)
+    # The trainer's form: the labelled tokens' sum over a count it gives.
+    summed = answer_token_loss(model, features, num_items_in_batch=torch.tensor(2 * labelled))
+    torch.testing.assert_close(summed, expected.detach() / 2, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("make_model", [make_tiny_llama, make_tiny_t5], ids=["causal", "seq2seq"])
+def test_counterfactual_training_computes_a_causal_models_loss_on_its_answer_tokens(
+    make_model, examples, char_tokenizer, tmp_path, monkeypatch
+):
+    from serac.training import counterfactual as training
+
+    calls = []
+    loss = training.answer_token_loss
+    monkeypatch.setattr(training, "answer_token_loss", lambda *args: calls.append(1) or loss(*args))
+    counterfactual = CounterfactualModel(make_model(char_tokenizer, seed=4), char_tokenizer)
+    arguments = CounterfactualTrainingArguments(max_steps=3, batch_size=4, eval_generations=0, **FAST)
+    train_counterfactual_model(examples, arguments, counterfactual, tmp_path / "cf")
+    assert len(calls) == (3 if make_model is make_tiny_llama else 0)  # a seq2seq model keeps its own loss
+
+
 @pytest.mark.parametrize("make_model", [make_tiny_llama, make_tiny_t5], ids=["causal", "seq2seq"])
 def test_counterfactual_training_lowers_the_loss(make_model, examples, char_tokenizer, tmp_path):
     counterfactual = CounterfactualModel(make_model(char_tokenizer, seed=4), char_tokenizer)

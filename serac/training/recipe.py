@@ -319,6 +319,7 @@ def _counterfactual_step_seconds(
 ) -> float:
     from serac.counterfactual import CounterfactualModel
     from serac.data import counterfactual_pairs, edits_from_column
+    from serac.training.counterfactual import answer_token_loss
     from serac.training.loop import add_low_rank_updates, freeze_below_top_blocks, transformer_blocks
 
     arguments = recipe.counterfactual_arguments(show_progress=False)
@@ -335,7 +336,9 @@ def _counterfactual_step_seconds(
         edits_from_column(pairs["edit"]), pairs["query"], pairs.get("response", pairs["answer"])
     )
 
-    return _timed_steps(model, lambda: model(**features).loss, arguments.learning_rate, probe_steps)
+    return _timed_steps(
+        model, lambda: answer_token_loss(model, features), arguments.learning_rate, probe_steps
+    )
 
 
 def _minutes(seconds: float) -> str:
