@@ -205,7 +205,7 @@ def test_memoized_embedder_encodes_each_text_once_and_gives_the_embedders_vector
     np.testing.assert_allclose(first, expected[[0, 1, 0]], atol=1e-5)
     np.testing.assert_allclose(again, expected[[1, 2]], atol=1e-5)
     np.testing.assert_allclose(raw, embedder.encode(texts[:1]), atol=1e-5)
-    assert memo.get_sentence_embedding_dimension() == 384  # the rest is the wrapped embedder's
+    assert memo.get_embedding_dimension() == 384  # the rest is the wrapped embedder's
 
 
 def test_scope_training_resumes_after_a_crash(scope_examples, tiny_cross_encoder_dir, tmp_path, monkeypatch):
