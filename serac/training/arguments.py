@@ -197,17 +197,27 @@ class ScopeTrainingArguments(LoopArguments):
             "context_fraction": self.context_fraction,
         }
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # The saved classifier's config owns these checks; build one to run them.
-        ScopeClassifierConfig(
-            max_length=self.max_length,
-            edit_input=self.edit_input,
+    def classifier_config(self, **fields: Any) -> ScopeClassifierConfig:
+        """The saved cross-encoder classifier's config as these arguments set it; ``fields`` add what the run
+        decides (the starting model, the thresholds)."""
+        return ScopeClassifierConfig(
+            kind="cross_encoder",
             top_k=self.top_k,
+            max_length=self.max_length,
+            batch_size=self.eval_batch_size,
+            edit_input=self.edit_input,
+            subject_match=self.subject_match,
+            last_sentence=self.last_sentence,
+            mask_subject=self.mask_subject,
             subject_candidates=self.subject_candidates,
             similarity_weight=self.similarity_weight,
             similarity_center=self.similarity_center,
+            **fields,
         )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.classifier_config()  # the saved classifier's config owns these checks; build one to run them
         if self.negatives_per_positive < 0:
             raise ValueError(f"negatives_per_positive must be >= 0, got {self.negatives_per_positive}")
         for name in ("hard_negative_fraction", "statement_fraction", "context_fraction"):

@@ -25,7 +25,7 @@ import numpy as np
 from serac import offline
 from serac.data import EditExample, mine_hard_negatives, scope_pairs
 from serac.edits import mentions_subject
-from serac.scope import CrossEncoderScopeClassifier, ScopeClassifierConfig
+from serac.scope import CrossEncoderScopeClassifier
 from serac.training.arguments import THRESHOLD_STRATEGIES, ScopeTrainingArguments
 from serac.training.loop import (
     checkpoint_directory,
@@ -285,20 +285,7 @@ def train_scope_classifier(
         logger.info(
             "Training the last %d blocks and the head (%d parameters)", arguments.trainable_blocks, trainable
         )
-    config = ScopeClassifierConfig(
-        kind="cross_encoder",
-        top_k=arguments.top_k,
-        cross_encoder_name_or_path=str(start),
-        max_length=arguments.max_length,
-        batch_size=arguments.eval_batch_size,
-        edit_input=arguments.edit_input,
-        subject_match=arguments.subject_match,
-        last_sentence=arguments.last_sentence,
-        mask_subject=arguments.mask_subject,
-        subject_candidates=arguments.subject_candidates,
-        similarity_weight=arguments.similarity_weight,
-        similarity_center=arguments.similarity_center,
-    )
+    config = arguments.classifier_config(cross_encoder_name_or_path=str(start))
     edit_column = _EDIT_COLUMNS[arguments.edit_input]
 
     def cross_encoder_texts(rows: dict[str, list]) -> dict[str, list[str]]:
