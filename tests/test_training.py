@@ -175,6 +175,55 @@ def test_scope_training_lowers_the_loss_and_saves_thresholds(
     np.testing.assert_allclose(loaded.score_pairs(*pairs), classifier.score_pairs(*pairs), atol=1e-6)
 
 
+def test_scope_loss_in_length_buckets_is_the_batchs_loss_with_less_padding(tiny_cross_encoder_dir):
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    from serac.training.scope import length_bucketed_loss
+
+    cross_encoder = CrossEncoder(tiny_cross_encoder_dir, num_labels=1, max_length=64)
+    model = cross_encoder.model
+    model.eval()  # no dropout: both losses see the same network
+    edits = ["Ada Rell plays the harp", "Bo Tam was born in Lyon", "The capital of Vell is Orsk"] * 3
+    queries = [
+        "What does she play?",
+        "Which city was Bo Tam born in, according to the records that the town hall of Lyon keeps?",
+        "Capital of Vell?",
+        "Who is Bo?",
+        "Is Orsk, a city on the river that runs from the northern hills to the sea, the capital of Vell?",
+        "Where?",
+        "What instrument does Ada Rell, who studied in Vienna and Paris, play in the orchestra?",
+        "Bo Tam's birthplace?",
+        "Orsk?",
+    ]
+    labels = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    widths = []
+    model.get_input_embeddings().register_forward_hook(
+        lambda module, args, output: widths.append(tuple(args[0].shape))
+    )
+
+    def loss_and_gradients(loss):
+        model.zero_grad()
+        value = loss([edits, queries], labels)
+        value.backward()
+        return value.detach(), {
+            name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
+        }
+
+    plain, plain_gradients = loss_and_gradients(BinaryCrossEntropyLoss(cross_encoder))
+    ((rows, longest),) = widths
+    widths.clear()
+    bucketed, bucketed_gradients = loss_and_gradients(length_bucketed_loss(cross_encoder, 3))
+    assert [rows for rows, _ in widths] == [3, 3, 3]
+    assert sum(rows * width for rows, width in widths) < 0.75 * 9 * longest
+    torch.testing.assert_close(bucketed, plain, atol=1e-6, rtol=1e-5)
+    assert bucketed_gradients.keys() == plain_gradients.keys()
+    for name, gradient in plain_gradients.items():
+        torch.testing.assert_close(bucketed_gradients[name], gradient, atol=1e-6, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="length_buckets"):
+        ScopeTrainingArguments(length_buckets=0)
+
+
 def test_memoized_embedder_encodes_each_text_once_and_gives_the_embedders_vectors(embedder):
     from serac.offline import MemoizedEmbedder, embed
 

@@ -171,6 +171,12 @@ class ScopeTrainingArguments(LoopArguments):
         metadata=_help("candidate edits the saved classifier scores per query"),
     )
     eval_batch_size: int = field(default=64, metadata=_help("pairs per batch when scoring held-out pairs"))
+    length_buckets: int = field(
+        default=2,
+        metadata=_help("forward passes per training batch, each over pairs of similar token length: a batch "
+                       "of short pairs padded to its longest is about half padding (the batch and its loss "
+                       "are the same; 1: one pass)"),
+    )  # fmt: skip
     similarity_weight: float = field(
         default=ScopeClassifierConfig.similarity_weight,
         metadata=_help("how much the cosine of the masked pair moves the saved classifier's scores (0: the "
@@ -227,6 +233,8 @@ class ScopeTrainingArguments(LoopArguments):
             raise ValueError(
                 f"max_positives_per_edit must be >= 1 or None, got {self.max_positives_per_edit}"
             )
+        if self.length_buckets < 1:
+            raise ValueError(f"length_buckets must be >= 1, got {self.length_buckets}")
         if self.mined_negatives_per_edit < 0:
             raise ValueError(f"mined_negatives_per_edit must be >= 0, got {self.mined_negatives_per_edit}")
         if self.mining_candidates_per_edit < 1:

@@ -81,6 +81,12 @@ class DefaultRecipe:
     scope_learning_rate: float = 1e-4
     scope_beta: float = 0.35
     scope_eval_steps: int = 0
+    #: One forward pass per batch, as version 8 was trained. Two passes over pairs of similar length
+    #: (``ScopeTrainingArguments.length_buckets``, the default of ``serac train``) make a step about a fifth
+    #: cheaper with the same batches and loss, but draw other dropout masks, and the classifier is a different
+    #: draw: trained so, its development-set figures moved by more than the recipe changes measured against
+    #: them (benchmarks/README.md, "Two passes per scope batch").
+    scope_length_buckets: int = 1
     #: Copying an edit's answer into a sentence is learnt by the top of the network: training the last 8 of
     #: SmolLM2's 30 blocks skips the backward pass through the rest (a step costs about half).
     counterfactual_steps: int = 80
@@ -114,6 +120,7 @@ class DefaultRecipe:
             seed=self.seed,
             mined_negatives_per_edit=4,
             hard_negative_fraction=0.6,
+            length_buckets=self.scope_length_buckets,
             **overrides,
         )
 
@@ -283,6 +290,7 @@ def _scope_step_seconds(
 
     from serac.data import scope_pairs
     from serac.scope import ScopeClassifierConfig
+    from serac.training.scope import length_bucketed_loss
 
     arguments = recipe.scope_arguments(show_progress=False)
     cross_encoder = CrossEncoder(start, num_labels=1, max_length=arguments.max_length)
@@ -297,21 +305,10 @@ def _scope_step_seconds(
         config.pair(view, subject or None, query)
         for view, subject, query in zip(views, pairs["edit_subject"], pairs["query"], strict=True)
     ]
-    features = cross_encoder.tokenizer(
-        [edit for edit, _ in rows],
-        [query for _, query in rows],
-        padding=True,
-        truncation=True,
-        max_length=arguments.max_length,
-        return_tensors="pt",
-    ).to(model.device)
+    texts = [[edit for edit, _ in rows], [query for _, query in rows]]
     labels = torch.tensor(pairs["label"], dtype=torch.float, device=model.device)
-
-    def loss() -> torch.Tensor:
-        logits = model(**features).logits.view(-1)
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-
-    return _timed_steps(model, loss, arguments.learning_rate, probe_steps)
+    loss = length_bucketed_loss(cross_encoder, arguments.length_buckets)  # the trainer's loss
+    return _timed_steps(model, lambda: loss(texts, labels), arguments.learning_rate, probe_steps)
 
 
 def _counterfactual_step_seconds(

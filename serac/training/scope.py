@@ -47,6 +47,7 @@ __all__ = [
     "choose_retrieval_threshold",
     "choose_threshold",
     "evaluate_scope_classifier",
+    "length_bucketed_loss",
     "train_scope_classifier",
 ]
 
@@ -208,6 +209,37 @@ def _pair_similarities(embedder: Any, edit_texts: Sequence[str], queries: Sequen
     return np.sum(offline.embed(embedder, edit_texts) * offline.embed(embedder, queries), axis=1)
 
 
+def length_bucketed_loss(cross_encoder: Any, buckets: int) -> Any:
+    """Binary cross-entropy of a batch of (edit text, query) pairs, run as ``buckets`` forward passes over pairs
+    of similar token length, each padded to its own longest pair rather than the batch's. The batch is the
+    same and so is its loss (the mean over all its pairs); the padding left out was computed for nothing."""
+    import torch
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from sentence_transformers.util import batch_to_device
+
+    class LengthBucketedLoss(BinaryCrossEntropyLoss):
+        def forward(self, inputs: list[list[str]], labels: Any, prompt: Any = None, task: Any = None) -> Any:
+            if buckets == 1 or len(inputs) != 2:
+                return super().forward(inputs, labels, prompt=prompt, task=task)
+            features = self.model.preprocess(list(zip(*inputs, strict=True)), prompt=prompt, task=task)
+            mask = features["attention_mask"]
+            order = torch.argsort(mask.sum(dim=1), stable=True)
+            logits = []
+            for rows in torch.tensor_split(order, min(buckets, len(order))):
+                keep = mask[rows].any(dim=0)  # the bucket's own columns, whichever side pads
+                bucket = {
+                    name: value[rows][:, keep] if isinstance(value, torch.Tensor) and value.shape == mask.shape
+                    else value  # what is not per token (the modality) is the batch's
+                    for name, value in features.items()
+                }  # fmt: skip
+                scores = self.model(batch_to_device(bucket, self.model.device))["scores"]
+                logits.append(self.activation_fn(scores.view(-1)))
+            targets = labels.view(-1)[order.to(labels.device)].float()
+            return self.bce_with_logits_loss(torch.cat(logits), targets)
+
+    return LengthBucketedLoss(cross_encoder)
+
+
 def train_scope_classifier(
     examples: Sequence[EditExample],
     arguments: ScopeTrainingArguments | None = None,
@@ -246,7 +278,6 @@ def train_scope_classifier(
 
     from sentence_transformers import CrossEncoder
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
     from transformers import set_seed
 
     set_seed(arguments.seed)
@@ -308,7 +339,7 @@ def train_scope_classifier(
             args=hf_arguments(arguments, checkpoint_dir, True, CrossEncoderTrainingArguments),
             train_dataset=train_pairs.select_columns(columns),
             eval_dataset=eval_pairs.select_columns(columns),
-            loss=BinaryCrossEntropyLoss(cross_encoder),
+            loss=length_bucketed_loss(cross_encoder, arguments.length_buckets),
         )
         quiet_progress(trainer, "scope classifier")
         trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir, arguments.resume))
