@@ -289,8 +289,7 @@ def _scope_step_seconds(
     from sentence_transformers import CrossEncoder
 
     from serac.data import scope_pairs
-    from serac.scope import ScopeClassifierConfig
-    from serac.training.scope import length_bucketed_loss
+    from serac.training.scope import _pair_texts, length_bucketed_loss
 
     arguments = recipe.scope_arguments(show_progress=False)
     cross_encoder = CrossEncoder(start, num_labels=1, max_length=arguments.max_length)
@@ -299,13 +298,8 @@ def _scope_step_seconds(
     # the classifier reads them.
     pairs = scope_pairs(examples, seed=arguments.seed, **arguments.pair_options())
     pairs = pairs.shuffle(seed=arguments.seed)[: arguments.batch_size]
-    config = ScopeClassifierConfig(edit_input=arguments.edit_input, mask_subject=arguments.mask_subject)
-    views = pairs["edit_query"] if arguments.edit_input == "query" else pairs["edit_text"]
-    rows = [
-        config.pair(view, subject or None, query)
-        for view, subject, query in zip(views, pairs["edit_subject"], pairs["query"], strict=True)
-    ]
-    texts = [[edit for edit, _ in rows], [query for _, query in rows]]
+    rows = _pair_texts(arguments.classifier_config(), pairs)
+    texts = [rows["pair_edit"], rows["pair_query"]]
     labels = torch.tensor(pairs["label"], dtype=torch.float, device=model.device)
     loss = length_bucketed_loss(cross_encoder, arguments.length_buckets)  # the trainer's loss
     return _timed_steps(model, lambda: loss(texts, labels), arguments.learning_rate, probe_steps)

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import defaultdict
@@ -25,7 +26,7 @@ import numpy as np
 from serac import offline
 from serac.data import EditExample, mine_hard_negatives, scope_pairs
 from serac.edits import mentions_subject
-from serac.scope import CrossEncoderScopeClassifier
+from serac.scope import CrossEncoderScopeClassifier, ScopeClassifierConfig
 from serac.training.arguments import THRESHOLD_STRATEGIES, ScopeTrainingArguments
 from serac.training.loop import (
     checkpoint_directory,
@@ -178,15 +179,8 @@ def evaluate_scope_classifier(
     # The store embeds edits with their target (retrieval); the cross-encoder reads its configured view.
     edit_texts, queries = list(pairs["edit_text"]), list(pairs["query"])
     if scores is None:
-        views = list(pairs[_EDIT_COLUMNS[classifier.config.edit_input]])
-        subjects = (
-            list(pairs["edit_subject"]) if "edit_subject" in pairs.column_names else [None] * len(views)
-        )
-        texts = [
-            classifier.config.pair(view, subject or None, query)
-            for view, subject, query in zip(views, subjects, queries, strict=True)
-        ]
-        scores = classifier.score_pairs([text for text, _ in texts], [query for _, query in texts])
+        texts = _pair_texts(classifier.config, pairs)
+        scores = classifier.score_pairs(texts["pair_edit"], texts["pair_query"])
     labels = np.asarray(pairs["label"], dtype=np.float64)
     if similarities is None and embedder is not None:
         similarities = _pair_similarities(embedder, edit_texts, queries)
@@ -203,6 +197,19 @@ def evaluate_scope_classifier(
         by_kind[kind].append(bool(prediction) == bool(label))
     metrics["accuracy_by_kind"] = {kind: float(np.mean(values)) for kind, values in sorted(by_kind.items())}
     return metrics
+
+
+def _pair_texts(config: ScopeClassifierConfig, rows: Any) -> dict[str, list[str]]:
+    """What a cross-encoder classifier with ``config`` reads for ``scope_pairs`` rows (a dataset or a batch of
+    its columns), as the saved classifier builds it at inference: ``pair_edit`` and ``pair_query`` columns."""
+    views = list(rows[_EDIT_COLUMNS[config.edit_input]])
+    columns = rows.column_names if hasattr(rows, "column_names") else rows
+    subjects = list(rows["edit_subject"]) if "edit_subject" in columns else [None] * len(views)
+    texts = [
+        config.pair(view, subject or None, query)
+        for view, subject, query in zip(views, subjects, rows["query"], strict=True)
+    ]
+    return {"pair_edit": [edit for edit, _ in texts], "pair_query": [query for _, query in texts]}
 
 
 def _pair_similarities(embedder: Any, edit_texts: Sequence[str], queries: Sequence[str]) -> np.ndarray:
@@ -317,21 +324,9 @@ def train_scope_classifier(
             "Training the last %d blocks and the head (%d parameters)", arguments.trainable_blocks, trainable
         )
     config = arguments.classifier_config(cross_encoder_name_or_path=str(start))
-    edit_column = _EDIT_COLUMNS[arguments.edit_input]
-
-    def cross_encoder_texts(rows: dict[str, list]) -> dict[str, list[str]]:
-        # What the cross-encoder reads, as the saved classifier will build it at inference.
-        texts = [
-            config.pair(view, subject or None, query)
-            for view, subject, query in zip(
-                rows[edit_column], rows["edit_subject"], rows["query"], strict=True
-            )
-        ]
-        return {"pair_edit": [edit for edit, _ in texts], "pair_query": [query for _, query in texts]}
-
     # In batches: mapping row by row costs four times the work of building the texts.
-    train_pairs = train_pairs.map(cross_encoder_texts, batched=True)
-    eval_pairs = eval_pairs.map(cross_encoder_texts, batched=True)
+    train_pairs = train_pairs.map(functools.partial(_pair_texts, config), batched=True)
+    eval_pairs = eval_pairs.map(functools.partial(_pair_texts, config), batched=True)
     columns = ["pair_edit", "pair_query", "label"]  # the trainer reads inputs first, then the label
     with checkpoint_directory(output_dir) as checkpoint_dir:
         trainer = CrossEncoderTrainer(
