@@ -115,26 +115,48 @@ def named_keys(text: str, longest: int) -> set[tuple[str, ...]]:
     return keys
 
 
+#: Lower-case words that stay inside a name between capitalized ones ("Kees van Beijnum", "Constance of
+#: Toulouse", "Pedro de Mendoza").
+_NAME_PARTICLES = frozenset(
+    {"of", "de", "del", "della", "der", "den", "des", "di", "da", "do", "dos", "du", "van", "von", "la", "le",
+     "y", "bin", "ibn", "al", "el", "zu", "ter", "ten"}
+)  # fmt: skip
+#: A lower-case elision or article joined to a capitalized word is part of it ("d'Arco", "al-Tikerly").
+_ELIDED_PARTICLE = re.compile(r"^(?:d|l|dell|al|el)['’-](?=[A-Z])")
+
+
 def shared_name(edit_text: str, query: str) -> str | None:
     """The longest name (a run of capitalized words or numbers) of ``edit_text`` that ``query`` names too.
 
     For an edit that states no subject, the entity both texts name stands in for it. A capitalized first
-    word alone ("What", "The") is no name.
+    word alone ("What", "The") is no name. A run goes on over lower-case particles between capitalized words
+    ("Kees van Beijnum", "Constance of Toulouse") and over an elision joined to one ("Giovanna d'Arco"); a
+    possessive ends it ("Pedro García Barros's" is "Pedro García Barros").
 
     Example:
         >>> shared_name("What is the country of citizenship of Ellie Kemper?", "Is Ellie Kemper Croatian?")
         'Ellie Kemper'
+        >>> shared_name("What nationality was Kees van Beijnum?", "Which country was Kees van Beijnum from?")
+        'Kees van Beijnum'
     """
-    words = re.findall(r"[\w'’.-]+", edit_text)
-    runs, current = [], []
-    for index, word in enumerate(words):
-        core = word.strip("'’.-")
-        if core and (core[0].isupper() or core[0].isdigit()):
-            current.append((index, core))
+    runs: list[list[tuple[int, str]]] = []
+    current: list[tuple[int, str]] = []
+    particles: list[tuple[int, str]] = []  # particles after the current run, kept if a capital follows
+    for index, match in enumerate(re.finditer(r"[\w'’.-]+", edit_text)):
+        word = match.group().strip("'’.-")
+        core = re.sub(r"['’]s$", "", word)
+        if core and (core[0].isupper() or core[0].isdigit() or _ELIDED_PARTICLE.match(core)):
+            current += particles + [(index, core)]
+            particles = []
+            if core != word:  # a possessive ends the name
+                runs.append(current)
+                current = []
+        elif current and core in _NAME_PARTICLES:
+            particles.append((index, core))
         else:
             if current:
                 runs.append(current)
-            current = []
+            current, particles = [], []
     if current:
         runs.append(current)
     candidates = []
@@ -145,6 +167,7 @@ def shared_name(edit_text: str, query: str) -> str | None:
             " ".join(core for _, core in run[i:j])
             for i in range(len(run))
             for j in range(i + 1, len(run) + 1)
+            if run[i][1] not in _NAME_PARTICLES and run[j - 1][1] not in _NAME_PARTICLES
         ]
         candidates += [name for name in names if not (name == run[0][1] and run[0][0] == 0)]
     named = [name for name in candidates if mentions_subject(name, query)]

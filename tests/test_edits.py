@@ -58,3 +58,37 @@ def test_edits_are_immutable():
     edit = Edit(prompt="Who?", target="Me")
     with pytest.raises(AttributeError):
         edit.target = "You"
+
+
+@pytest.mark.parametrize(
+    ("edit_text", "query", "name"),
+    [
+        # Lower-case particles between capitalized words belong to the name; a partial name left the rest of
+        # it unmasked in one text ("what nationality was kees van X ?").
+        ("What nationality was Kees van Beijnum?", "Where was Kees van Beijnum born?", "Kees van Beijnum"),
+        (
+            "Which lady gave birth to Constance of Toulouse?",
+            "Who is Constance of Toulouse's mother?",
+            "Constance of Toulouse",
+        ),
+        (
+            "What is the country Giovanna d'Arco is from?",
+            "Where does Giovanna d'Arco come from?",
+            "Giovanna d'Arco",
+        ),
+        # A possessive ends the name: "Barros's" was no word of the query.
+        (
+            "What is Pedro García Barros's country of citizenship?",
+            "Where is Pedro García Barros from?",
+            "Pedro García Barros",
+        ),
+        # A particle is no name of its own, and a run ends at a word that is neither.
+        ("Who is the mayor of Paris and of London?", "Who is the mayor of Paris?", "Paris"),
+        ("What is the country of citizenship of Ellie Kemper?", "Is Ellie Kemper Croatian?", "Ellie Kemper"),
+    ],
+)
+def test_the_shared_name_of_an_edit_without_subject_is_the_whole_name(edit_text, query, name):
+    from serac.edits import mask_subject, shared_name
+
+    assert shared_name(edit_text, query) == name
+    assert "X" in mask_subject(name, edit_text).split() and "X" in mask_subject(name, query).split()
