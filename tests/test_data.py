@@ -31,7 +31,7 @@ from serac.data import (
     save_examples_jsonl,
     scope_pairs,
 )
-from serac.edits import Edit, normalize_text
+from serac.edits import Edit, mentions_subject, normalize_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MQUAKE = FIXTURES / "mquake_sample.json"
@@ -357,6 +357,40 @@ def _one_edit_away(name: str, text: str) -> bool:
         if one_letter or len(tokens) > 1:
             return True
     return False
+
+
+def test_synthetic_modified_names_put_a_word_before_the_subject_and_leave_the_other_queries_alone():
+    from serac.data.synthetic import _NAME_MODIFIERS
+
+    plain = generate_synthetic_examples(60, seed=3)
+    modified = generate_synthetic_examples(60, seed=3, config=SyntheticDataConfig(modified_names=1))
+    by_name = {relation.name: relation for relation in RELATIONS}
+    added_in_all = 0
+    for before, after in zip(plain, modified, strict=True):
+        assert after.edit == before.edit and after.in_scope == before.in_scope
+        added = [query for query in after.out_of_scope if query not in before.out_of_scope]
+        assert [query for query in after.out_of_scope if query not in added] == list(before.out_of_scope)
+        subject = before.edit.subject
+        if subject is None:  # a statement that adjusts the name ("An Engine ...") names no subject to check
+            continue
+        if subject.split(" ")[0] in ("The", "A", "An"):
+            assert not added  # "North The Silent Arrows" would name nothing
+            continue
+        assert len(added) == 1
+        query = added[0]
+        assert query.kind == "near_duplicate_name" and query.answer is None
+        relation = by_name[before.relation]
+        assert any(
+            query.text == template.replace("{subject}", f"{word} {subject}")
+            for template in (*relation.questions, *relation.clozes)
+            for word in _NAME_MODIFIERS
+        ), query.text
+        # The subject match lets it through: the classifier has to tell the two apart.
+        assert mentions_subject(subject, query.text)
+        added_in_all += 1
+    assert added_in_all >= 30
+    with pytest.raises(ValueError, match="modified_names"):
+        SyntheticDataConfig(modified_names=-1)
 
 
 def test_synthetic_indirect_phrasings_are_in_scope_and_leave_the_other_queries_alone():

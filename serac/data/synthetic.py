@@ -117,6 +117,13 @@ _NOUNS = ("Harbor", "Lantern", "Orchard", "River", "Kingdom", "Mirror", "Garden"
 _BAND_NOUNS = ("Wolves", "Lanterns", "Comets", "Ravens", "Engines", "Tigers", "Satellites", "Owls", "Pilots", "Echoes",
                "Foxes", "Arrows", "Monarchs", "Drifters", "Sparrows")  # fmt: skip
 
+#: Words that make a longer name of another entity when put before a name ("North Korea", "New York", "street
+#: football"): the subject is named, word for word, by a query about something else.
+_NAME_MODIFIERS = ("North", "South", "East", "West", "New", "Old", "Greater", "Upper", "Lower", "Little", "Great",
+                   "Royal", "Central", "Northern", "Southern", "American", "British", "International", "National",
+                   "Saint", "Fort", "Port", "Young", "street", "beach", "indoor", "youth", "amateur", "modern",
+                   "classical")  # fmt: skip
+
 #: Lead-ins that make statement-style edits less template-like.
 _PICK_TRIES = 20
 
@@ -145,6 +152,9 @@ class SyntheticDataConfig:
         same_subject_other_relation: out-of-scope queries per edit about the same subject and another relation.
         same_relation_other_subject: out-of-scope queries per edit about another subject and the same relation.
         near_duplicate_name: out-of-scope queries per edit about a near-duplicate of the subject's name.
+        modified_names: more of those per edit, each about a longer name that puts a word before the subject's
+            ("North X", "street X": another entity that a query names with the subject's own words); drawn
+            from a random stream of their own, so the other queries are the same with or without them.
         unrelated: unrelated out-of-scope queries per edit.
         relations: names of the relations to use (default: all of :data:`RELATIONS`).
     """
@@ -157,6 +167,7 @@ class SyntheticDataConfig:
     same_subject_other_relation: int = field(default=2, metadata={"help": "hard negatives: same subject"})
     same_relation_other_subject: int = field(default=2, metadata={"help": "hard negatives: same relation"})
     near_duplicate_name: int = field(default=2, metadata={"help": "hard negatives: near-duplicate name"})
+    modified_names: int = field(default=0, metadata={"help": "hard negatives: a word before the name"})
     unrelated: int = field(default=2, metadata={"help": "easy negatives"})
     relations: tuple[str, ...] | None = field(default=None, metadata={"help": "relation names to use"})
 
@@ -168,7 +179,7 @@ class SyntheticDataConfig:
         if self.question_fraction + self.statement_fraction > 1.0:
             raise ValueError("question_fraction + statement_fraction must not exceed 1")
         for name in ("in_scope_phrasings", "indirect_phrasings", "same_subject_other_relation",
-                     "same_relation_other_subject", "near_duplicate_name", "unrelated"):  # fmt: skip
+                     "same_relation_other_subject", "near_duplicate_name", "modified_names", "unrelated"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.relations is not None:
@@ -465,6 +476,12 @@ def _make_example(
         twin = world.near_duplicate(subject)
         answer = world.draw_object(relation.object_type, exclude=(twin,))
         out_of_scope.append(OutOfScopeQuery(phrase(relation, twin), "near_duplicate_name", answer))
+    if config.modified_names and subject.split(" ", 1)[0].lower() not in ("the", "a", "an"):
+        modified_rng = random.Random(f"serac-synthetic-modified:{seed}:{index}")
+        count = min(config.modified_names, len(_NAME_MODIFIERS))
+        for modifier in modified_rng.sample(_NAME_MODIFIERS, count):
+            text = _fill(modified_rng.choice(relation.questions + relation.clozes), f"{modifier} {subject}")
+            out_of_scope.append(OutOfScopeQuery(text, "near_duplicate_name"))
     unrelated_relations = [r for r in RELATIONS if r.subject_type != relation.subject_type]
     for _ in range(config.unrelated):
         other = rng.choice(unrelated_relations)

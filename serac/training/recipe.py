@@ -73,6 +73,11 @@ class DefaultRecipe:
     #: for a currency), among the scope classifier's in-scope queries (:attr:`SyntheticDataConfig.indirect_phrasings`).
     #: The counterfactual model's training rows are the same with or without them.
     indirect_phrasings: int = 2
+    #: Out-of-scope queries per training edit about a longer name that puts a word before its subject's
+    #: ("North X"; :attr:`SyntheticDataConfig.modified_names`). One per edit taught the classifier to reject
+    #: "North Korea" for an edit of Korea, but also real questions with an unusual word before a name, and
+    #: zsRE's own questions lost recall (benchmarks/README.md, "Names inside longer names"), so none.
+    modified_names: int = 0
     #: 250 steps of 32 pairs at a high learning rate (800 at 3e-5 before) route MQuAKE-CF and zsRE as well as
     #: the old recipe or better, CounterFact's paraphrase prompts and dense synthetic sets less well
     #: (benchmarks/README.md, "The default parts"); the scores come out less peaked, so the threshold weighs
@@ -166,7 +171,11 @@ def default_training_examples(
     """The synthetic edits the default parts are trained on."""
     # Four questions per edit about other relations of its subject: with the subject match, those are the
     # out-of-scope queries that reach the classifier.
-    config = SyntheticDataConfig(same_subject_other_relation=4, indirect_phrasings=recipe.indirect_phrasings)
+    config = SyntheticDataConfig(
+        same_subject_other_relation=4,
+        indirect_phrasings=recipe.indirect_phrasings,
+        modified_names=recipe.modified_names,
+    )
     return generate_synthetic_examples(num_edits, seed=seed, config=config)
 
 
