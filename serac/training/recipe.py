@@ -74,9 +74,9 @@ class DefaultRecipe:
     #: The counterfactual model's training rows are the same with or without them.
     indirect_phrasings: int = 2
     #: Out-of-scope queries per training edit about a longer name that puts a word before its subject's
-    #: ("North X"; :attr:`SyntheticDataConfig.modified_names`). One per edit taught the classifier to reject
-    #: "North Korea" for an edit of Korea, but also real questions with an unusual word before a name, and
-    #: zsRE's own questions lost recall (benchmarks/README.md, "Names inside longer names"), so none.
+    #: ("North X"; :attr:`SyntheticDataConfig.modified_names`). One per edit taught two draws to reject
+    #: "North Korea" for an edit of Korea, and routed more real paraphrases, but also more out-of-scope
+    #: queries of a dense synthetic store (benchmarks/README.md, "Names inside longer names"), so none.
     modified_names: int = 0
     #: 250 steps of 32 pairs at a high learning rate (800 at 3e-5 before) route MQuAKE-CF and zsRE as well as
     #: the old recipe or better, CounterFact's paraphrase prompts and dense synthetic sets less well
