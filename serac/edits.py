@@ -125,6 +125,33 @@ _NAME_PARTICLES = frozenset(
 _ELIDED_PARTICLE = re.compile(r"^(?:d|l|dell|al|el)['’-](?=[A-Z])")
 
 
+def _name_runs(text: str, *, particles: bool) -> list[list[tuple[int, str]]]:
+    """The runs of capitalized words or numbers of ``text``, each word with its position among the text's
+    words; a possessive ending is dropped and ends its run. With ``particles``, a run also goes on over
+    lower-case particles followed by a capitalized word, and takes an elision joined to one ("d'Arco")."""
+    runs: list[list[tuple[int, str]]] = []
+    current: list[tuple[int, str]] = []
+    held: list[tuple[int, str]] = []  # particles after the current run, kept if a capital follows
+    for index, match in enumerate(re.finditer(r"[\w'’.-]+", text)):
+        word = match.group().strip("'’.-")
+        core = re.sub(r"['’]s$", "", word)
+        if core and (core[0].isupper() or core[0].isdigit() or (particles and _ELIDED_PARTICLE.match(core))):
+            current += held + [(index, core)]
+            held = []
+            if core != word:  # a possessive ends the name
+                runs.append(current)
+                current = []
+        elif particles and current and core in _NAME_PARTICLES:
+            held.append((index, core))
+        else:
+            if current:
+                runs.append(current)
+            current, held = [], []
+    if current:
+        runs.append(current)
+    return runs
+
+
 def shared_name(edit_text: str, query: str) -> str | None:
     """The longest name (a run of capitalized words or numbers) of ``edit_text`` that ``query`` names too.
 
@@ -139,28 +166,8 @@ def shared_name(edit_text: str, query: str) -> str | None:
         >>> shared_name("What nationality was Kees van Beijnum?", "Which country was Kees van Beijnum from?")
         'Kees van Beijnum'
     """
-    runs: list[list[tuple[int, str]]] = []
-    current: list[tuple[int, str]] = []
-    particles: list[tuple[int, str]] = []  # particles after the current run, kept if a capital follows
-    for index, match in enumerate(re.finditer(r"[\w'’.-]+", edit_text)):
-        word = match.group().strip("'’.-")
-        core = re.sub(r"['’]s$", "", word)
-        if core and (core[0].isupper() or core[0].isdigit() or _ELIDED_PARTICLE.match(core)):
-            current += particles + [(index, core)]
-            particles = []
-            if core != word:  # a possessive ends the name
-                runs.append(current)
-                current = []
-        elif current and core in _NAME_PARTICLES:
-            particles.append((index, core))
-        else:
-            if current:
-                runs.append(current)
-            current, particles = [], []
-    if current:
-        runs.append(current)
     candidates = []
-    for run in runs:
+    for run in _name_runs(edit_text, particles=True):
         if len(run) == 1 and run[0][0] == 0:
             continue
         names = [
@@ -187,23 +194,8 @@ def entity_names(text: str) -> list[str]:
         >>> entity_names("What is the country of citizenship of Ellie Kemper's son?")
         ['Ellie Kemper']
     """
-    runs, current = [], []
-    for index, match in enumerate(re.finditer(r"[\w'’.-]+", text)):
-        word = match.group().strip("'’.-")
-        core = re.sub(r"['’]s$", "", word)
-        if core and (core[0].isupper() or core[0].isdigit()):
-            current.append((index, core))
-            if core != word:  # a possessive ends the name
-                runs.append(current)
-                current = []
-        else:
-            if current:
-                runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
     names = []
-    for run in runs:
+    for run in _name_runs(text, particles=False):
         if run[0][0] == 0:
             run = run[1:]
         if run:
